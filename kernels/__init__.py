@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``recsys.kernels``. Nothing here imports triton at import time."""
