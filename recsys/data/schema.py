@@ -102,6 +102,8 @@ class EventLog:
         items: item-side features, or None when the source has none.
         raw_user_ids / raw_item_ids: source ids, index = our id (optional).
         rating: ``[N]`` float32 explicit rating where the source has one (optional).
+        request_id: ``[N]`` int64: events shown together in one request (one feed page) share
+            an id (optional; ranking metrics such as HIT@k group candidates by it).
 
     Example::
 
@@ -124,6 +126,7 @@ class EventLog:
     raw_user_ids: np.ndarray | None = None
     raw_item_ids: np.ndarray | None = None
     rating: np.ndarray | None = None
+    request_id: np.ndarray | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -163,11 +166,12 @@ class EventLog:
         return int(self.user_id.shape[0])
 
     _COLUMNS = ("user_id", "item_id", "timestamp", "actions", "surface", "impression")
+    _OPTIONAL_COLUMNS = ("rating", "request_id")
 
     def take(self, index: np.ndarray) -> "EventLog":
         """A new log with the events at ``index`` (int indices or a bool mask), same vocabularies."""
         cols = {c: getattr(self, c)[index] for c in self._COLUMNS}
-        rating = self.rating[index] if self.rating is not None else None
+        optional = {c: getattr(self, c)[index] for c in self._OPTIONAL_COLUMNS if getattr(self, c) is not None}
         return EventLog(
             **cols,
             num_users=self.num_users,
@@ -177,7 +181,7 @@ class EventLog:
             items=self.items,
             raw_user_ids=self.raw_user_ids,
             raw_item_ids=self.raw_item_ids,
-            rating=rating,
+            **optional,
         )
 
     def sorted(self) -> "EventLog":
@@ -213,6 +217,10 @@ class EventLog:
             arr = getattr(self, c)
             if arr.ndim != 1 or arr.shape[0] != n:
                 raise DataError(f"EventLog.{c} must be 1-D with {n} entries, got shape {arr.shape}")
+        for c in self._OPTIONAL_COLUMNS:
+            arr = getattr(self, c)
+            if arr is not None and arr.shape != (n,):
+                raise DataError(f"EventLog.{c} must have shape [{n}], got {arr.shape}")
         if len(self.action_vocab) > MAX_ACTIONS:
             raise DataError(f"at most {MAX_ACTIONS} actions fit in the mask, got {len(self.action_vocab)}")
         _check_range("user_id", self.user_id, self.num_users, "num_users")
