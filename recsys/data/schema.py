@@ -146,6 +146,9 @@ class EventLog:
         """Builds a validated log from array-likes; sorts by (user, time) with a stable sort."""
         user_id = np.asarray(user_id, dtype=np.int64)
         n = len(user_id)
+        for name, dtype in (("rating", np.float32), ("request_id", np.int64)):
+            if kwargs.get(name) is not None:
+                kwargs[name] = np.asarray(kwargs[name], dtype=dtype)
         log = cls(
             user_id=user_id,
             item_id=np.asarray(item_id, dtype=np.int64),

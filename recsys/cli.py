@@ -1,0 +1,150 @@
+"""The ``recsys`` command line.
+
+::
+
+    recsys train --config configs/dlrm/synthetic.yaml [--resume] [key=value ...]
+    recsys eval  --config configs/dlrm/synthetic.yaml [--checkpoint DIR] [key=value ...]
+    recsys data inspect --source movielens PATH
+    recsys data convert --source movielens PATH OUT
+    recsys data synthetic OUT [key=value ...]
+    recsys models [PATTERN]
+    recsys env
+
+Errors in the input (files, configs, checkpoints) are printed as one message naming the problem
+and the fix, with exit status 2; ``--traceback`` shows the stack as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from recsys.errors import RecsysError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n")[0])
+    parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a zoo model from a YAML config")
+    train.add_argument("--config", required=True, help="YAML file under configs/")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2")
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on the validation and test splits")
+    ev.add_argument("--config", required=True)
+    ev.add_argument("--checkpoint", default=None, help="checkpoint directory (default: output_dir/checkpoints)")
+    ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ev.add_argument("overrides", nargs="*")
+
+    data = sub.add_parser("data", help="inspect and convert event logs")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="print statistics of an event log")
+    inspect.add_argument("--source", required=True, choices=["movielens", "amazon", "events", "log"])
+    inspect.add_argument("path")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--option", action="append", default=[], help="reader option key=value")
+    convert = data_sub.add_parser("convert", help="convert a source into the library's log format")
+    convert.add_argument("--source", required=True, choices=["movielens", "amazon", "events", "log"])
+    convert.add_argument("path")
+    convert.add_argument("out")
+    convert.add_argument("--option", action="append", default=[], help="reader option key=value")
+    synth = data_sub.add_parser("synthetic", help="generate synthetic events into the log format")
+    synth.add_argument("out")
+    synth.add_argument("overrides", nargs="*", help="SyntheticConfig fields, e.g. num_users=10000")
+
+    models = sub.add_parser("models", help="list the model zoo")
+    models.add_argument("pattern", nargs="?", default="*")
+
+    sub.add_parser("env", help="print torch/fbgemm/torchrec/triton versions and check they belong together")
+    return parser
+
+
+def _cmd_env(args) -> int:
+    from recsys.env import check_environment
+
+    report = check_environment()
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_models(args) -> int:
+    from recsys.models import get_model_spec, list_models
+
+    for name in list_models(args.pattern):
+        print(f"{name:<16} {get_model_spec(name).description}")
+    return 0
+
+
+def _reader_options(options: list[str]) -> dict:
+    from recsys.config import parse_overrides
+
+    return parse_overrides(options)
+
+
+def _cmd_data(args) -> int:
+    from recsys.data.describe import describe_log, format_description
+    from recsys.data.log_io import write_log
+
+    if args.data_command == "synthetic":
+        from recsys.config import from_dict, parse_overrides
+        from recsys.data.synthetic import SyntheticConfig, generate
+
+        cfg = from_dict(SyntheticConfig, parse_overrides(args.overrides), where="command line")
+        log = generate(cfg)
+        write_log(log, args.out)
+        print(format_description(describe_log(log)))
+        print(f"wrote {args.out}")
+        return 0
+
+    from recsys.data.readers import read_events
+
+    log = read_events(args.source, args.path, **_reader_options(args.option))
+    if args.data_command == "inspect":
+        description = describe_log(log)
+        print(json.dumps(description, indent=2) if args.json else format_description(description))
+    else:
+        write_log(log, args.out)
+        print(format_description(describe_log(log)))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from recsys.config import load_config
+    from recsys.train.config import TrainConfig
+    from recsys.train.ranking import run_training
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    run_training(cfg, resume=args.resume)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from recsys.config import load_config
+    from recsys.train.config import TrainConfig
+    from recsys.train.ranking import run_evaluation
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    run_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
+    return 0
+
+
+COMMANDS = {"env": _cmd_env, "models": _cmd_models, "data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RecsysError as e:
+        if args.traceback:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

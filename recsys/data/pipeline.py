@@ -1,0 +1,86 @@
+"""The shared data pipeline: source -> event log -> split -> ranking rows for train/valid/test.
+
+Every ranking model of the zoo is trained and evaluated on the output of :func:`build_ranking_data`,
+so they can be compared on the same rows::
+
+    events (synthetic / MovieLens / S3-Rec / CSV)  ->  EventLog (one schema)
+        -> Split (time or leave-one-out)             ->  RankingExamples per split
+        -> ResumableBatchSampler + DataLoader        ->  RankingBatch (KJT + dense + labels)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.data.examples import RankingExamples
+from recsys.data.features import FeatureSpec
+from recsys.data.schema import EventLog
+from recsys.data.splits import Split, leave_one_out, time_split
+from recsys.errors import ConfigError
+
+
+@dataclass
+class RankingData:
+    """Everything a ranking recipe needs from the data side."""
+
+    log: EventLog
+    split: Split
+    spec: FeatureSpec
+    train: RankingExamples
+    valid: RankingExamples
+    test: RankingExamples
+
+    def examples(self, split: str) -> RankingExamples:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[split]
+
+
+def load_events(data_cfg) -> EventLog:
+    """Reads the configured source into an :class:`EventLog`."""
+    if data_cfg.source == "synthetic":
+        from recsys.data.synthetic import generate
+
+        return generate(data_cfg.synthetic)
+    if not data_cfg.path:
+        raise ConfigError(f"data.path is required for data.source={data_cfg.source!r}; set data.path=<file or folder>")
+    from recsys.data.readers import read_events
+
+    return read_events(data_cfg.source, data_cfg.path, **data_cfg.options)
+
+
+def split_events(log: EventLog, data_cfg) -> Split:
+    if data_cfg.split == "leave_one_out":
+        return leave_one_out(log)
+    return time_split(log, valid_fraction=data_cfg.valid_fraction, test_fraction=data_cfg.test_fraction)
+
+
+def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = None, log: EventLog | None = None) -> RankingData:
+    """Builds train/valid/test rows from ``data_cfg`` (a :class:`~recsys.train.config.DataConfig`).
+
+    Args:
+        data_cfg: the data section of the run's config.
+        seed: seeds negative sampling (train, valid and test use seed, seed+1, seed+2).
+        user_weights: ``[num_users]`` per-user loss weights, or None for ones.
+        log: an already loaded log (skips :func:`load_events`).
+    """
+    log = load_events(data_cfg) if log is None else log
+    split = split_events(log, data_cfg)
+    spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history)
+    train_targets = split.train
+    if data_cfg.train_rows == "engaged":
+        train_targets = train_targets[log.engaged()[train_targets]]
+
+    def rows(targets: np.ndarray, negatives: int, offset: int) -> RankingExamples:
+        return RankingExamples.build(
+            log, targets, spec, negatives_per_target=negatives, seed=seed + offset, user_weights=user_weights
+        )
+
+    return RankingData(
+        log=log,
+        split=split,
+        spec=spec,
+        train=rows(train_targets, data_cfg.negatives_per_target, 0),
+        valid=rows(split.valid, data_cfg.eval_negatives_per_target, 1),
+        test=rows(split.test, data_cfg.eval_negatives_per_target, 2),
+    )

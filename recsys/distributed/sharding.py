@@ -1,0 +1,323 @@
+"""Sharding: place every embedding table on the ranks and wrap the model in DMP.
+
+`shard_model` always returns a `DistributedModelParallel` (a world of one included), so one code
+path trains, checkpoints and serves everywhere. Table placement comes from TorchRec's
+`EmbeddingShardingPlanner` for this world size and compute device, steered by per-table
+constraints (`ShardingConfig`).
+
+Two facts of the CPU (gloo) stack shape the plan:
+
+- The planner refuses row-wise and table-row-wise on CPU, although both shard exactly. Tables
+  constrained to them are placed by the planner first (table-wise, so it can finish) and then
+  re-placed with TorchRec's sharding-plan generators (`row_wise()` / `table_row_wise()`, the ones
+  `construct_module_sharding_plan` uses).
+- Data-parallel EmbeddingCollection (sequence) tables fail on CPU (FBGEMM issue #4586), so on CPU
+  sequence tables are kept to row-wise / table-wise / column-wise.
+- FBGEMM's CPU kernels update tables with row-wise adagrad, adagrad or SGD only (no Adam).
+
+Example::
+
+    ctx = init_distributed()
+    model = MyModel(device=torch.device("meta"))
+    dmp = shard_model(model, ctx, ShardingConfig({"t_item": {"sharding_types": ["row_wise"]}}),
+                      FusedOptimizerConfig("row_wise_adagrad", lr=0.05))
+    print(plan_to_text(dmp.plan))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.sharding_plan import row_wise, table_row_wise
+from torchrec.distributed.types import (
+    EmbeddingModuleShardingPlan,
+    ModuleSharder,
+    ParameterSharding,
+    ShardingPlan,
+    ShardingType,
+)
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from recsys.distributed.optimizers import FusedOptimizerConfig, apply_fused_optimizer
+from recsys.distributed.process_group import DistContext
+from recsys.errors import ConfigError
+
+SHARDING_TYPES: Tuple[str, ...] = (
+    ShardingType.DATA_PARALLEL.value,
+    ShardingType.TABLE_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.TABLE_ROW_WISE.value,
+    ShardingType.TABLE_COLUMN_WISE.value,
+)
+COMPUTE_KERNELS: Tuple[str, ...] = (
+    EmbeddingComputeKernel.DENSE.value,
+    EmbeddingComputeKernel.FUSED.value,
+    EmbeddingComputeKernel.FUSED_UVM.value,
+    EmbeddingComputeKernel.FUSED_UVM_CACHING.value,
+)
+_PLANNER_REFUSES_ON_CPU = (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value)
+_SEQUENCE_TYPES_ON_CPU = [
+    ShardingType.ROW_WISE.value,
+    ShardingType.TABLE_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+]
+_CONSTRAINT_FIELDS = ("sharding_types", "compute_kernels")
+_FUSED_OPTIMIZERS_ON_CPU = ("row_wise_adagrad", "adagrad", "sgd")  # FBGEMM's CPU kernels
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    """Per-table sharding constraints; tables not named are left to the planner.
+
+    Args:
+        tables (dict): table name -> {"sharding_types": [...], "compute_kernels": [...]}, each
+            list optional. Sharding types: "data_parallel", "table_wise", "column_wise",
+            "row_wise", "table_row_wise", "table_column_wise". Compute kernels: "dense",
+            "fused", "fused_uvm", "fused_uvm_caching".
+
+    Example::
+
+        ShardingConfig({"t_user": {"sharding_types": ["row_wise"]},
+                        "t_cat": {"sharding_types": ["data_parallel"]}})
+    """
+
+    tables: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for table, constraint in self.tables.items():
+            _validate_constraint(table, constraint)
+
+    def sharding_types(self, table: str) -> List[str]:
+        return list(self.tables.get(table, {}).get("sharding_types", []))
+
+    def compute_kernels(self, table: str) -> List[str]:
+        return list(self.tables.get(table, {}).get("compute_kernels", []))
+
+
+def _validate_constraint(table: str, constraint: Mapping[str, Sequence[str]]) -> None:
+    if not isinstance(constraint, Mapping):
+        raise ConfigError(
+            f"sharding.tables.{table} must be a mapping with keys {list(_CONSTRAINT_FIELDS)}, "
+            f"got {type(constraint).__name__}"
+        )
+    for key in constraint:
+        if key not in _CONSTRAINT_FIELDS:
+            raise ConfigError(
+                f"sharding.tables.{table}.{key} is not a constraint; use {list(_CONSTRAINT_FIELDS)}"
+            )
+    _validate_values(table, "sharding_types", constraint.get("sharding_types", []), SHARDING_TYPES)
+    kernels = constraint.get("compute_kernels", [])
+    _validate_values(table, "compute_kernels", kernels, COMPUTE_KERNELS)
+
+
+def _validate_values(table: str, key: str, values: Sequence[str], valid: Sequence[str]) -> None:
+    if isinstance(values, str):
+        raise ConfigError(f"sharding.tables.{table}.{key} must be a list, e.g. [{values!r}]")
+    for value in values:
+        if value not in valid:
+            raise ConfigError(
+                f"sharding.tables.{table}.{key}: {value!r} is not valid; use one of {list(valid)}"
+            )
+
+
+def default_sharders() -> List[ModuleSharder[nn.Module]]:
+    """Sharders for EmbeddingBagCollection and EmbeddingCollection."""
+    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+
+
+def _embedding_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """Module path -> TorchRec embedding module, for every one in `model`."""
+    return {
+        path: module
+        for path, module in model.named_modules()
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection))
+    }
+
+
+def _table_names(module: nn.Module) -> List[str]:
+    if isinstance(module, EmbeddingCollection):
+        return [config.name for config in module.embedding_configs()]
+    return [config.name for config in module.embedding_bag_configs()]
+
+
+def _check_tables_exist(model: nn.Module, sharding: ShardingConfig) -> None:
+    known = {name for module in _embedding_modules(model).values() for name in _table_names(module)}
+    unknown = sorted(set(sharding.tables) - known)
+    if unknown:
+        raise ConfigError(
+            f"sharding names tables {unknown} that the model does not have; "
+            f"its tables are {sorted(known)}"
+        )
+
+
+def _planner_constraints(
+    model: nn.Module, sharding: ShardingConfig, on_cpu: bool
+) -> Dict[str, ParameterConstraints]:
+    """Constraints the planner can satisfy; row-wise on CPU is planned table-wise for now."""
+    constraints = {}
+    for module in _embedding_modules(model).values():
+        is_sequence = isinstance(module, EmbeddingCollection)
+        for table in _table_names(module):
+            types = sharding.sharding_types(table)
+            if on_cpu and types and set(types) <= set(_PLANNER_REFUSES_ON_CPU):
+                types = [ShardingType.TABLE_WISE.value]
+            elif on_cpu and not types and is_sequence:
+                types = list(_SEQUENCE_TYPES_ON_CPU)
+            elif on_cpu and is_sequence and ShardingType.DATA_PARALLEL.value in types:
+                raise ConfigError(
+                    f"sharding.tables.{table}: data_parallel does not work for sequence "
+                    "(EmbeddingCollection) tables on CPU (FBGEMM issue #4586); "
+                    f"use one of {_SEQUENCE_TYPES_ON_CPU}"
+                )
+            kernels = sharding.compute_kernels(table)
+            if types or kernels:
+                constraints[table] = ParameterConstraints(
+                    sharding_types=types or None, compute_kernels=kernels or None
+                )
+    return constraints
+
+
+def _make_topology(ctx: DistContext) -> Topology:
+    compute_device = ctx.device.type
+    try:
+        from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+    except ImportError:  # older torchrec: no factory
+        return Topology(
+            world_size=ctx.world_size,
+            local_world_size=ctx.local_world_size,
+            compute_device=compute_device,
+        )
+    return TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(
+            world_size=ctx.world_size, local_world_size=ctx.local_world_size
+        ),
+        kernel_config=KernelConfig(compute_device=compute_device),
+    )
+
+
+def _hand_placed(
+    ctx: DistContext, sharder: ModuleSharder[nn.Module], param: nn.Parameter, sharding_type: str
+) -> ParameterSharding:
+    """A row-wise / table-row-wise placement built without the planner."""
+    if sharding_type == ShardingType.ROW_WISE.value:
+        generator = row_wise()
+    else:
+        generator = table_row_wise(host_index=ctx.rank // ctx.local_world_size)
+    return generator(param, ctx.local_world_size, ctx.world_size, ctx.device.type, sharder)
+
+
+def _place_refused_tables(
+    model: nn.Module, plan: ShardingPlan, ctx: DistContext, sharding: ShardingConfig
+) -> None:
+    """Replace the planner's stand-in placement of tables constrained to row-wise on CPU."""
+    sharders = {sharder.module_type: sharder for sharder in default_sharders()}
+    for path, module in _embedding_modules(model).items():
+        sharder = sharders[type(module)]
+        shardable = sharder.shardable_parameters(module)
+        module_plan = plan.plan.get(path)
+        if not isinstance(module_plan, EmbeddingModuleShardingPlan):
+            continue
+        for table in _table_names(module):
+            types = sharding.sharding_types(table)
+            if types and set(types) <= set(_PLANNER_REFUSES_ON_CPU):
+                module_plan[table] = _hand_placed(ctx, sharder, shardable[table], types[0])
+
+
+def plan_sharding(model: nn.Module, ctx: DistContext, sharding: ShardingConfig) -> ShardingPlan:
+    """The sharding plan of `model`'s tables over `ctx.world_size` ranks.
+
+    Uses the distributed planner (`collective_plan`) when a process group exists, so every rank
+    gets rank 0's plan.
+
+    Args:
+        model (nn.Module): unsharded model with TorchRec embedding modules (meta device is fine).
+        ctx (DistContext): world size and compute device.
+        sharding (ShardingConfig): per-table constraints.
+    """
+    _check_tables_exist(model, sharding)
+    on_cpu = ctx.device.type == "cpu"
+    planner = EmbeddingShardingPlanner(
+        topology=_make_topology(ctx),
+        constraints=_planner_constraints(model, sharding, on_cpu),
+    )
+    if dist.is_initialized():
+        plan = planner.collective_plan(model, default_sharders(), dist.GroupMember.WORLD)
+    else:
+        plan = planner.plan(model, default_sharders())
+    if on_cpu:
+        _place_refused_tables(model, plan, ctx, sharding)
+    return plan
+
+
+def shard_model(
+    model: nn.Module,
+    ctx: DistContext,
+    sharding: ShardingConfig,
+    fused_optimizer: FusedOptimizerConfig,
+) -> DistributedModelParallel:
+    """Attach the fused optimizer, plan the tables and wrap `model` in DMP.
+
+    Args:
+        model (nn.Module): unsharded model holding TorchRec embedding modules; may live on
+            `meta` (tables and dense layers are materialised on `ctx.device` and re-initialised
+            with their `reset_parameters`).
+        ctx (DistContext): from `init_distributed`.
+        sharding (ShardingConfig): per-table constraints.
+        fused_optimizer (FusedOptimizerConfig): optimizer run inside the tables' backward.
+
+    Returns:
+        DistributedModelParallel: the sharded model; `dmp.plan` is its ShardingPlan (print it
+        with `plan_to_text`). The sharded kernels initialise the tables afresh (the weights of
+        `model`'s tables are not copied); to start from given weights, call
+        `dmp.load_state_dict(full_state_dict)` after sharding: each rank keeps its slice.
+    """
+    if ctx.device.type == "cpu" and fused_optimizer.optimizer not in _FUSED_OPTIMIZERS_ON_CPU:
+        raise ConfigError(
+            f"fused optimizer {fused_optimizer.optimizer!r} has no FBGEMM CPU kernel; on CPU use "
+            f"one of {list(_FUSED_OPTIMIZERS_ON_CPU)} (it works on CUDA)"
+        )
+    apply_fused_optimizer(model, fused_optimizer)
+    plan = plan_sharding(model, ctx, sharding)
+    return DistributedModelParallel(
+        module=model, device=ctx.device, plan=plan, sharders=default_sharders()
+    )
+
+
+def plan_to_dict(plan: ShardingPlan) -> Dict[str, Dict[str, Dict[str, object]]]:
+    """Module path -> table -> {sharding_type, compute_kernel, ranks, shards}: JSON-ready."""
+    result: Dict[str, Dict[str, Dict[str, object]]] = {}
+    for path, module_plan in sorted(plan.plan.items()):
+        tables = {}
+        for table, param_sharding in sorted(module_plan.items()):
+            spec = param_sharding.sharding_spec
+            shards = [
+                {
+                    "offsets": list(shard.shard_offsets),
+                    "sizes": list(shard.shard_sizes),
+                    "placement": str(shard.placement),
+                }
+                for shard in getattr(spec, "shards", [])
+            ]
+            tables[table] = {
+                "sharding_type": param_sharding.sharding_type,
+                "compute_kernel": param_sharding.compute_kernel,
+                "ranks": list(param_sharding.ranks or []),
+                "shards": shards,
+            }
+        result[path] = tables
+    return result
+
+
+def plan_to_text(plan: ShardingPlan) -> str:
+    """The plan as indented JSON, for logs and for storing beside checkpoints."""
+    return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True)

@@ -1,0 +1,114 @@
+"""The model zoo: every model registers a :class:`ModelSpec`; ``get_model`` builds one by name.
+
+Example::
+
+    from recsys.models import get_model, list_models
+    list_models("dlrm*")                        # ["dlrm"]
+    model = get_model("dlrm", embedding_dim=64)  # keyword overrides map onto DLRMConfig
+    model = get_model("dlrm", feature_spec=FeatureSpec.from_log(log), device="meta")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from recsys.data.features import FeatureSpec
+from recsys.errors import ConfigError
+from recsys.models.dlrm import DLRM, DLRMConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one zoo model.
+
+    Args:
+        name: registry key, e.g. ``"dlrm"``.
+        config_cls: the model's config dataclass; keyword overrides map onto its fields.
+        build: ``build(feature_spec, config, device) -> nn.Module``.
+        description: one line for ``list_models`` listings and ``--help``.
+    """
+
+    name: str
+    config_cls: type
+    build: Callable[[FeatureSpec, Any, torch.device | str | None], nn.Module]
+    description: str
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Adds a model to the zoo; a second, different spec under one name is a ConfigError."""
+    if not dataclasses.is_dataclass(spec.config_cls):
+        raise ConfigError(f"model {spec.name!r}: config_cls must be a dataclass, got {spec.config_cls!r}")
+    existing = _MODELS.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ConfigError(f"a model named {spec.name!r} is already registered; pick another name")
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered models matching the shell-style ``pattern``."""
+    return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec registered under ``name``."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; registered models: {list_models()}")
+    return _MODELS[name]
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The model's config dataclass with ``overrides`` applied to its fields."""
+    config_cls = get_model_spec(name).config_cls
+    valid = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no config keys {unknown}; valid keys: {valid}")
+    return config_cls(**overrides)
+
+
+def default_feature_spec() -> FeatureSpec:
+    """A small FeatureSpec (1,000 users, 10,000 items, one 32-value attribute) for trying models."""
+    return FeatureSpec(num_users=1_000, num_items=10_000, item_attributes={"category": 32}, content_dim=32)
+
+
+def get_model(
+    name: str,
+    feature_spec: FeatureSpec | None = None,
+    device: torch.device | str | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Builds a zoo model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        feature_spec: the data's features; None = :func:`default_feature_spec`.
+        device: where the model (its embedding tables at least) is built; ``"meta"`` allocates nothing.
+        **overrides: fields of the model's config dataclass.
+    """
+    spec = get_model_spec(name)
+    config = model_config(name, **overrides)
+    return spec.build(feature_spec or default_feature_spec(), config, device)
+
+
+def _build_dlrm(feature_spec: FeatureSpec, config: DLRMConfig, device: torch.device | str | None) -> nn.Module:
+    return DLRM(feature_spec, config, device=device)
+
+
+register(
+    ModelSpec(
+        name="dlrm",
+        config_cls=DLRMConfig,
+        build=_build_dlrm,
+        description="DLRM ranker: pooled id embeddings + dense MLP, DCNv2 full-rank cross, one logit per action head",
+    )
+)

@@ -1,0 +1,166 @@
+"""Pinnability's weighted cross-entropy over several action heads.
+
+Every head h predicts one action (click, save, hide, ...). Each example b contributes to every
+head's binary cross-entropy, weighted by who the user is and by what the user did::
+
+    L = sum_h mean_b [ w_user(b) * M[h, e(b)] * BCE(logit_bh, y_bh) ]
+
+- ``y_bh`` is the label of the action the head is named after (``labels[b, a(h)]``).
+- ``M`` is the label weight matrix ``[H, A + 1]``: columns are the actions, then ``"none"`` for
+  impressions without any action. ``e(b)`` is the example's engagement: for an example with
+  several actions the weight is the largest ``M[h, a]`` over its actions; without any action it is
+  ``M[h, none]``. A weight of 1 everywhere gives plain BCE.
+- ``w_user(b)`` is a per-user weight (:func:`user_weights`), e.g. to keep very active users from
+  dominating the loss.
+
+Shape letters: B rows, H heads, A actions, U users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.data.schema import EventLog
+from recsys.errors import ConfigError
+
+NONE_COLUMN = "none"
+USER_WEIGHT_SCHEMES = ("uniform", "inverse_sqrt_activity")
+
+
+@dataclass
+class LabelWeightConfig:
+    """Entries of the label weight matrix M that differ from 1.
+
+    Args:
+        weights: head -> {action or ``"none"`` -> weight}. Missing entries weigh 1.
+
+    Example::
+
+        LabelWeightConfig({"save": {"save": 5.0, "none": 0.5}})  # saves count 5x, non-engaged 0.5x
+    """
+
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def matrix(self, heads: list[str], action_vocab: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """``[H, A + 1]`` float32 M, rows in ``heads`` order, columns ``action_vocab`` then none."""
+        columns = [*action_vocab, NONE_COLUMN]
+        m = torch.ones(len(heads), len(columns))
+        for head, row in self.weights.items():
+            if head not in heads:
+                raise ConfigError(f"label_weights names head {head!r}, which the model lacks; heads are {list(heads)}")
+            for action, weight in row.items():
+                if action not in columns:
+                    raise ConfigError(
+                        f"label_weights[{head!r}] names action {action!r}; use one of {columns}"
+                    )
+                if not isinstance(weight, (int, float)) or weight < 0 or not np.isfinite(weight):
+                    raise ConfigError(
+                        f"label_weights[{head!r}][{action!r}] must be a finite number >= 0, got {weight!r}"
+                    )
+                m[heads.index(head), columns.index(action)] = float(weight)
+        return m
+
+
+def head_columns(heads: list[str], action_vocab: tuple[str, ...] | list[str]) -> list[int]:
+    """The label column of each head: the index of the action the head is named after."""
+    missing = [h for h in heads if h not in action_vocab]
+    if missing:
+        raise ConfigError(f"heads {missing} are not actions; each head must be one of {list(action_vocab)}")
+    return [list(action_vocab).index(h) for h in heads]
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Per-head BCE weighted by the label weight matrix and per-user weights.
+
+    Args:
+        heads: H head names, each an action of ``action_vocab``.
+        action_vocab: A action names, the columns of the labels.
+        label_weights: entries of M; None = all ones (plain BCE).
+
+    Example::
+
+        loss_fn = WeightedCrossEntropy(["click", "save"], ("click", "save", "hide"))
+        loss, per_head = loss_fn(logits, batch.labels, batch.labels, batch.weights)
+    """
+
+    def __init__(
+        self,
+        heads: list[str],
+        action_vocab: tuple[str, ...] | list[str],
+        label_weights: LabelWeightConfig | None = None,
+    ):
+        super().__init__()
+        self.heads = list(heads)
+        self.action_vocab = tuple(action_vocab)
+        self.register_buffer("head_index", torch.tensor(head_columns(self.heads, self.action_vocab)), persistent=False)
+        m = (label_weights or LabelWeightConfig()).matrix(self.heads, self.action_vocab)
+        self.register_buffer("label_weight_matrix", m, persistent=False)  # [H, A + 1]
+
+    def head_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """``[B, A]`` action labels -> ``[B, H]`` labels of the heads."""
+        return labels.index_select(1, self.head_index)  # [B, H]
+
+    def example_weights(self, actions_multi_hot: torch.Tensor) -> torch.Tensor:
+        """``[B, A]`` multi-hot -> ``[B, H]`` M[h, e(b)]: max of M[h, a] over b's actions, else M[h, none]."""
+        taken = actions_multi_hot.bool()  # [B, A]
+        action_weights = self.label_weight_matrix[:, :-1]  # [H, A]
+        masked = torch.where(taken[:, None, :], action_weights[None, :, :], float("-inf"))  # [B, H, A]
+        best = masked.amax(dim=2)  # [B, H]; -inf where no action was taken
+        none_weight = self.label_weight_matrix[:, -1].expand_as(best)  # [B, H]
+        return torch.where(taken.any(dim=1, keepdim=True), best, none_weight)  # [B, H]
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        actions_multi_hot: torch.Tensor,
+        user_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted loss.
+
+        Args:
+            logits: ``[B, H]``.
+            labels: ``[B, A]`` multi-hot action labels (head h reads column ``a(h)``).
+            actions_multi_hot: ``[B, A]`` the actions of each example (the labels, in a ranking batch).
+            user_weights: ``[B]`` per-example user weight.
+
+        Returns:
+            ``(loss, per_head)``: scalar sum over heads, and ``[H]`` the weighted mean BCE of each head.
+        """
+        if logits.dim() != 2 or logits.shape[1] != len(self.heads):
+            raise ConfigError(
+                f"logits must be [B, {len(self.heads)}] for heads {self.heads}, got {tuple(logits.shape)}"
+            )
+        targets = self.head_labels(labels).to(logits.dtype)  # [B, H]
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # [B, H]
+        weights = self.example_weights(actions_multi_hot) * user_weights[:, None].to(logits.dtype)  # [B, H]
+        per_head = (weights * bce).mean(dim=0)  # [H]
+        return per_head.sum(), per_head
+
+
+def user_weights(log: EventLog, scheme: str = "uniform") -> np.ndarray:
+    """Per-user loss weights ``[U]`` float32, normalised to mean 1 over the log's events.
+
+    Args:
+        log: the events (usually the training events); user u's activity n_u is its event count.
+        scheme: ``"uniform"`` (every user 1) or ``"inverse_sqrt_activity"`` (w_u ∝ 1 / sqrt(n_u), so
+            a user with 100x the events carries 10x, not 100x, the loss). Users without events get
+            the weight of a user with one event.
+
+    Normalisation: sum_u n_u w_u / sum_u n_u = 1, so the loss scale matches unweighted BCE.
+    """
+    if scheme not in USER_WEIGHT_SCHEMES:
+        raise ConfigError(f"user weight scheme {scheme!r} is unknown; use one of {list(USER_WEIGHT_SCHEMES)}")
+    activity = np.bincount(log.user_id, minlength=log.num_users).astype(np.float64)  # [U]
+    if scheme == "uniform":
+        return np.ones(log.num_users, dtype=np.float32)
+    raw = 1.0 / np.sqrt(np.maximum(activity, 1.0))  # [U]
+    total = activity.sum()
+    if total == 0:
+        return np.ones(log.num_users, dtype=np.float32)
+    return (raw * total / (activity * raw).sum()).astype(np.float32)

@@ -1,0 +1,122 @@
+"""Typed config of a ranking training run; the YAMLs in ``configs/`` map onto :class:`TrainConfig`.
+
+Sections::
+
+    model:     name + the model's own config fields (checked against the zoo's config class)
+    data:      where events come from, how they are split, how rows and batches are made
+    loss:      Pinnability's label weight matrix M and per-user weights
+    optim:     dense optimizer (Adam, ...) and the fused optimizer of the embedding tables
+    sharding:  per-table sharding constraints for the planner
+    train:     epochs, batch size, seed, logging, checkpoints
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from recsys.data.synthetic import SyntheticConfig
+from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig
+from recsys.distributed.sharding import ShardingConfig
+
+
+@dataclass
+class DataConfig:
+    """Events, split and rows.
+
+    Args:
+        source: "synthetic" (built-in generator), "movielens", "amazon" (S3-Rec format),
+            "events" (CSV/Parquet with a column mapping) or "log" (``recsys data convert`` output).
+        path: file or folder of the source (unused for synthetic).
+        options: keyword options of the reader (e.g. ``{like_min: 4}`` for MovieLens).
+        synthetic: the generator's config when ``source == "synthetic"``.
+        split: "time" (global time quantiles) or "leave_one_out" (each user's last engaged
+            event is the test target, the one before it the validation target).
+        valid_fraction / test_fraction: shares of time for the time split.
+        negatives_per_target: sampled unseen items per row, for logs without logged negatives.
+        eval_negatives_per_target: the same for validation and test rows.
+        train_rows: "all" events of the training split become rows, or only "engaged" ones
+            (for logs whose events are all engagements plus sampled negatives this is the same).
+        max_history: most recent items per ``history_<action>`` feature.
+        num_workers: DataLoader worker processes.
+    """
+
+    source: Literal["synthetic", "movielens", "amazon", "events", "log"] = "synthetic"
+    path: str | None = None
+    options: dict = field(default_factory=dict)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    split: Literal["time", "leave_one_out"] = "time"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    negatives_per_target: int = 0
+    eval_negatives_per_target: int = 0
+    train_rows: Literal["all", "engaged"] = "all"
+    max_history: int = 50
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Pinnability's weighted cross-entropy.
+
+    Args:
+        label_weights: head -> {action or "none": weight}: the label weight matrix M (1 where unset).
+        user_weighting: "uniform" or "inverse_sqrt_activity" (heavy users weigh less per event).
+    """
+
+    label_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    user_weighting: Literal["uniform", "inverse_sqrt_activity"] = "uniform"
+
+
+@dataclass
+class OptimConfig:
+    dense: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
+    sparse: FusedOptimizerConfig = field(default_factory=FusedOptimizerConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """The loop.
+
+    Args:
+        epochs: passes over the training rows.
+        batch_size / eval_batch_size: rows per batch.
+        seed: seeds model init, shuffling and negative sampling.
+        log_every: steps between JSONL/TensorBoard records.
+        checkpoint_every: steps between checkpoints (0 = only at the end).
+        checkpoint_backend: "dcp" (torch.distributed.checkpoint, reshards) or "torchsnapshot"
+            (same sharding plan only).
+        keep_checkpoints: how many recent checkpoints to keep.
+        progress: tqdm progress bar on rank 0.
+        baseline: also score the popularity baseline on the evaluation splits.
+    """
+
+    epochs: int = 1
+    batch_size: int = 512
+    eval_batch_size: int = 4096
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 0
+    checkpoint_backend: Literal["dcp", "torchsnapshot"] = "dcp"
+    keep_checkpoints: int = 3
+    progress: bool = True
+    baseline: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: dict = field(default_factory=lambda: {"name": "dlrm"})
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
+    output_dir: str = "runs/dlrm-synthetic"
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model.get("name", "dlrm"))
+
+    @property
+    def model_overrides(self) -> dict:
+        return {k: v for k, v in self.model.items() if k != "name"}

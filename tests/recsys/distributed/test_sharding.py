@@ -1,0 +1,77 @@
+import copy
+import json
+
+import pytest
+import torch
+from toy_sharded import FEATURES, ToyRanker, ToySequenceModel, full_state, toy_batch
+
+from recsys.distributed.optimizers import FusedOptimizerConfig
+from recsys.distributed.sharding import ShardingConfig, plan_sharding, plan_to_text, shard_model
+from recsys.errors import ConfigError
+
+MIXED = ShardingConfig(
+    {
+        "t0": {"sharding_types": ["row_wise"]},
+        "t1": {"sharding_types": ["data_parallel"]},
+        "t2": {"sharding_types": ["column_wise"], "compute_kernels": ["fused"]},
+    }
+)
+
+
+def _table_types(plan) -> dict:
+    return {table: sharding.sharding_type for table, sharding in plan.plan["ebc"].items()}
+
+
+def test_constraints_are_validated_with_the_valid_values_named():
+    with pytest.raises(ConfigError, match="row_wise"):
+        ShardingConfig({"t0": {"sharding_types": ["rowwise"]}})
+    with pytest.raises(ConfigError, match="fused"):
+        ShardingConfig({"t0": {"compute_kernels": ["fast"]}})
+    with pytest.raises(ConfigError, match="must be a list"):
+        ShardingConfig({"t0": {"sharding_types": "row_wise"}})
+    with pytest.raises(ConfigError, match="sharding_types"):
+        ShardingConfig({"t0": {"types": ["row_wise"]}})
+
+
+def test_unknown_table_is_named(ctx):
+    with pytest.raises(ConfigError, match="t9"):
+        plan_sharding(ToyRanker(torch.device("meta")), ctx, ShardingConfig({"t9": {}}))
+
+
+def test_meta_model_is_sharded_as_constrained_and_materialised(ctx):
+    dmp = shard_model(ToyRanker(torch.device("meta")), ctx, MIXED, FusedOptimizerConfig())
+    assert _table_types(dmp.plan) == {"t0": "row_wise", "t1": "data_parallel", "t2": "column_wise"}
+    state = full_state(dmp.state_dict())
+    for name, tensor in state.items():
+        assert tensor.device.type == "cpu", name
+        assert torch.isfinite(tensor).all() and tensor.abs().sum() > 0, name
+    assert dmp(toy_batch(6, seed=0)).shape == (6, 1)
+    assert json.loads(plan_to_text(dmp.plan))["ebc"]["t0"]["sharding_type"] == "row_wise"
+
+
+def test_sharded_forward_matches_the_unsharded_model(ctx):
+    torch.manual_seed(0)
+    model = ToyRanker(torch.device("cpu"))
+    reference = copy.deepcopy(model)
+    dmp = shard_model(model, ctx, MIXED, FusedOptimizerConfig(optimizer="sgd", lr=0.1))
+    reference.load_state_dict(full_state(dmp.state_dict()))
+    batch = toy_batch(8, seed=1)
+    torch.testing.assert_close(dmp(batch), reference(batch), atol=1e-6, rtol=1e-6)
+    assert set(FEATURES) == set(batch.keys())
+
+
+def test_table_row_wise_is_placed_by_hand_on_cpu(ctx):
+    sharding = ShardingConfig({"t0": {"sharding_types": ["table_row_wise"]}})
+    plan = plan_sharding(ToyRanker(torch.device("meta")), ctx, sharding)
+    assert _table_types(plan)["t0"] == "table_row_wise"
+
+
+def test_sequence_tables_stay_off_data_parallel_on_cpu(ctx):
+    plan = plan_sharding(ToySequenceModel(torch.device("meta")), ctx, ShardingConfig())
+    assert plan.plan["ec"]["s0"].sharding_type != "data_parallel"
+    with pytest.raises(ConfigError, match="4586"):
+        plan_sharding(
+            ToySequenceModel(torch.device("meta")),
+            ctx,
+            ShardingConfig({"s0": {"sharding_types": ["data_parallel"]}}),
+        )
