@@ -208,11 +208,14 @@ def _make_topology(ctx: DistContext) -> Topology:
 def _hand_placed(
     ctx: DistContext, sharder: ModuleSharder[nn.Module], param: nn.Parameter, sharding_type: str
 ) -> ParameterSharding:
-    """A row-wise / table-row-wise placement built without the planner."""
+    """A row-wise / table-row-wise placement built without the planner (the same on every rank).
+
+    Table-row-wise tables go to the ranks of the first host.
+    """
     if sharding_type == ShardingType.ROW_WISE.value:
         generator = row_wise()
     else:
-        generator = table_row_wise(host_index=ctx.rank // ctx.local_world_size)
+        generator = table_row_wise(host_index=0)
     return generator(param, ctx.local_world_size, ctx.world_size, ctx.device.type, sharder)
 
 

@@ -136,6 +136,17 @@ def _init_lazy_optimizer_state(optimizer: Any) -> None:
             part.zero_grad(set_to_none=True)
 
 
+def _warn_on_version_change(path: Path, saved: Dict[str, str]) -> None:
+    current = _library_versions()
+    changed = {
+        package: f"{version} -> {current[package]}"
+        for package, version in saved.items()
+        if package in current and current[package] != version
+    }
+    if changed:
+        logger.warning("checkpoint %s was saved with other library versions: %s", path, changed)
+
+
 class CheckpointManager:
     """Saves and loads numbered checkpoints of a (sharded) model, its optimizer and trainer state.
 
@@ -265,6 +276,9 @@ class CheckpointManager:
             os.replace(temp, final)
 
     def _prune(self) -> None:
+        """Remove checkpoints beyond `keep_last` (never `latest`) and leftovers of killed saves."""
+        for leftover in self.directory.glob(".tmp-step_*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         keep: Set[int] = set(self.steps()[-self.keep_last :])
         latest = self.latest_step()
         if latest is not None:
@@ -294,6 +308,7 @@ class CheckpointManager:
                 f"{path} was saved with backend {backend!r}, this manager uses {self.backend!r}; "
                 f"create the CheckpointManager with backend={backend!r}"
             )
+        _warn_on_version_change(path, manifest.get("versions", {}))
         _init_lazy_optimizer_state(optimizer)
         if self.backend == "dcp":
             self._load_dcp(path, model, optimizer)

@@ -1,7 +1,6 @@
 import pytest
 import torch
-from test_sharding import MIXED
-from toy_sharded import ToyRanker, full_state, toy_batch
+from toy_sharded import MIXED, ToyRanker, full_state, toy_batch
 
 from recsys.distributed.optimizers import (
     DenseOptimizerConfig,

@@ -3,20 +3,11 @@ import json
 
 import pytest
 import torch
-from toy_sharded import FEATURES, ToyRanker, ToySequenceModel, full_state, toy_batch
+from toy_sharded import FEATURES, MIXED, ToyRanker, ToySequenceModel, full_state, toy_batch
 
 from recsys.distributed.optimizers import FusedOptimizerConfig
 from recsys.distributed.sharding import ShardingConfig, plan_sharding, plan_to_text, shard_model
 from recsys.errors import ConfigError
-
-MIXED = ShardingConfig(
-    {
-        "t0": {"sharding_types": ["row_wise"]},
-        "t1": {"sharding_types": ["data_parallel"]},
-        "t2": {"sharding_types": ["column_wise"], "compute_kernels": ["fused"]},
-    }
-)
-
 
 def _table_types(plan) -> dict:
     return {table: sharding.sharding_type for table, sharding in plan.plan["ebc"].items()}

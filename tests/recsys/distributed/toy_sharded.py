@@ -14,9 +14,18 @@ from torchrec import (
     KeyedJaggedTensor,
 )
 
+from recsys.distributed.sharding import ShardingConfig
+
 TABLE_ROWS = (40, 30, 20)
 DIM = 8
 FEATURES = [f"f{i}" for i in range(len(TABLE_ROWS))]
+MIXED = ShardingConfig(
+    {
+        "t0": {"sharding_types": ["row_wise"]},
+        "t1": {"sharding_types": ["data_parallel"]},
+        "t2": {"sharding_types": ["column_wise"], "compute_kernels": ["fused"]},
+    }
+)
 
 
 class ToyRanker(nn.Module):
@@ -50,15 +59,13 @@ class ToySequenceModel(nn.Module):
     def __init__(self, device: torch.device) -> None:
         super().__init__()
         self.ec = EmbeddingCollection(
-            tables=[
-                EmbeddingConfig(name="s0", embedding_dim=DIM, num_embeddings=50, feature_names=["seq"])
-            ],
+            tables=[EmbeddingConfig(name="s0", embedding_dim=DIM, num_embeddings=50,
+                                    feature_names=["seq"])],
             device=device,
         )
         self.ebc = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(name="t0", embedding_dim=DIM, num_embeddings=10, feature_names=["f0"])
-            ],
+            tables=[EmbeddingBagConfig(name="t0", embedding_dim=DIM, num_embeddings=10,
+                                       feature_names=["f0"])],
             device=device,
         )
 

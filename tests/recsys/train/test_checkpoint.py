@@ -209,9 +209,11 @@ def test_truncated_edited_or_unmanifested_checkpoints_are_refused(ctx, tmp_path)
 def test_keep_last_prunes_older_checkpoints(ctx, tmp_path):
     dmp, optimizer = build(ctx)
     manager = CheckpointManager(tmp_path, keep_last=2)
+    (tmp_path / ".tmp-step_000000005").mkdir()  # left by a save that was killed
     for step in (10, 20, 30, 40):
         manager.save(step, dmp, optimizer, {"step": step})
     assert manager.steps() == [30, 40] and manager.latest_step() == 40
+    assert not (tmp_path / ".tmp-step_000000005").exists()
     (tmp_path / "latest").write_text("step_000000030\n")  # e.g. pointed back by hand
     manager.keep_last = 1
     manager._prune()
