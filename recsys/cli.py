@@ -26,6 +26,7 @@ from recsys.errors import RecsysError
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n")[0])
     parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="keep the libraries' own warnings")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a zoo model from a YAML config")
@@ -135,8 +136,22 @@ def _cmd_eval(args) -> int:
 COMMANDS = {"env": _cmd_env, "models": _cmd_models, "data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval}
 
 
+def _quiet_library_noise(verbose: bool) -> None:
+    """TorchRec's planner and DMP warn about internals a user cannot act on; keep them for -v."""
+    if verbose:
+        return
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*autograd kernel was not registered.*")
+    for name in ("torchrec", "root", "torch.fx._symbolic_trace", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _quiet_library_noise(args.verbose)
     try:
         return COMMANDS[args.command](args)
     except RecsysError as e:

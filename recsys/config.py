@@ -78,7 +78,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Builds ``cls`` from a YAML file (optional) and ``key=value`` overrides."""
     data = load_yaml(path) if path is not None else {}
     data = merge(data, parse_overrides(overrides or []))
-    return from_dict(cls, data, where=str(path) if path else "overrides")
+    where = " + ".join(part for part in (str(path) if path else "", "command-line overrides" if overrides else "") if part)
+    return from_dict(cls, data, where=where or "defaults")
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config", prefix: str = "") -> T:
@@ -92,7 +93,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config", prefix: str = "")
         name = f"{prefix}{key}"
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: unknown key {name!r}{hint}; known keys here: {sorted(known)}")
         kwargs[key] = _coerce(hints[key], value, where, name)
     return cls(**kwargs)

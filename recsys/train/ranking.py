@@ -64,6 +64,7 @@ class RankingRecipe:
         self.run_log = RunLog(self.output_dir, rank=self.ctx.rank)
         if self.ctx.is_main:
             self._write_run_files()
+            print(self.summary())
         if resume:
             self._resume()
 
@@ -81,6 +82,23 @@ class RankingRecipe:
         self.model = shard_model(RankingTask(model, loss), self.ctx, cfg.sharding, cfg.optim.sparse)
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
         return heads
+
+    def summary(self) -> str:
+        """A few lines on the data, the model and where its tables went."""
+        log, spec = self.data.log, self.data.spec
+        params = sum(p.numel() for p in self.model.parameters())
+        tables = ", ".join(
+            f"{table}: {p['sharding_type']}" for module in plan_to_dict(self.model.plan).values() for table, p in module.items()
+        )
+        return "\n".join([
+            f"data: {self.cfg.data.source}, {len(log):,} events, {log.num_users:,} users, {log.num_items:,} items, "
+            f"actions {list(spec.action_vocab)}",
+            f"rows: train {len(self.data.train):,}, valid {len(self.data.valid):,}, test {len(self.data.test):,}",
+            f"model: {self.cfg.model_name}, heads {self.heads}, {params:,} parameters on this rank; "
+            f"world size {self.ctx.world_size} ({self.ctx.backend})",
+            f"tables: {tables}",
+            f"output: {self.output_dir}",
+        ])
 
     def _write_run_files(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

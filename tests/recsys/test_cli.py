@@ -1,0 +1,55 @@
+"""The command line: exit codes, messages without stack traces, and the data commands."""
+
+import json
+
+import pytest
+
+from recsys.cli import main
+
+
+def test_env_reports_a_consistent_stack(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "torchrec" in out and "stack OK" in out
+
+
+def test_models_lists_the_zoo(capsys):
+    assert main(["models"]) == 0
+    assert "dlrm" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--config", "configs/dlrm/synthetic.yaml", "train.epochz=1"], "did you mean 'train.epochs'"),
+        (["train", "--config", "configs/nope.yaml"], "does not exist"),
+        (["train", "--config", "configs/dlrm/synthetic.yaml", "data.source=movielens"], "data.path is required"),
+        (["data", "inspect", "--source", "movielens", "/nonexistent/ml-100k"], "/nonexistent/ml-100k"),
+        (["eval", "--config", "configs/dlrm/synthetic.yaml", "output_dir=/nonexistent/run",
+          "data.synthetic.num_users=50", "data.synthetic.heavy_user_fraction=0.0"], "no checkpoint"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(capsys, argv, fragment):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err
+    assert "Traceback" not in err
+
+
+def test_data_synthetic_convert_and_inspect_round_trip(tmp_path, capsys):
+    out = tmp_path / "log"
+    assert main(["data", "synthetic", str(out), "num_users=40", "num_items=100", "heavy_user_fraction=0.0"]) == 0
+    assert (out / "events.parquet").is_file()
+    capsys.readouterr()
+    assert main(["data", "inspect", "--source", "log", str(out), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["users"] == 40 and described["items"] == 100
+
+    csv = tmp_path / "events.csv"
+    csv.write_text("user_id,item_id,timestamp,actions\n1,7,10,click\n1,8,20,\n2,7,15,click|save\n")
+    converted = tmp_path / "converted"
+    assert main(["data", "convert", "--source", "events", str(csv), str(converted)]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", "--source", "log", str(converted), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["events"] == 3 and described["users"] == 2

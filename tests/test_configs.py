@@ -1,0 +1,27 @@
+"""Every YAML under configs/ (recursively) loads into its typed config and starts with its command."""
+
+from pathlib import Path
+
+import pytest
+
+from recsys.config import load_config
+from recsys.models import model_config
+from recsys.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert CONFIGS, "configs/ holds no YAML"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_loads_and_names_its_command(path):
+    first_line = path.read_text().splitlines()[0]
+    relative = path.relative_to(ROOT)
+    assert first_line.startswith("# recsys ") and str(relative) in first_line, (
+        f"{relative} must start with the command that runs it, e.g. '# recsys train --config {relative}'"
+    )
+    cfg = load_config(TrainConfig, path)
+    model_config(cfg.model_name, **cfg.model_overrides)  # the model section maps onto the model's dataclass
