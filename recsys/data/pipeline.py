@@ -11,6 +11,7 @@ so they can be compared on the same rows::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,7 +47,14 @@ def load_events(data_cfg) -> EventLog:
         raise ConfigError(f"data.path is required for data.source={data_cfg.source!r}; set data.path=<file or folder>")
     from recsys.data.readers import read_events
 
-    return read_events(data_cfg.source, data_cfg.path, **data_cfg.options)
+    path = Path(data_cfg.path)
+    if data_cfg.download:
+        if data_cfg.source != "movielens":
+            raise ConfigError(f"data.download works for source movielens only, not {data_cfg.source!r}; set data.download=false")
+        from recsys.data.download import fetch_movielens
+
+        path = fetch_movielens(path.name, path.parent)
+    return read_events(data_cfg.source, path, **data_cfg.options)
 
 
 def split_events(log: EventLog, data_cfg) -> Split:

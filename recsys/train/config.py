@@ -28,6 +28,8 @@ class DataConfig:
         source: "synthetic" (built-in generator), "movielens", "amazon" (S3-Rec format),
             "events" (CSV/Parquet with a column mapping) or "log" (``recsys data convert`` output).
         path: file or folder of the source (unused for synthetic).
+        download: for MovieLens, fetch ``<name>.zip`` from GroupLens (MD5-checked) into
+            ``path``'s parent when ``path`` (e.g. ``data/ml-1m``) does not hold the files yet.
         options: keyword options of the reader (e.g. ``{like_min: 4}`` for MovieLens).
         synthetic: the generator's config when ``source == "synthetic"``.
         split: "time" (global time quantiles) or "leave_one_out" (each user's last engaged
@@ -43,6 +45,7 @@ class DataConfig:
 
     source: Literal["synthetic", "movielens", "amazon", "events", "log"] = "synthetic"
     path: str | None = None
+    download: bool = False
     options: dict = field(default_factory=dict)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     split: Literal["time", "leave_one_out"] = "time"

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -51,7 +52,7 @@ class RankingRecipe:
         self.epoch = 0
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: bool = False, data: RankingData | None = None) -> None:
+    def setup(self, resume: bool = False, data: RankingData | None = None, write_run_files: bool = True) -> None:
         cfg = self.cfg
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
@@ -63,7 +64,8 @@ class RankingRecipe:
         )
         self.run_log = RunLog(self.output_dir, rank=self.ctx.rank)
         if self.ctx.is_main:
-            self._write_run_files()
+            if write_run_files:
+                self._write_run_files()
             print(self.summary())
         if resume:
             self._resume()
@@ -200,6 +202,22 @@ class RankingRecipe:
             metrics.update(popularity.scores(batch.item_id), self._head_labels(batch))
         return metrics.compute()
 
+    def evaluate_ground_truth(self, split: str) -> dict[str, dict]:
+        """Per-head AUC of the generator's true long-term action probabilities on ``split``: what
+        a model that knew each user's interests (but not their session) would reach. Synthetic only."""
+        from recsys.data.synthetic import SyntheticWorld
+
+        examples, log = self.data.examples(split), self.data.log
+        event = examples.event
+        probabilities = SyntheticWorld(self.cfg.data.synthetic).action_probabilities(
+            log.user_id[event], examples.item, log.timestamp[event], log.surface[event]
+        )  # [N, A]
+        columns = [self.data.spec.action_vocab.index(h) for h in self.heads]
+        labels = (examples.label_bits[:, None] >> np.asarray(columns)) & 1  # [N, H]
+        metrics = HeadMetrics(self.heads)
+        metrics.update(torch.from_numpy(probabilities[:, columns]).float().logit(eps=1e-6), torch.from_numpy(labels).float())
+        return metrics.compute()
+
     def _log_eval(self, split: str) -> dict:
         result = self.evaluate(split)
         values = {f"{split}/{head}/{name}": m[name] for head, m in result.items() for name in ("auc", "ne")}
@@ -264,6 +282,8 @@ def _final_evaluation(recipe: RankingRecipe) -> dict:
         results[f"{name} {split}"] = recipe.evaluate(split)
         if recipe.cfg.train.baseline:
             results[f"popularity {split}"] = recipe.evaluate_popularity(split)
+        if recipe.cfg.data.source == "synthetic":
+            results[f"truth {split}"] = recipe.evaluate_ground_truth(split)
     if recipe.ctx.is_main:
         for split in ("valid", "test"):
             table = {k: v for k, v in results.items() if k.endswith(split)}
@@ -277,7 +297,7 @@ def run_evaluation(cfg: TrainConfig, checkpoint_dir: str | None = None, step: in
     if checkpoint_dir is not None:
         cfg.output_dir = str(Path(checkpoint_dir).parent)
     recipe = RankingRecipe(cfg)
-    recipe.setup(resume=False)
+    recipe.setup(resume=False, write_run_files=False)
     try:
         recipe.checkpoints.load(recipe.model, recipe.optimizer, step=step)
         return _final_evaluation(recipe)
