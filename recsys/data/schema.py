@@ -19,7 +19,7 @@ Shape letters: N events, I items, A actions, C content-embedding dimension.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -186,6 +186,21 @@ class EventLog:
             raw_item_ids=self.raw_item_ids,
             **optional,
         )
+
+    @classmethod
+    def concatenate(cls, logs: Sequence["EventLog"]) -> "EventLog":
+        """Joins logs of disjoint, consecutive user ranges that share id spaces, vocabularies and
+        the item table (e.g. the shards of a generator); the result stays sorted."""
+        if not logs:
+            raise DataError("EventLog.concatenate needs at least one log")
+        first = logs[0]
+        columns = {c: np.concatenate([getattr(log, c) for log in logs]) for c in cls._COLUMNS}
+        optional = {
+            c: np.concatenate([getattr(log, c) for log in logs])
+            for c in cls._OPTIONAL_COLUMNS
+            if all(getattr(log, c) is not None for log in logs)
+        }
+        return replace(first, **columns, **optional)
 
     def sorted(self) -> "EventLog":
         """Stable sort by (user_id, timestamp)."""

@@ -20,7 +20,6 @@ from recsys.data.synthetic.engagement import EngagementModel
 from recsys.data.synthetic.generator import (
     SyntheticShard,
     SyntheticWorld,
-    concatenate_logs,
     generate,
     iter_shards,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "SyntheticShard",
     "SyntheticWorld",
     "UserProfile",
-    "concatenate_logs",
     "generate",
     "iter_shards",
 ]

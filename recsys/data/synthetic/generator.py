@@ -184,24 +184,9 @@ def generate(config: SyntheticConfig | None = None) -> EventLog:
             "users stream them with iter_shards(config)"
         )
     shards = list(iter_shards(config))
-    log = concatenate_logs(shards)
+    log = EventLog.concatenate(shards)
     log.validate()
     return log
-
-
-def concatenate_logs(logs: list[EventLog]) -> EventLog:
-    """Concatenates shards of consecutive users that share vocabularies and the item table."""
-    first = logs[0]
-    columns = EventLog._COLUMNS + ("request_id",)
-    data = {name: np.concatenate([getattr(log, name) for log in logs]) for name in columns}
-    return EventLog(
-        **data,
-        num_users=first.num_users,
-        num_items=first.num_items,
-        action_vocab=first.action_vocab,
-        surface_vocab=first.surface_vocab,
-        items=first.items,
-    )
 
 
 def _check_range(name: str, values: np.ndarray, size: int) -> None:

@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,23 +7,13 @@ import pytest
 from recsys.data.readers.amazon_s3rec import read_amazon_s3rec
 from recsys.errors import DataError
 
-SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"))
-
-
-def beauty() -> Path:
-    path = SHARED_DATA / "amazon-s3rec" / "Beauty.txt"
-    if not path.is_file():
-        pytest.skip(f"real data {path} is absent (set RECSYS_SHARED_DATA to the shared data folder)")
-    return path
-
-
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
 
 
-def test_beauty_counts_and_positions():
-    path = beauty()
+def test_beauty_counts_and_positions(shared_data):
+    path = shared_data("amazon-s3rec/Beauty.txt")
     log = read_amazon_s3rec(path)
     assert (len(log), log.num_users, log.num_items) == (198_502, 22_363, 12_101)
     assert log.action_vocab == ("interact",) and (log.actions == 1).all()

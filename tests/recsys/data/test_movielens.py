@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import numpy as np
@@ -6,16 +5,6 @@ import pytest
 
 from recsys.data.readers.movielens import LEVELS, RATE_LIKE_HIDE, read_movielens, ratings_to_actions
 from recsys.errors import ConfigError, DataError
-
-SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"))
-
-
-def shared(name: str) -> Path:
-    folder = SHARED_DATA / name
-    if not folder.is_dir():
-        pytest.skip(f"real data {folder} is absent (set RECSYS_SHARED_DATA to the shared data folder)")
-    return folder
-
 
 def write(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -31,8 +20,8 @@ def u_item_line(movie: int, date: str, flags: list[int]) -> str:
 
 
 # ------------------------------------------------------------------ real data
-def test_ml100k_counts_and_items():
-    log = read_movielens(shared("ml-100k"))
+def test_ml100k_counts_and_items(shared_data):
+    log = read_movielens(shared_data("ml-100k"))
     assert (len(log), log.num_users, log.num_items) == (100_000, 943, 1682)
     assert log.action_vocab == RATE_LIKE_HIDE and log.surface_vocab == ("home",)
     assert log.impression.all() and log.rating.dtype == np.float32
@@ -50,8 +39,8 @@ def test_ml100k_counts_and_items():
     assert decade.max() == log.items.attribute_cardinality["decade"] - 1  # movie 267 has no date
 
 
-def test_ml100k_row_matches_source_line():
-    folder = shared("ml-100k")
+def test_ml100k_row_matches_source_line(shared_data):
+    folder = shared_data("ml-100k")
     log = read_movielens(folder)
     first = (folder / "u.data").read_text().splitlines()[0].split("\t")  # 196 242 3 881250949
     user = np.searchsorted(log.raw_user_ids, int(first[0]))
@@ -60,8 +49,8 @@ def test_ml100k_row_matches_source_line():
     assert hit.sum() == 1 and log.rating[hit][0] == float(first[2])
 
 
-def test_ml_latest_small_counts_levels():
-    log = read_movielens(shared("ml-latest-small"), actions="levels")
+def test_ml_latest_small_counts_levels(shared_data):
+    log = read_movielens(shared_data("ml-latest-small"), actions="levels")
     assert (len(log), log.num_users, log.num_items) == (100_836, 610, 9724)
     assert log.action_vocab == LEVELS and log.items is None  # no movies.csv in this copy
     level = np.log2(log.actions).astype(int) + 1

@@ -1,5 +1,3 @@
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +7,6 @@ from recsys.data.schema import EventLog
 from recsys.data.splits import Split, leave_one_out, time_split
 from recsys.errors import ConfigError
 
-SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", Path(__file__).resolve().parents[3] / ".." / "shared" / "data"))
 
 
 def hand_log() -> EventLog:
@@ -68,10 +65,8 @@ def test_split_logs():
     assert test.num_items == log.num_items and test.action_vocab == log.action_vocab
 
 
-def test_leave_one_out_invariants_on_ml100k():
-    folder = SHARED_DATA / "ml-100k"
-    if not folder.is_dir():
-        pytest.skip(f"real data {folder} is absent (set RECSYS_SHARED_DATA to the shared data folder)")
+def test_leave_one_out_invariants_on_ml100k(shared_data):
+    folder = shared_data("ml-100k")
     log = read_movielens(folder)
     split = leave_one_out(log, min_engaged=3)
     assert_partition(split, len(log))

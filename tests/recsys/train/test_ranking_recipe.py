@@ -88,6 +88,8 @@ def test_training_beats_chance_and_writes_run_files(tmp_path):
     results = run_training(cfg)
     for head in ("click", "save", "long_view"):
         assert results["dlrm test"][head]["auc"] > 0.62, results["dlrm test"][head]
+    for head in ("click", "save", "hide", "long_view"):
+        assert 0.5 < results["truth test"][head]["auc"] <= 1.0  # the generator's own probabilities
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["dlrm test"]["click"]["auc"] == pytest.approx(results["dlrm test"]["click"]["auc"])
     assert (tmp_path / "plan.json").is_file() and (tmp_path / "config.json").is_file()

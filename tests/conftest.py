@@ -1,0 +1,22 @@
+"""Fixtures shared by the whole suite."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", ROOT / ".." / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data():
+    """``shared_data("ml-100k")`` -> the real data set's path; skips the test when it is absent."""
+
+    def locate(relative: str) -> Path:
+        path = SHARED_DATA / relative
+        if not path.exists():
+            pytest.skip(f"real data {path} is absent (set RECSYS_SHARED_DATA to the shared data folder)")
+        return path
+
+    return locate
