@@ -4,6 +4,7 @@
 
     recsys train --config configs/dlrm/synthetic.yaml [--resume] [key=value ...]
     recsys eval  --config configs/dlrm/synthetic.yaml [--checkpoint DIR] [key=value ...]
+    recsys plan  --config configs/plan/dlrm_1b.yaml --topology configs/plan/h100_8x8.yaml --out DIR [key=value ...]
     recsys data inspect --source movielens PATH
     recsys data convert --source movielens PATH OUT
     recsys data synthetic OUT [key=value ...]
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", default=None, help="checkpoint directory (default: output_dir/checkpoints)")
     ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     ev.add_argument("overrides", nargs="*")
+
+    plan = sub.add_parser("plan", help="dry-run the sharding planner for a cluster; write plan.json, plan.md, plan_ranks.png")
+    plan.add_argument("--config", required=True, help="training YAML: model, table sizes (data section), sharding constraints")
+    plan.add_argument("--topology", required=True, help="cluster YAML under configs/plan/ (TopologyConfig)")
+    plan.add_argument("--out", required=True, help="folder for plan.json, plan.md and plan_ranks.png")
+    plan.add_argument("overrides", nargs="*", help="key=value overrides of --config, e.g. data.synthetic.num_items=1000000000")
 
     data = sub.add_parser("data", help="inspect and convert event logs")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -133,7 +140,34 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"env": _cmd_env, "models": _cmd_models, "data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval}
+def _cmd_plan(args) -> int:
+    from recsys.config import load_config
+    from recsys.distributed.plan_report import feature_spec_for_plan, plan_dry_run
+    from recsys.distributed.topology import TopologyConfig
+    from recsys.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    topology = load_config(TopologyConfig, args.topology)
+    spec = feature_spec_for_plan(cfg.data)
+    report = plan_dry_run(cfg.model_name, spec, topology, cfg.sharding, **cfg.model_overrides)
+    paths = report.write(args.out)
+    for table in report.tables:
+        print(f"{table.name:<24} {table.rows:>14,} x {table.dim:<4} {table.sharding_type:<18} ranks {len(set(table.ranks))}")
+    for name, stats in report.imbalance.items():
+        ratio = stats["max_over_mean"]
+        print(f"{name:<8} max {stats['max']:.3f}  max/mean {'-' if ratio is None else f'{ratio:.2f}'}")
+    print(f"planned {topology.world_size} ranks in {report.dry_run_seconds:.1f} s; wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+COMMANDS = {
+    "env": _cmd_env,
+    "models": _cmd_models,
+    "data": _cmd_data,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "plan": _cmd_plan,
+}
 
 
 def _quiet_library_noise(verbose: bool) -> None:
@@ -145,8 +179,20 @@ def _quiet_library_noise(verbose: bool) -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*autograd kernel was not registered.*")
-    for name in ("torchrec", "root", "torch.fx._symbolic_trace", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("torchrec").setLevel(logging.ERROR)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropLibraryWarnings) for f in root.filters):
+        root.addFilter(_DropLibraryWarnings())  # the planner also logs through the root logger
+
+
+class _DropLibraryWarnings:
+    """Drops records below ERROR that torchrec's own files log through the root logger."""
+
+    def filter(self, record) -> bool:
+        import logging
+
+        return record.levelno >= logging.ERROR or "torchrec" not in record.pathname
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,15 @@
-"""Every YAML under configs/ (recursively) loads into its typed config and starts with its command."""
+"""Every YAML under configs/ (recursively) loads into its typed config and starts with its command.
+
+Cluster descriptions under configs/plan/ (no ``model`` section) are TopologyConfigs; every other
+YAML is a TrainConfig.
+"""
 
 from pathlib import Path
 
 import pytest
 
-from recsys.config import load_config
+from recsys.config import load_config, load_yaml
+from recsys.distributed.topology import TopologyConfig
 from recsys.models import model_config
 from recsys.train.config import TrainConfig
 
@@ -23,5 +28,8 @@ def test_config_loads_and_names_its_command(path):
     assert first_line.startswith("# recsys ") and str(relative) in first_line, (
         f"{relative} must start with the command that runs it, e.g. '# recsys train --config {relative}'"
     )
+    if relative.parts[:2] == ("configs", "plan") and "model" not in load_yaml(path):
+        assert load_config(TopologyConfig, path).world_size >= 1
+        return
     cfg = load_config(TrainConfig, path)
     model_config(cfg.model_name, **cfg.model_overrides)  # the model section maps onto the model's dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.distributed as dist
 from torch import nn
@@ -84,18 +84,28 @@ class ShardingConfig:
             list optional. Sharding types: "data_parallel", "table_wise", "column_wise",
             "row_wise", "table_row_wise", "table_column_wise". Compute kernels: "dense",
             "fused", "fused_uvm", "fused_uvm_caching".
+        plan (str | None): a plan file (`recsys plan` output or `plan_io.save_plan`) to use
+            exactly instead of planning; it must match the model and the job's world size.
+            Exclusive with `tables`.
 
     Example::
 
         ShardingConfig({"t_user": {"sharding_types": ["row_wise"]},
                         "t_cat": {"sharding_types": ["data_parallel"]}})
+        ShardingConfig(plan="runs/plan/plan.json")
     """
 
     tables: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
+    plan: Optional[str] = None
 
     def __post_init__(self) -> None:
         for table, constraint in self.tables.items():
             _validate_constraint(table, constraint)
+        if self.plan is not None and self.tables:
+            raise ConfigError(
+                "sharding.plan and sharding.tables are exclusive: a saved plan already fixes every "
+                "table's placement; drop sharding.tables or sharding.plan"
+            )
 
     def sharding_types(self, table: str) -> List[str]:
         return list(self.tables.get(table, {}).get("sharding_types", []))
@@ -160,7 +170,7 @@ def _check_tables_exist(model: nn.Module, sharding: ShardingConfig) -> None:
         )
 
 
-def _planner_constraints(
+def planner_constraints(
     model: nn.Module, sharding: ShardingConfig, on_cpu: bool
 ) -> Dict[str, ParameterConstraints]:
     """Constraints the planner can satisfy; row-wise on CPU is planned table-wise for now."""
@@ -236,22 +246,38 @@ def _place_refused_tables(
                 module_plan[table] = _hand_placed(ctx, sharder, shardable[table], types[0])
 
 
-def plan_sharding(model: nn.Module, ctx: DistContext, sharding: ShardingConfig) -> ShardingPlan:
+def plan_sharding(
+    model: nn.Module,
+    ctx: DistContext,
+    sharding: ShardingConfig,
+    plan: Optional[ShardingPlan] = None,
+) -> ShardingPlan:
     """The sharding plan of `model`'s tables over `ctx.world_size` ranks.
 
-    Uses the distributed planner (`collective_plan`) when a process group exists, so every rank
-    gets rank 0's plan.
+    A given plan (`plan`, else the file `sharding.plan`) is checked against the model and the job
+    and returned unchanged. Otherwise the planner plans, using the distributed planner
+    (`collective_plan`) when a process group exists, so every rank gets rank 0's plan.
 
     Args:
         model (nn.Module): unsharded model with TorchRec embedding modules (meta device is fine).
         ctx (DistContext): world size and compute device.
-        sharding (ShardingConfig): per-table constraints.
+        sharding (ShardingConfig): per-table constraints, or the plan file to use.
+        plan (ShardingPlan | None): a plan to use exactly (e.g. from `plan_io.load_plan`).
     """
+    if plan is None and sharding.plan is not None:
+        from recsys.distributed.plan_io import load_plan
+
+        plan = load_plan(sharding.plan)
+    if plan is not None:
+        from recsys.distributed.plan_io import check_plan_fits
+
+        check_plan_fits(plan, model, ctx.world_size, ctx.device.type)
+        return plan
     _check_tables_exist(model, sharding)
     on_cpu = ctx.device.type == "cpu"
     planner = EmbeddingShardingPlanner(
         topology=_make_topology(ctx),
-        constraints=_planner_constraints(model, sharding, on_cpu),
+        constraints=planner_constraints(model, sharding, on_cpu),
     )
     if dist.is_initialized():
         plan = planner.collective_plan(model, default_sharders(), dist.GroupMember.WORLD)
@@ -267,6 +293,7 @@ def shard_model(
     ctx: DistContext,
     sharding: ShardingConfig,
     fused_optimizer: FusedOptimizerConfig,
+    plan: Optional[ShardingPlan] = None,
 ) -> DistributedModelParallel:
     """Attach the fused optimizer, plan the tables and wrap `model` in DMP.
 
@@ -277,6 +304,8 @@ def shard_model(
         ctx (DistContext): from `init_distributed`.
         sharding (ShardingConfig): per-table constraints.
         fused_optimizer (FusedOptimizerConfig): optimizer run inside the tables' backward.
+        plan (ShardingPlan | None): use exactly this plan (see `plan_sharding`); a plan that does
+            not fit the model or the world size is a ConfigError naming the difference.
 
     Returns:
         DistributedModelParallel: the sharded model; `dmp.plan` is its ShardingPlan (print it
@@ -290,7 +319,7 @@ def shard_model(
             f"one of {list(_FUSED_OPTIMIZERS_ON_CPU)} (it works on CUDA)"
         )
     apply_fused_optimizer(model, fused_optimizer)
-    plan = plan_sharding(model, ctx, sharding)
+    plan = plan_sharding(model, ctx, sharding, plan)
     return DistributedModelParallel(
         module=model, device=ctx.device, plan=plan, sharders=default_sharders()
     )

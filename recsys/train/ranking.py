@@ -30,6 +30,7 @@ from recsys.data.loader import make_dataloader
 from recsys.data.pipeline import RankingData, build_ranking_data, load_events
 from recsys.distributed.optimizers import build_optimizer
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
+from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict, shard_model
 from recsys.metrics.classification import HeadMetrics
 from recsys.models import get_model
@@ -105,7 +106,7 @@ class RankingRecipe:
     def _write_run_files(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(self.output_dir / "config.json", to_dict(self.cfg))
-        _write_json(self.output_dir / "plan.json", plan_to_dict(self.model.plan))
+        save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self) -> dict:

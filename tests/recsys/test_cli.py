@@ -53,3 +53,19 @@ def test_data_synthetic_convert_and_inspect_round_trip(tmp_path, capsys):
     assert main(["data", "inspect", "--source", "log", str(converted), "--json"]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["events"] == 3 and described["users"] == 2
+
+
+def test_plan_writes_the_dry_run_report(tmp_path, capsys):
+    out = tmp_path / "plan"
+    argv = ["plan", "--config", "configs/plan/dlrm_1b.yaml", "--topology", "configs/plan/h100_8x8.yaml",
+            "--out", str(out), "data.synthetic.num_items=2000000", "sharding.tables.t_surface.sharding_types=[data_parallel]"]
+    assert main(argv) == 0
+    assert "planned 64 ranks" in capsys.readouterr().out
+    report = json.loads((out / "plan.json").read_text())
+    tables = {t["name"]: t for t in report["tables"]}
+    assert tables["t_item_id"]["rows"] == 2_000_000 and tables["t_user_id"]["rows"] == 100_000_000
+    assert tables["t_surface"]["sharding_type"] == "data_parallel" and len(tables["t_surface"]["ranks"]) == 64
+    assert (out / "plan.md").is_file() and (out / "plan_ranks.png").stat().st_size > 0
+    assert main(["plan", "--config", "configs/plan/dlrm_1b.yaml", "--topology", "configs/dlrm/synthetic.yaml",
+                 "--out", str(out)]) == 2
+    assert "unknown key" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from toy_sharded import MIXED, ToyRanker, full_state, toy_batch
+from .toy_sharded import MIXED, ToyRanker, full_state, toy_batch
 
 from recsys.distributed.optimizers import (
     DenseOptimizerConfig,

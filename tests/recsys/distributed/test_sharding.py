@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from toy_sharded import FEATURES, MIXED, ToyRanker, ToySequenceModel, full_state, toy_batch
+from .toy_sharded import FEATURES, MIXED, ToyRanker, ToySequenceModel, full_state, toy_batch
 
 from recsys.distributed.optimizers import FusedOptimizerConfig
 from recsys.distributed.sharding import ShardingConfig, plan_sharding, plan_to_text, shard_model

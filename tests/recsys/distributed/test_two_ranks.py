@@ -5,7 +5,7 @@ import os
 
 import torch
 import torch.multiprocessing as mp
-from toy_sharded import ToyRanker, toy_batch
+from .toy_sharded import ToyRanker, toy_batch
 
 from recsys.distributed.optimizers import FusedOptimizerConfig
 from recsys.distributed.process_group import _free_port, init_distributed, teardown

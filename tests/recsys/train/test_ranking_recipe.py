@@ -9,6 +9,7 @@ import torch
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from recsys.config import load_config
+from recsys.distributed.plan_io import load_plan
 from recsys.errors import CheckpointError
 from recsys.train.config import TrainConfig
 from recsys.train.ranking import RankingRecipe, run_training
@@ -92,7 +93,8 @@ def test_training_beats_chance_and_writes_run_files(tmp_path):
         assert 0.5 < results["truth test"][head]["auc"] <= 1.0  # the generator's own probabilities
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["dlrm test"]["click"]["auc"] == pytest.approx(results["dlrm test"]["click"]["auc"])
-    assert (tmp_path / "plan.json").is_file() and (tmp_path / "config.json").is_file()
+    assert (tmp_path / "config.json").is_file()
+    assert load_plan(tmp_path / "plan.json").world_size == 1  # the run's plan can be reused exactly
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r for r in records) and any("valid/click/auc" in r for r in records)
     assert (tmp_path / "checkpoints" / "latest").is_file()

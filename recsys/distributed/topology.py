@@ -1,0 +1,95 @@
+"""The cluster a sharding plan is made for: hosts, devices, memory and links.
+
+A :class:`TopologyConfig` describes a cluster that need not exist here: the planner plans for it
+from any machine (no process group, no GPU), which is how ``recsys plan`` sizes a production job
+from a laptop. Units follow TorchRec's planner: GB = 2^30 bytes, bandwidth in GB/s (2^30 bytes
+per second) per device.
+
+Example::
+
+    cfg = TopologyConfig(hosts=8, devices_per_host=8, hbm_gb=80, ddr_gb=256)
+    topology = cfg.to_topology()          # torchrec Topology, world_size 64
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from recsys.errors import ConfigError
+
+GB = 1024**3
+_COMPUTE_DEVICES = ("cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """A cluster of identical hosts, each with the same number of devices.
+
+    Args:
+        hosts: number of hosts (nodes).
+        devices_per_host: ranks per host (GPUs per node; the local world size).
+        compute_device: "cuda" or "cpu". On "cpu" the planner counts all memory as DDR.
+        hbm_gb: device memory per rank in GB (ignored on cpu).
+        ddr_gb: host memory per rank in GB.
+        intra_host_bw_gbps: bandwidth between ranks of one host in GB/s (NVLink: 450 on H100).
+        inter_host_bw_gbps: bandwidth between hosts per rank in GB/s (a 400 Gb/s NIC: 50).
+        batch_size: training examples per rank per step (the planner's per-rank batch).
+    """
+
+    hosts: int = 1
+    devices_per_host: int = 8
+    compute_device: Literal["cuda", "cpu"] = "cuda"
+    hbm_gb: float = 80.0
+    ddr_gb: float = 256.0
+    intra_host_bw_gbps: float = 450.0
+    inter_host_bw_gbps: float = 50.0
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("hosts", "devices_per_host", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"topology.{name} must be an integer >= 1, got {value!r}")
+        if self.compute_device not in _COMPUTE_DEVICES:
+            raise ConfigError(
+                f"topology.compute_device must be one of {list(_COMPUTE_DEVICES)}, got {self.compute_device!r}"
+            )
+        for name in ("hbm_gb", "ddr_gb", "intra_host_bw_gbps", "inter_host_bw_gbps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"topology.{name} must be a number > 0, got {value!r}")
+        if self.hosts > 1 and self.inter_host_bw_gbps > self.intra_host_bw_gbps:
+            raise ConfigError(
+                f"topology.inter_host_bw_gbps ({self.inter_host_bw_gbps}) exceeds intra_host_bw_gbps "
+                f"({self.intra_host_bw_gbps}); links between hosts are the slower ones: swap or fix the values"
+            )
+
+    @property
+    def world_size(self) -> int:
+        """Total ranks: hosts x devices_per_host."""
+        return self.hosts * self.devices_per_host
+
+    def to_topology(self):
+        """The torchrec ``Topology`` of this cluster (built through ``TopologyFactory``)."""
+        from torchrec.distributed.planner.types import (
+            HardwareConfig,
+            KernelConfig,
+            TopologyFactory,
+            TrainerConfig,
+        )
+
+        hbm_bytes = int(self.hbm_gb * GB) if self.compute_device == "cuda" else None
+        return TopologyFactory.create_topology(
+            trainer_config=TrainerConfig(
+                world_size=self.world_size,
+                local_world_size=self.devices_per_host,
+                hbm_cap_bytes=hbm_bytes,
+                ddr_cap_bytes=int(self.ddr_gb * GB),
+            ),
+            hardware_config=HardwareConfig(
+                intra_host_bw=self.intra_host_bw_gbps * GB / 1000,  # bytes/ms
+                inter_host_bw=self.inter_host_bw_gbps * GB / 1000,  # bytes/ms
+            ),
+            kernel_config=KernelConfig(compute_device=self.compute_device, use_hardware_based_bandwidth=True),
+        )

@@ -1,0 +1,212 @@
+"""HSTU's relative attention bias: one learned scalar per relative position and per time bucket.
+
+HSTU adds ``rab^{p,t}`` to every attention score before its SiLU (paper, Eq. 2)::
+
+    rab[i, j] = position_bias[pos(j) - pos(i) + L - 1] + time_bias[bucket(t_next(i) - t_j)]
+
+for query token ``i`` and key token ``j`` of one sequence, with ``L`` the largest sequence length
+the tables are built for (``position_bias`` has ``2L - 1`` entries, ``time_bias`` has
+``num_buckets + 1``).
+
+Time buckets: ``bucket(dt) = floor(ln(max(|dt|, 1)) / base)`` clipped to ``[0, num_buckets]``,
+with ``base = 0.301`` and ``num_buckets = 128`` by default. These are the reference code's values
+(natural log divided by 0.301 ~ log10(2): buckets grow by a factor ``e^0.301 ~ 1.35``, not 2).
+Timestamps are integers in any unit (seconds in the public data sets).
+
+``t_next(i)`` is the timestamp of the token after query ``i``; it makes the bias describe "how
+long before the next action did the user see item j". Targets (the last ``num_targets[b]``
+tokens of sequence ``b``, see :mod:`recsys.ops.hstu_attention`) are handled so that history
+never depends on them and a target never depends on another target:
+
+- a history token whose next token is a target (or that ends the sequence) uses its own
+  timestamp; the reference code uses the next padded slot's timestamp instead, which makes the
+  last history token depend on the first target (or on the padding value);
+- a target query uses its own timestamp;
+- every target sits at position ``h_b`` (the history length of its sequence) for the position
+  bias, so a candidate's bias does not depend on its rank among the candidates (the reference's
+  attention mask clamps target positions the same way).
+
+Shape letters: B sequences, N padded length, M queries per sequence, L table length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DEFAULT_NUM_TIME_BUCKETS = 128
+DEFAULT_TIME_BUCKET_BASE = 0.301
+
+
+def time_buckets(dt: torch.Tensor, num_buckets: int, base: float = DEFAULT_TIME_BUCKET_BASE) -> torch.Tensor:
+    """``floor(ln(max(|dt|, 1)) / base)`` clipped to ``[0, num_buckets]``, as int64.
+
+    Args:
+        dt: integer time differences, any shape.
+        num_buckets: the largest bucket index (the table has ``num_buckets + 1`` rows).
+        base: width of one bucket in natural-log units.
+    """
+    magnitude = dt.abs().clamp(min=1).to(torch.float64)
+    return torch.floor(torch.log(magnitude) / base).to(torch.int64).clamp(0, num_buckets)
+
+
+def history_lengths(lengths: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
+    """``[B]`` number of non-target tokens per sequence (``lengths - num_targets``)."""
+    if num_targets is None:
+        return lengths
+    return lengths - num_targets.to(lengths.dtype)
+
+
+def effective_positions(lengths: torch.Tensor, num_targets: torch.Tensor | None, n: int) -> torch.Tensor:
+    """``[B, n]`` position of each padded slot for the position bias: targets (and padding) sit at ``h_b``."""
+    positions = torch.arange(n, device=lengths.device).expand(lengths.numel(), n)  # [B, n]
+    return torch.minimum(positions, history_lengths(lengths, num_targets).view(-1, 1))
+
+
+def next_timestamps(padded_timestamps: torch.Tensor, lengths: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
+    """``[B, N]`` ``t_next`` of every slot: the next history token's timestamp, else its own.
+
+    Args:
+        padded_timestamps: ``[B, N]`` int64 timestamps, any value in padding.
+        lengths: ``[B]`` sequence lengths.
+        num_targets: ``[B]`` targets at the end of each sequence, or None.
+    """
+    n = padded_timestamps.size(1)
+    shifted = torch.cat([padded_timestamps[:, 1:], padded_timestamps[:, -1:]], dim=1)  # [B, N]
+    slots = torch.arange(n, device=padded_timestamps.device).view(1, n)
+    next_is_history = slots + 1 < history_lengths(lengths, num_targets).view(-1, 1)  # [B, N]
+    return torch.where(next_is_history, shifted, padded_timestamps)
+
+
+def relative_attention_bias(
+    query_slots: torch.Tensor,
+    lengths: torch.Tensor,
+    num_targets: torch.Tensor | None = None,
+    padded_timestamps: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
+    time_bias: torch.Tensor | None = None,
+    time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
+    num_slots: int | None = None,
+) -> torch.Tensor:
+    """Dense bias ``[B, M, N]`` between the query slots and every key slot of a padded batch.
+
+    Args:
+        query_slots: ``[B, M]`` int64 index of each query in its padded sequence.
+        lengths: ``[B]`` true sequence lengths.
+        num_targets: ``[B]`` targets at the end of each sequence, or None.
+        padded_timestamps: ``[B, N]`` int64; required when ``time_bias`` is given.
+        position_bias: ``[2L - 1]`` table indexed by ``pos(j) - pos(i) + L - 1``; distances
+            beyond ``L - 1`` use the end entries.
+        time_bias: ``[num_buckets + 1]`` table indexed by :func:`time_buckets`.
+        time_bucket_base: see :func:`time_buckets`.
+        num_slots: N, needed when ``padded_timestamps`` is None.
+
+    Returns:
+        ``[B, M, N]`` bias in the tables' dtype (zeros when both tables are None). Padding slots
+        get arbitrary finite values: the attention mask removes them.
+    """
+    n = padded_timestamps.size(1) if padded_timestamps is not None else num_slots
+    if n is None:
+        raise ValueError("relative_attention_bias needs padded_timestamps or num_slots")
+    b, m = query_slots.shape
+    table = position_bias if position_bias is not None else time_bias
+    dtype = table.dtype if table is not None else torch.float32
+    bias = torch.zeros(b, m, n, dtype=dtype, device=query_slots.device)
+    if position_bias is not None:
+        bias = bias + _position_part(query_slots, lengths, num_targets, position_bias, n)
+    if time_bias is not None:
+        if padded_timestamps is None:
+            raise ValueError("time_bias needs padded_timestamps")
+        bias = bias + _time_part(query_slots, lengths, num_targets, padded_timestamps, time_bias, time_bucket_base)
+    return bias
+
+
+def padded_relative_bias(
+    lengths: torch.Tensor,
+    num_slots: int,
+    num_targets: torch.Tensor | None = None,
+    padded_timestamps: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
+    time_bias: torch.Tensor | None = None,
+    time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
+) -> torch.Tensor:
+    """Dense bias ``[B, N, N]`` of a padded batch, every slot a query (see :func:`relative_attention_bias`)."""
+    slots = torch.arange(num_slots, device=lengths.device).expand(lengths.numel(), num_slots)  # [B, N]
+    return relative_attention_bias(
+        slots, lengths, num_targets, padded_timestamps, position_bias, time_bias, time_bucket_base, num_slots
+    )
+
+
+def _position_part(query_slots, lengths, num_targets, position_bias, n) -> torch.Tensor:
+    max_distance = (position_bias.numel() - 1) // 2  # L - 1
+    positions = effective_positions(lengths, num_targets, n)  # [B, N]
+    query_positions = positions.gather(1, query_slots)  # [B, M]
+    distance = positions.unsqueeze(1) - query_positions.unsqueeze(2)  # [B, M, N]
+    index = distance.clamp(-max_distance, max_distance) + max_distance
+    return position_bias[index]  # [B, M, N]
+
+
+def _time_part(query_slots, lengths, num_targets, padded_timestamps, time_bias, base) -> torch.Tensor:
+    query_times = next_timestamps(padded_timestamps, lengths, num_targets).gather(1, query_slots)  # [B, M]
+    dt = query_times.unsqueeze(2) - padded_timestamps.unsqueeze(1)  # [B, M, N]
+    return time_bias[time_buckets(dt, time_bias.numel() - 1, base)]  # [B, M, N]
+
+
+class RelativeAttentionBias(nn.Module):
+    """The learned position and time tables of one HSTU layer.
+
+    Args:
+        max_seq_len: L, the longest sequence (history plus targets) the layer will see.
+        num_time_buckets: largest time bucket; the time table has ``num_time_buckets + 1`` rows.
+        time_bucket_base: bucket width in natural-log units (see :func:`time_buckets`).
+        use_position: learn the position table.
+        use_time: learn the time table (the layer then needs timestamps).
+
+    Example::
+
+        rab = RelativeAttentionBias(max_seq_len=8)
+        rab.op_kwargs()["position_bias"].shape  # torch.Size([15])
+    """
+
+    def __init__(
+        self,
+        max_seq_len: int,
+        num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
+        time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
+        use_position: bool = True,
+        use_time: bool = True,
+    ) -> None:
+        super().__init__()
+        self.max_seq_len = max_seq_len
+        self.num_time_buckets = num_time_buckets
+        self.time_bucket_base = time_bucket_base
+        self.position_weights = nn.Parameter(torch.empty(2 * max_seq_len - 1)) if use_position else None
+        self.time_weights = nn.Parameter(torch.empty(num_time_buckets + 1)) if use_time else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02), as the reference initialises both tables."""
+        for table in (self.position_weights, self.time_weights):
+            if table is not None:
+                nn.init.normal_(table, mean=0.0, std=0.02)
+
+    def op_kwargs(self) -> dict:
+        """The bias arguments of :func:`recsys.ops.hstu_attention.hstu_attention`."""
+        return {
+            "position_bias": self.position_weights,
+            "time_bias": self.time_weights,
+            "time_bucket_base": self.time_bucket_base,
+        }
+
+    def forward(
+        self,
+        lengths: torch.Tensor,
+        num_slots: int,
+        num_targets: torch.Tensor | None = None,
+        padded_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, N, N]`` dense bias of a padded batch (for inspection and tests)."""
+        return padded_relative_bias(
+            lengths, num_slots, num_targets, padded_timestamps,
+            self.position_weights, self.time_weights, self.time_bucket_base,
+        )

@@ -1,0 +1,189 @@
+"""Jagged HSTU attention: the public op, its argument checks and the choice of backend.
+
+Every backend implements the same signature and the semantics written down in
+:mod:`recsys.ops.hstu_attention_reference` (pure PyTorch, runs everywhere). Faster backends
+register themselves with :func:`register_hstu_attention_backend`; ``kernel="auto"`` takes the most
+recently registered backend that supports the input, else the reference.
+
+Jagged layout: tokens of all sequences are concatenated along dim 0 and ``seq_offsets`` (``[B + 1]``
+int64, ``seq_offsets[0] == 0``) marks where each sequence starts::
+
+    seq_offsets = [0, 3, 3, 5]     sequence 0: rows 0-2, sequence 1: empty, sequence 2: rows 3-4
+    q           = [T=5, H, Dqk]
+
+Differences from the reference code (generative-recommenders), on purpose:
+
+- ``normalization="length"`` (default) divides by each user's history length rather than by
+  ``max_seq_len`` (available as ``"max_len"``);
+- targets share one position for the position bias and never feed ``t_next`` of another token
+  (see :mod:`recsys.modules.relative_bias`);
+- ``query_offsets`` lets a pass compute only the last tokens of each sequence against a cached
+  history (M-FALCON), with jagged rather than fixed per-sequence query counts.
+
+Shape letters: T tokens, B sequences, H heads, Dqk / Dv head dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from recsys.errors import ConfigError, DataError
+from recsys.modules.relative_bias import DEFAULT_TIME_BUCKET_BASE
+from recsys.ops.hstu_attention_reference import hstu_attention_reference
+
+NORMALIZATIONS = ("length", "max_len")
+
+
+@dataclass(frozen=True)
+class HSTUAttentionBackend:
+    """One implementation of :func:`hstu_attention`.
+
+    Args:
+        name: what ``kernel=`` selects it by.
+        fn: a callable with :func:`hstu_attention_reference`'s signature.
+        supports: whether it can run on these inputs (given ``q``), e.g. a CUDA device check.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    supports: Callable[[torch.Tensor], bool]
+
+
+_BACKENDS: dict[str, HSTUAttentionBackend] = {}
+
+
+def register_hstu_attention_backend(name: str, fn: Callable[..., torch.Tensor], supports: Callable[[torch.Tensor], bool]) -> None:
+    """Make ``fn`` selectable as ``kernel=name``; the newest supporting backend wins under ``"auto"``."""
+    _BACKENDS.pop(name, None)
+    _BACKENDS[name] = HSTUAttentionBackend(name, fn, supports)
+
+
+def hstu_attention_kernels() -> list[str]:
+    """Names accepted by ``kernel=``, besides ``"auto"``."""
+    return list(_BACKENDS)
+
+
+register_hstu_attention_backend("pytorch", hstu_attention_reference, lambda q: True)
+
+
+def hstu_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float | None = None,
+    timestamps: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
+    time_bias: torch.Tensor | None = None,
+    time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
+    num_targets: torch.Tensor | None = None,
+    causal: bool = True,
+    normalization: str = "length",
+    query_offsets: torch.Tensor | None = None,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """Jagged HSTU attention ``SiLU(alpha Q K^T + rab) V / N`` with causal and target masks.
+
+    Args:
+        q: ``[T, H, Dqk]`` queries; with ``query_offsets``, ``[Tq, H, Dqk]`` for the last
+            ``query_offsets[b+1] - query_offsets[b]`` tokens of each sequence only.
+        k: ``[T, H, Dqk]`` keys.
+        v: ``[T, H, Dv]`` values.
+        seq_offsets: ``[B + 1]`` int64 offsets of the sequences in ``k`` / ``v``.
+        max_seq_len: upper bound on every sequence length (checked); the divisor of
+            ``"max_len"`` normalization.
+        alpha: score scale; default ``1 / sqrt(Dqk)``.
+        timestamps: ``[T]`` int64 token timestamps; required with ``time_bias``.
+        position_bias: ``[2L - 1]`` bias per relative position ``j - i`` (index ``j - i + L - 1``).
+        time_bias: ``[num_buckets + 1]`` bias per log time bucket of ``t_next(i) - t_j``.
+        time_bucket_base: bucket width (see :func:`recsys.modules.relative_bias.time_buckets`).
+        num_targets: ``[B]`` int64: the last ``num_targets[b]`` tokens of sequence ``b`` are
+            targets, attending to the history and to themselves only.
+        causal: hide keys after the query.
+        normalization: ``"length"`` (divide by the history length) or ``"max_len"``.
+        query_offsets: ``[B + 1]`` int64 offsets of ``q``; None when ``q`` covers every token.
+        kernel: ``"auto"`` or one of :func:`hstu_attention_kernels`.
+
+    Returns:
+        ``[Tq, H, Dv]`` attention output per query token.
+
+    Example::
+
+        out = hstu_attention(q, k, v, torch.tensor([0, 3, 5]), max_seq_len=4)  # q, k: [5, H, Dqk]
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(f"hstu_attention: normalization={normalization!r}; use one of {NORMALIZATIONS}")
+    _check_tensors(q, k, v, seq_offsets, max_seq_len, timestamps, position_bias, time_bias, num_targets, query_offsets)
+    backend = _select_backend(kernel, q)
+    return backend.fn(
+        q, k, v, seq_offsets, max_seq_len,
+        alpha=alpha, timestamps=timestamps, position_bias=position_bias, time_bias=time_bias,
+        time_bucket_base=time_bucket_base, num_targets=num_targets, causal=causal,
+        normalization=normalization, query_offsets=query_offsets,
+    )
+
+
+def _select_backend(kernel: str, q: torch.Tensor) -> HSTUAttentionBackend:
+    if kernel == "auto":
+        return next(b for b in reversed(_BACKENDS.values()) if b.supports(q))
+    if kernel not in _BACKENDS:
+        raise ConfigError(f"hstu_attention: kernel={kernel!r} is unknown; use 'auto' or one of {hstu_attention_kernels()}")
+    backend = _BACKENDS[kernel]
+    if not backend.supports(q):
+        raise ConfigError(f"hstu_attention: kernel={kernel!r} cannot run on {q.device} {q.dtype}; use kernel='auto'")
+    return backend
+
+
+def _check_tensors(q, k, v, seq_offsets, max_seq_len, timestamps, position_bias, time_bias, num_targets, query_offsets) -> None:
+    """Shapes and offsets, with messages naming the argument and the expected shape."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise DataError(f"hstu_attention: q, k, v must be [T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != (v.size(0), q.size(1), q.size(2)) or v.size(1) != q.size(1):
+        raise DataError(
+            f"hstu_attention: k must be [T, H, Dqk] = [{v.size(0)}, {q.size(1)}, {q.size(2)}] and v [T, H, Dv]; "
+            f"got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    lengths = _check_offsets("seq_offsets", seq_offsets, k.size(0))
+    num_seqs = lengths.numel()
+    if lengths.numel() and int(lengths.max()) > max_seq_len:
+        raise DataError(
+            f"hstu_attention: a sequence has {int(lengths.max())} tokens > max_seq_len={max_seq_len}; "
+            "truncate the sequences or raise max_seq_len"
+        )
+    if query_offsets is not None:
+        query_lengths = _check_offsets("query_offsets", query_offsets, q.size(0))
+        if query_lengths.numel() != num_seqs or bool((query_lengths > lengths).any()):
+            raise DataError("hstu_attention: query_offsets must give each of the B sequences at most its length in queries")
+    elif q.size(0) != k.size(0):
+        raise DataError(f"hstu_attention: q has {q.size(0)} rows, k {k.size(0)}; pass query_offsets when q is a subset")
+    if timestamps is not None and timestamps.shape != (k.size(0),):
+        raise DataError(f"hstu_attention: timestamps must be [T] = [{k.size(0)}]; got {tuple(timestamps.shape)}")
+    if time_bias is not None and timestamps is None:
+        raise DataError("hstu_attention: time_bias needs timestamps; pass the [T] int64 token timestamps")
+    if position_bias is not None and (position_bias.dim() != 1 or position_bias.numel() % 2 == 0):
+        raise DataError(f"hstu_attention: position_bias must be [2L - 1]; got {tuple(position_bias.shape)}")
+    if time_bias is not None and time_bias.dim() != 1:
+        raise DataError(f"hstu_attention: time_bias must be [num_buckets + 1]; got {tuple(time_bias.shape)}")
+    if num_targets is not None:
+        if num_targets.shape != (num_seqs,):
+            raise DataError(f"hstu_attention: num_targets must be [B] = [{num_seqs}]; got {tuple(num_targets.shape)}")
+        if bool((num_targets < 0).any()) or bool((num_targets > lengths).any()):
+            raise DataError("hstu_attention: num_targets[b] must lie in [0, length of sequence b]")
+
+
+def _check_offsets(name: str, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Validate ``[B + 1]`` offsets over ``num_rows`` rows and return the ``[B]`` lengths."""
+    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
+        raise DataError(f"hstu_attention: {name} must be a [B + 1] int64 tensor; got {offsets.dtype} {tuple(offsets.shape)}")
+    lengths = offsets[1:] - offsets[:-1]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != num_rows or bool((lengths < 0).any()):
+        raise DataError(
+            f"hstu_attention: {name} must start at 0, never decrease and end at the row count {num_rows}; "
+            f"got {offsets.tolist() if offsets.numel() <= 10 else '...'}"
+        )
+    return lengths

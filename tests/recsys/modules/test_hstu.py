@@ -1,0 +1,157 @@
+"""HSTULayer / HSTUEncoder on jagged input: padded equivalence, gradients, causality, KV cache, presets."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys.errors import ConfigError, DataError
+from recsys.modules.hstu import HSTU_PRESETS, HSTUEncoder, HSTULayer, append_jagged
+from recsys.modules.relative_bias import padded_relative_bias
+
+D, H, DQK, DV, L = 6, 2, 3, 4, 10
+
+
+def jagged_batch(lengths, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    x = torch.randn(total, D, generator=g, dtype=dtype)
+    ts = torch.randint(0, 10**6, (total,), generator=g).sort().values
+    return x, torch.tensor([0] + lengths).cumsum(0), ts
+
+
+def pad(values, lengths, n):
+    out = values.new_zeros(len(lengths), n, *values.shape[1:])
+    start = 0
+    for b, m in enumerate(lengths):
+        out[b, :m] = values[start : start + m]
+        start += m
+    return out
+
+
+def padded_layer(layer, x, lengths, ts, num_targets):
+    """The layer's equations on a padded [B, N, D] batch, mask built pair by pair."""
+    b, n, _ = x.shape
+    uvqk = F.silu(layer.f1(layer.input_norm(x)))  # [B, N, ...]
+    u, v, q, k = torch.split(uvqk, [H * DV, H * DV, H * DQK, H * DQK], dim=-1)
+    q, k, v = q.view(b, n, H, DQK), k.view(b, n, H, DQK), v.view(b, n, H, DV)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(DQK)
+    rab = layer.relative_bias.op_kwargs()
+    scores = scores + padded_relative_bias(
+        torch.tensor(lengths), n, num_targets, ts, rab["position_bias"], rab["time_bias"]
+    ).unsqueeze(1)
+    mask = torch.zeros(b, n, n, dtype=x.dtype)
+    norms = []
+    for s, m in enumerate(lengths):
+        history = m - int(num_targets[s])
+        norms.append(max(history, 1))
+        for i in range(m):
+            for j in range(i + 1):
+                mask[s, i, j] = float(not (i >= history and j >= history and i != j))
+    attn = torch.einsum("bhij,bjhd->bihd", F.silu(scores) * mask.unsqueeze(1), v)
+    attn = attn / torch.tensor(norms, dtype=x.dtype).view(-1, 1, 1, 1)
+    return x + layer.f2(layer.output_norm(attn.flatten(2)) * u)
+
+
+def small_layer(**kwargs):
+    torch.manual_seed(0)
+    return HSTULayer(D, H, DQK, DV, max_seq_len=L, **kwargs).double()
+
+
+def test_layer_on_jagged_equals_layer_on_padded():
+    lengths = [4, 1, 0, 7]
+    num_targets = torch.tensor([1, 0, 0, 3])
+    layer = small_layer()
+    with torch.no_grad():  # non-trivial norm parameters, so the test sees them
+        layer.input_norm.weight.uniform_(0.5, 1.5)
+        layer.output_norm.bias.uniform_(-0.1, 0.1)
+    x, offsets, ts = jagged_batch(lengths)
+    jagged = layer(x, offsets, ts, num_targets)
+    padded = padded_layer(layer, pad(x, lengths, 7), lengths, pad(ts, lengths, 7), num_targets)
+    want = torch.cat([padded[b, :m] for b, m in enumerate(lengths)])
+    torch.testing.assert_close(jagged, want)
+
+
+def test_layer_gradcheck_float64():
+    layer = HSTULayer(4, 1, 2, 2, max_seq_len=4, num_time_buckets=4).double()
+    x, offsets, ts = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 3, 5]), torch.tensor([1, 4, 60, 2, 9])
+
+    def run(x, *params):
+        named = dict(zip([n for n, _ in layer.named_parameters()], params))
+        return torch.func.functional_call(layer, named, (x, offsets, ts, torch.tensor([1, 0])))
+
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+    assert torch.autograd.gradcheck(run, (x.requires_grad_(), *params), fast_mode=True)
+
+
+def test_every_parameter_gets_a_gradient():
+    encoder = HSTUEncoder(2, D, H, DQK, DV, max_seq_len=L, dropout=0.1)
+    x, offsets, ts = jagged_batch([5, 3], dtype=torch.float32)
+    encoder(x.requires_grad_(), offsets, ts, torch.tensor([1, 1])).square().sum().backward()
+    for name, p in encoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_encoder_is_causal():
+    encoder = HSTUEncoder(3, D, H, DQK, DV, max_seq_len=L).double().eval()
+    x, offsets, ts = jagged_batch([8, 4])
+    before = encoder(x, offsets, ts)
+    x2, ts2 = x.clone(), ts.clone()
+    x2[5:8] += 1.0
+    ts2[6:8] += 10**7  # token 4's t_next is ts[5]: later timestamps only
+    after = encoder(x2, offsets, ts2)
+    torch.testing.assert_close(after[:5], before[:5])
+    torch.testing.assert_close(after[8:], before[8:])
+    assert not torch.allclose(after[5:8], before[5:8])
+
+
+@pytest.mark.parametrize("normalization", ["length", "max_len"])
+def test_cached_targets_equal_full_pass(normalization):
+    encoder = HSTUEncoder(2, D, H, DQK, DV, max_seq_len=L, normalization=normalization).double().eval()
+    history, history_offsets, history_ts = jagged_batch([4, 0, 6], seed=1)
+    targets, target_offsets, target_ts = jagged_batch([2, 3, 1], seed=2)
+    full, full_offsets = append_jagged(history, history_offsets, targets, target_offsets)
+    full_ts, _ = append_jagged(history_ts, history_offsets, target_ts, target_offsets)
+    out = encoder(full, full_offsets, full_ts, num_targets=torch.tensor([2, 3, 1]))
+    encoded_history, cache = encoder.encode_history(history, history_offsets, history_ts)
+    cached = encoder.forward_targets(targets, target_offsets, cache, target_ts)
+    is_target = torch.tensor([False] * 4 + [True] * 2 + [True] * 3 + [False] * 6 + [True])
+    torch.testing.assert_close(cached, out[is_target])
+    torch.testing.assert_close(encoded_history, out[~is_target])
+
+
+def test_presets_match_reference_settings_and_build():
+    expected = {  # layers, D, heads, Dqk = Dv, history length, dropout
+        "hstu_ml1m": (2, 50, 1, 50, 200, 0.2),
+        "hstu_ml1m_large": (8, 50, 2, 25, 200, 0.2),
+        "hstu_ml20m": (4, 256, 4, 64, 200, 0.2),
+        "hstu_ml20m_large": (16, 256, 8, 32, 200, 0.2),
+        "hstu_books": (4, 64, 4, 16, 50, 0.5),
+        "hstu_books_large": (16, 64, 8, 8, 50, 0.5),
+    }
+    assert set(HSTU_PRESETS) == set(expected)
+    for name, preset in HSTU_PRESETS.items():
+        c = preset()
+        assert (c.num_layers, c.embedding_dim, c.num_heads, c.attention_dim, c.max_seq_len, c.dropout) == (
+            expected[name][:4] + expected[name][4:]
+        )
+        assert c.linear_dim == c.attention_dim
+    encoder = HSTU_PRESETS["hstu_ml1m"]().build()
+    assert len(encoder.layers) == 2 and encoder.layers[0].f1.out_features == 1 * (2 * 50 + 2 * 50)
+
+
+def test_bad_configuration_and_input_raise_clear_errors():
+    with pytest.raises(ConfigError, match="normalization"):
+        HSTULayer(D, H, DQK, DV, max_seq_len=L, normalization="softmax")
+    with pytest.raises(ConfigError, match="num_layers"):
+        HSTUEncoder(0, D, H, DQK, DV, max_seq_len=L)
+    encoder = HSTUEncoder(1, D, H, DQK, DV, max_seq_len=L)
+    x, offsets, _ = jagged_batch([3], dtype=torch.float32)
+    with pytest.raises(DataError, match="timestamps"):
+        encoder(x, offsets)
+    with pytest.raises(DataError, match=r"\[T, D=6\]"):
+        encoder(x[:, :4], offsets)
+    no_time = HSTUEncoder(1, D, H, DQK, DV, max_seq_len=L, use_time_bias=False)
+    assert no_time(x, offsets).shape == (3, D)
