@@ -122,11 +122,18 @@ def _cmd_data(args) -> int:
 
 def _cmd_train(args) -> int:
     from recsys.config import load_config
+    from recsys.models import get_model_spec
     from recsys.train.config import TrainConfig
-    from recsys.train.ranking import run_training
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    run_training(cfg, resume=args.resume)
+    if get_model_spec(cfg.model_name).task == "retrieval":
+        from recsys.train.retrieval import run_retrieval_training
+
+        run_retrieval_training(cfg, resume=args.resume)
+    else:
+        from recsys.train.ranking import run_training
+
+        run_training(cfg, resume=args.resume)
     return 0
 
 

@@ -74,7 +74,7 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
     """
     log = load_events(data_cfg) if log is None else log
     split = split_events(log, data_cfg)
-    spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history)
+    spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history, max_sequence=data_cfg.max_sequence)
     train_targets = split.train
     if data_cfg.train_rows == "engaged":
         train_targets = train_targets[log.engaged()[train_targets]]

@@ -21,6 +21,9 @@ from torch import nn
 from recsys.data.features import FeatureSpec
 from recsys.errors import ConfigError
 from recsys.models.dlrm import DLRM, DLRMConfig
+from recsys.models.hstu_ranking import HSTURanking, HSTURankingConfig
+from recsys.models.hstu import HSTURetrievalConfig, build_hstu_retrieval
+from recsys.models.sasrec import SASRecRetrievalConfig, build_sasrec_retrieval
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,15 @@ class ModelSpec:
         config_cls: the model's config dataclass; keyword overrides map onto its fields.
         build: ``build(feature_spec, config, device) -> nn.Module``.
         description: one line for ``list_models`` listings and ``--help``.
+        task: "ranking" (scores candidates from RankingBatches: ``recsys.train.ranking``) or
+            "retrieval" (next item from SequenceBatches: ``recsys.train.retrieval``).
     """
 
     name: str
     config_cls: type
     build: Callable[[FeatureSpec, Any, torch.device | str | None], nn.Module]
     description: str
+    task: str = "ranking"
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -110,5 +116,43 @@ register(
         config_cls=DLRMConfig,
         build=_build_dlrm,
         description="DLRM ranker: pooled id embeddings + dense MLP, DCNv2 full-rank cross, one logit per action head",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="hstu",
+        config_cls=HSTURetrievalConfig,
+        build=build_hstu_retrieval,
+        description="HSTU next-item retrieval on jagged sequences: relative-bias pointwise attention, sampled softmax",
+        task="retrieval",
+    )
+)
+
+
+def _build_hstu_ranking(
+    feature_spec: FeatureSpec, config: HSTURankingConfig, device: torch.device | str | None
+) -> nn.Module:
+    return HSTURanking(feature_spec, config, device=device)
+
+
+register(
+    ModelSpec(
+        name="hstu_ranking",
+        config_cls=HSTURankingConfig,
+        build=_build_hstu_ranking,
+        description="HSTU ranker: interleaved (item, action) history tokens, candidate as target, one logit per action head",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="sasrec",
+        config_cls=SASRecRetrievalConfig,
+        build=build_sasrec_retrieval,
+        description="SASRec next-item retrieval baseline: causal self-attention + FFN, same data, loss and evaluation as hstu",
+        task="retrieval",
     )
 )

@@ -35,7 +35,7 @@ from torch import nn
 
 from recsys.errors import ConfigError, DataError
 
-NEGATIVE_MODES = ("uniform", "in_batch")
+NEGATIVE_MODES = ("uniform", "uniform_shared", "in_batch")
 
 
 class SampledSoftmaxLoss(nn.Module):
@@ -46,7 +46,8 @@ class SampledSoftmaxLoss(nn.Module):
         num_items: I, the id space negatives are drawn from (required for "uniform").
         temperature: logits are scores divided by it; > 0.
         l2_normalize: scale query and item vectors to unit length before scoring.
-        negatives: "uniform" or "in_batch".
+        negatives: "uniform" (K per query), "uniform_shared" (K per batch, shared by all queries)
+            or "in_batch".
     """
 
     def __init__(
@@ -60,9 +61,9 @@ class SampledSoftmaxLoss(nn.Module):
         super().__init__()
         if negatives not in NEGATIVE_MODES:
             raise ConfigError(f"negatives must be one of {NEGATIVE_MODES}, got {negatives!r}")
-        if negatives == "uniform" and (num_items is None or num_items < 1):
+        if negatives.startswith("uniform") and (num_items is None or num_items < 1):
             raise ConfigError(f"uniform negatives need num_items >= 1 (the item id space), got {num_items}")
-        if negatives == "uniform" and num_negatives < 1:
+        if negatives.startswith("uniform") and num_negatives < 1:
             raise ConfigError(f"num_negatives must be at least 1, got {num_negatives}")
         if not temperature > 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
@@ -95,6 +96,8 @@ class SampledSoftmaxLoss(nn.Module):
             return queries.sum() * 0.0
         if self.negatives == "in_batch":
             logits, hits = self._in_batch_logits(queries, positive_ids, item_embedding)
+        elif self.negatives == "uniform_shared":
+            logits, hits = self._shared_uniform_logits(queries, positive_ids, item_embedding, generator)
         else:
             logits, hits = self._uniform_logits(queries, positive_ids, item_embedding, generator)
         logits = logits.masked_fill(hits, float("-inf"))  # [N, 1 + K]
@@ -119,6 +122,20 @@ class SampledSoftmaxLoss(nn.Module):
         logits = torch.cat([positive_logit, negative_logits], dim=1) / self.temperature  # [N, 1 + K]
         hits = torch.cat([torch.zeros_like(positive_logit, dtype=torch.bool),
                           negative_ids == positive_ids[:, None]], dim=1)  # [N, 1 + K]
+        return logits, hits
+
+    def _shared_uniform_logits(self, queries, positive_ids, item_embedding, generator):
+        """Like :meth:`_uniform_logits` with one set of K uniform negatives shared by every query of
+        the batch: K lookups instead of N * K, the cheap choice on CPUs."""
+        n, k = queries.shape[0], self.num_negatives
+        negative_ids = torch.randint(0, self.num_items, (k,), generator=generator, device=positive_ids.device)  # [K]
+        vectors = _lookup(item_embedding, torch.cat([positive_ids, negative_ids]), queries.shape[1])
+        q = self._normalise(queries)  # [N, D]
+        positive_logit = (q * self._normalise(vectors[:n])).sum(-1, keepdim=True)  # [N, 1]
+        negative_logits = q @ self._normalise(vectors[n:]).T  # [N, K]
+        logits = torch.cat([positive_logit, negative_logits], dim=1) / self.temperature  # [N, 1 + K]
+        hits = torch.cat([torch.zeros_like(positive_logit, dtype=torch.bool),
+                          negative_ids[None, :] == positive_ids[:, None]], dim=1)  # [N, 1 + K]
         return logits, hits
 
     def _in_batch_logits(self, queries, positive_ids, item_embedding):

@@ -40,6 +40,10 @@ class DataConfig:
         train_rows: "all" events of the training split become rows, or only "engaged" ones
             (for logs whose events are all engagements plus sampled negatives this is the same).
         max_history: most recent items per ``history_<action>`` feature.
+        stochastic_length_alpha: HSTU's stochastic length for long training sequences (alpha in
+            (1, 2]); None keeps the most recent ``max_sequence`` tokens.
+        max_sequence: most recent engaged events in ``sequence_features`` (the time-ordered history
+            that sequence models read); 0 = no sequence features.
         num_workers: DataLoader worker processes.
     """
 
@@ -55,6 +59,8 @@ class DataConfig:
     eval_negatives_per_target: int = 0
     train_rows: Literal["all", "engaged"] = "all"
     max_history: int = 50
+    max_sequence: int = 0
+    stochastic_length_alpha: float | None = None
     num_workers: int = 0
 
 
@@ -92,6 +98,10 @@ class TrainerConfig:
         keep_checkpoints: how many recent checkpoints to keep.
         progress: tqdm progress bar on rank 0.
         baseline: also score the popularity baseline on the evaluation splits.
+        select_metric: validation metric that picks the best epoch (retrieval: "ndcg@10", ...);
+            the test split is reported at that epoch, never selected on.
+        patience: stop after this many evaluations without improvement (0 = never stop early).
+        eval_every: epochs between validation evaluations.
     """
 
     epochs: int = 1
@@ -104,6 +114,9 @@ class TrainerConfig:
     keep_checkpoints: int = 3
     progress: bool = True
     baseline: bool = True
+    select_metric: str = "ndcg@10"
+    patience: int = 0
+    eval_every: int = 1
 
 
 @dataclass

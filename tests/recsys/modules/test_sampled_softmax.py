@@ -93,3 +93,20 @@ def test_errors_and_empty_input():
         loss_fn(torch.randn(4, 5), torch.zeros(4, dtype=torch.long), lambda i: table[i])
     empty = loss_fn(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, dtype=torch.long), lambda i: table[i])
     assert empty.item() == 0.0
+
+
+def test_shared_uniform_negatives_equal_an_explicit_softmax():
+    torch.manual_seed(0)
+    table = torch.randn(20, 4)
+    queries, positives = torch.randn(6, 4), torch.tensor([1, 2, 3, 3, 5, 7])
+    loss = SampledSoftmaxLoss(num_negatives=8, num_items=20, temperature=0.5, negatives="uniform_shared")
+    generator = torch.Generator().manual_seed(3)
+    value = loss(queries, positives, lambda ids: table[ids], generator=generator)
+    negatives = torch.randint(0, 20, (8,), generator=torch.Generator().manual_seed(3))
+    q, t = F.normalize(queries, dim=-1), F.normalize(table, dim=-1)
+    expected = []
+    for n in range(6):
+        logits = torch.cat([(q[n] * t[positives[n]]).sum()[None], t[negatives] @ q[n]]) / 0.5
+        logits[1:][negatives == positives[n]] = float("-inf")  # accidental hits
+        expected.append(-torch.log_softmax(logits, 0)[0])
+    torch.testing.assert_close(value, torch.stack(expected).mean())

@@ -1,0 +1,235 @@
+"""Training recipe for the zoo's next-item retrieval models (HSTU, SASRec): one readable loop.
+
+``RetrievalRecipe(cfg)`` -> ``setup(resume)`` -> ``train()`` -> ``cleanup()``. The protocol is the
+literature's: leave-one-out with a validation target; every ``eval_every`` epochs the validation
+targets are ranked against ALL items with the user's history excluded (HR@K, NDCG@K, MRR); when
+validation improves, the test split is evaluated and kept; the run reports test at the best
+validation epoch and never selects on test. ``patience`` stops the run early.
+
+As in the ranking recipe, the model is built on the meta device and wrapped in
+DistributedModelParallel (item table sharded by the planner, FBGEMM's fused optimizer), and every
+epoch ends with a checkpoint that ``resume=True`` continues from.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from recsys.config import to_dict
+from recsys.data.features import FeatureSpec
+from recsys.data.pipeline import load_events
+from recsys.data.sequences import SequenceExamples, make_sequence_dataloader
+from recsys.data.splits import leave_one_out
+from recsys.distributed.optimizers import build_optimizer
+from recsys.distributed.plan_io import save_plan
+from recsys.distributed.process_group import DistContext, init_distributed, teardown
+from recsys.distributed.sharding import shard_model
+from recsys.errors import ConfigError
+from recsys.metrics.retrieval import RetrievalMetrics, rank_of_targets
+from recsys.models import get_model, model_config
+from recsys.train.checkpoint import CheckpointManager
+from recsys.train.config import TrainConfig
+from recsys.train.early_stopping import EarlyStopping
+from recsys.train.ranking import _write_json
+from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
+from recsys.train.run_log import RunLog
+
+
+class RetrievalRecipe:
+    """Trains a sequential retrieval model and reports test metrics at the best validation epoch."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.step = 0
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, resume: bool = False) -> None:
+        cfg = self.cfg
+        self.ctx: DistContext = init_distributed()
+        seed_everything(cfg.train.seed)
+        self._build_data()
+        model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
+        self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse)
+        self.optimizer = build_optimizer(self.model, cfg.optim.dense)
+        self.loader = make_sequence_dataloader(
+            self.train_rows, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+            num_workers=cfg.data.num_workers, drop_last=self.ctx.world_size > 1,
+            rank=self.ctx.rank, world_size=self.ctx.world_size,
+        )
+        self.stopper = EarlyStopping(metric=cfg.train.select_metric, patience=max(cfg.train.patience, 1))
+        self.checkpoints = CheckpointManager(
+            self.output_dir / "checkpoints", backend=cfg.train.checkpoint_backend, keep_last=cfg.train.keep_checkpoints
+        )
+        self.run_log = RunLog(self.output_dir, rank=self.ctx.rank)
+        if self.ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.output_dir / "config.json", to_dict(cfg))
+            save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
+            print(self.summary())
+        if resume:
+            self._resume()
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        max_len = cfg.data.max_sequence
+        model_max = model_config(cfg.model_name, **cfg.model_overrides).max_seq_len
+        if max_len <= 0 or max_len > model_max:
+            raise ConfigError(
+                f"data.max_sequence={max_len} must be in 1..{model_max} (the model's max_seq_len); "
+                f"set data.max_sequence={model_max}"
+            )
+        self.log = load_events(cfg.data)
+        self.spec = FeatureSpec.from_log(self.log, max_sequence=max_len)
+        split = leave_one_out(self.log)
+        self.train_rows = SequenceExamples.build(
+            self.log, split, "train", max_len, stochastic_length_alpha=cfg.data.stochastic_length_alpha, seed=cfg.train.seed
+        )
+        self.valid_rows = SequenceExamples.build(self.log, split, "valid", max_len)
+        self.test_rows = SequenceExamples.build(self.log, split, "test", max_len)
+
+    def summary(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return "\n".join([
+            f"data: {self.cfg.data.source}, {len(self.log):,} events, {self.log.num_users:,} users, "
+            f"{self.log.num_items:,} items; leave-one-out",
+            f"rows: train {len(self.train_rows):,}, valid {len(self.valid_rows):,}, test {len(self.test_rows):,} "
+            f"(ranked against all {self.log.num_items:,} items, history excluded)",
+            f"model: {self.cfg.model_name}, {params:,} parameters on this rank; world size {self.ctx.world_size} ({self.ctx.backend})",
+            f"output: {self.output_dir}",
+        ])
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        extra = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loader": self.loader.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": capture_rng_state(),
+        }
+        self.checkpoints.save(self.step, self.model, self.optimizer, extra=extra)
+
+    def _resume(self) -> None:
+        if self.checkpoints.latest_step() is None:
+            return
+        state = self.checkpoints.load(self.model, self.optimizer)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.loader.load_state_dict(state["loader"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        restore_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> dict:
+        """Runs the remaining epochs (or until ``patience`` runs out); returns the final report."""
+        cfg = self.cfg.train
+        bar = tqdm(total=len(self.loader) * cfg.epochs, initial=self.step, disable=not (cfg.progress and self.ctx.is_main),
+                   desc="train", dynamic_ncols=True)
+        started = time.time()
+        while self.epoch < cfg.epochs and not (cfg.patience and self.stopper.should_stop):
+            self.model.train()
+            self.loader.set_epoch(self.epoch)
+            for batch in self.loader:
+                loss = self._train_step(batch.to(self.ctx.device))
+                bar.update(1)
+                if self.step % cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    self.run_log.log(self.step, {"train/loss": loss, "train/epoch": self.epoch})
+            self.epoch += 1
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                self._validate()
+            self.save_checkpoint()
+        bar.close()
+        return self.report(time.time() - started)
+
+    def _train_step(self, batch) -> float:
+        loss = self.model(batch)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def _validate(self) -> None:
+        valid = self.evaluate("valid")
+        self.stopper.update(self.epoch, valid)
+        self.run_log.log(self.step, {f"valid/{k}": v for k, v in valid.items()})
+        if self.stopper.improved:
+            test = self.evaluate("test")
+            self.stopper.record_test(self.epoch, test)
+        if self.ctx.is_main:
+            best = self.stopper.best_epoch
+            print(f"epoch {self.epoch}: valid {self.cfg.train.select_metric} {valid[self.cfg.train.select_metric]:.4f}"
+                  f" (best {self.stopper.best_value:.4f} at epoch {best})")
+
+    # ------------------------------------------------------------------ evaluate
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Full-ranking metrics of ``split`` ("valid" or "test") over all ranks' rows."""
+        rows = {"valid": self.valid_rows, "test": self.test_rows}[split]
+        module = self.model.module
+        was_training = module.training
+        module.eval()
+        items = module.item_vectors()  # [I, D]
+        metrics = RetrievalMetrics()
+        loader = make_sequence_dataloader(
+            rows, self.cfg.train.eval_batch_size, shuffle=False, seed=0, num_workers=self.cfg.data.num_workers,
+            rank=self.ctx.rank, world_size=self.ctx.world_size,
+        )
+        for batch in loader:
+            batch = batch.to(self.ctx.device)
+            users = module.user_vectors(batch)  # [B, D]
+            metrics.update(rank_of_targets(users, items, batch.target_item, exclude=batch.seen_items))
+        module.train(was_training)
+        if self.ctx.world_size > 1:
+            states = [None] * self.ctx.world_size
+            dist.all_gather_object(states, metrics.state())
+            metrics = RetrievalMetrics.from_states(metrics.ks_hr, metrics.ks_ndcg, states)
+        return metrics.compute()
+
+    def report(self, seconds: float) -> dict:
+        stopper = self.stopper
+        return {
+            "model": self.cfg.model_name,
+            "best_epoch": stopper.best_epoch,
+            "valid": stopper.best_metrics,
+            "test": stopper.best_test_metrics,
+            "epochs_run": self.epoch,
+            "train_seconds": seconds,
+        }
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        self.run_log.close()
+        del self.model, self.optimizer
+        gc.collect()
+        teardown(self.ctx)
+
+
+def format_retrieval_report(report: dict) -> str:
+    names = list(report["test"] or report["valid"] or {})
+    lines = [f"{'metric':<10}{'valid':>10}{'test':>10}   (best validation epoch {report['best_epoch']}, {report['epochs_run']} epochs run)"]
+    for name in names:
+        lines.append(f"{name:<10}{report['valid'][name]:>10.4f}{report['test'][name]:>10.4f}")
+    return "\n".join(lines)
+
+
+def run_retrieval_training(cfg: TrainConfig, resume: bool = False) -> dict:
+    """``recsys train`` for retrieval models: trains, then prints and saves valid/test metrics."""
+    recipe = RetrievalRecipe(cfg)
+    recipe.setup(resume=resume)
+    try:
+        report = recipe.train()
+        if recipe.ctx.is_main:
+            print("\n" + format_retrieval_report(report))
+            _write_json(recipe.output_dir / "results.json", report)
+        return report
+    finally:
+        recipe.cleanup()
