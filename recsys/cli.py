@@ -194,12 +194,12 @@ def _quiet_library_noise(verbose: bool) -> None:
 
 
 class _DropLibraryWarnings:
-    """Drops records below ERROR that torchrec's own files log through the root logger."""
+    """Drops records below ERROR that torchrec's and fbgemm's own files log through the root logger."""
 
     def filter(self, record) -> bool:
         import logging
 
-        return record.levelno >= logging.ERROR or "torchrec" not in record.pathname
+        return record.levelno >= logging.ERROR or not any(lib in record.pathname for lib in ("torchrec", "fbgemm_gpu"))
 
 
 def main(argv: list[str] | None = None) -> int:

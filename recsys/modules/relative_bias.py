@@ -108,17 +108,15 @@ def relative_attention_bias(
     n = padded_timestamps.size(1) if padded_timestamps is not None else num_slots
     if n is None:
         raise ValueError("relative_attention_bias needs padded_timestamps or num_slots")
-    b, m = query_slots.shape
-    table = position_bias if position_bias is not None else time_bias
-    dtype = table.dtype if table is not None else torch.float32
-    bias = torch.zeros(b, m, n, dtype=dtype, device=query_slots.device)
-    if position_bias is not None:
-        bias = bias + _position_part(query_slots, lengths, num_targets, position_bias, n)
-    if time_bias is not None:
-        if padded_timestamps is None:
-            raise ValueError("time_bias needs padded_timestamps")
-        bias = bias + _time_part(query_slots, lengths, num_targets, padded_timestamps, time_bias, time_bucket_base)
-    return bias
+    if position_bias is None and time_bias is None:
+        return torch.zeros(*query_slots.shape, n, dtype=torch.float32, device=query_slots.device)
+    if time_bias is not None and padded_timestamps is None:
+        raise ValueError("time_bias needs padded_timestamps")
+    index = relative_bias_index(
+        query_slots, lengths, num_targets, padded_timestamps,
+        num_position_entries(position_bias), num_time_entries(time_bias), time_bucket_base, n,
+    )  # [B, M, N]
+    return gather_relative_bias(index, position_bias, time_bias)
 
 
 def padded_relative_bias(
@@ -137,19 +135,83 @@ def padded_relative_bias(
     )
 
 
-def _position_part(query_slots, lengths, num_targets, position_bias, n) -> torch.Tensor:
-    max_distance = (position_bias.numel() - 1) // 2  # L - 1
+def num_position_entries(position_bias: torch.Tensor | None) -> int | None:
+    """``2L - 1`` rows of a position table, None without one."""
+    return None if position_bias is None else position_bias.numel()
+
+
+def num_time_entries(time_bias: torch.Tensor | None) -> int | None:
+    """``num_buckets + 1`` rows of a time table, None without one."""
+    return None if time_bias is None else time_bias.numel()
+
+
+def relative_bias_index(
+    query_slots: torch.Tensor,
+    lengths: torch.Tensor,
+    num_targets: torch.Tensor | None,
+    padded_timestamps: torch.Tensor | None,
+    position_entries: int | None,
+    time_entries: int | None,
+    time_bucket_base: float,
+    num_slots: int,
+) -> torch.Tensor:
+    """``[B, M, N]`` int64 index of each (query, key) pair into :func:`combined_bias_table`.
+
+    The index depends on the sequences and on the table sizes only, not on the learned values,
+    so an encoder computes it once and every layer gathers its own tables with it.
+
+    Args:
+        query_slots, lengths, num_targets, padded_timestamps, time_bucket_base: as
+            :func:`relative_attention_bias`.
+        position_entries: ``2L - 1``, or None without a position table.
+        time_entries: ``num_buckets + 1``, or None without a time table (then
+            ``padded_timestamps`` may be None).
+        num_slots: N.
+    """
+    index = None
+    if position_entries is not None:
+        index = _position_index(query_slots, lengths, num_targets, position_entries, num_slots)
+    if time_entries is not None:
+        buckets = _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, time_bucket_base)
+        index = buckets if index is None else index * time_entries + buckets
+    if index is None:
+        raise ValueError("relative_bias_index needs a position table, a time table or both")
+    return index
+
+
+def combined_bias_table(position_bias: torch.Tensor | None, time_bias: torch.Tensor | None) -> torch.Tensor:
+    """``[P * Tt]`` flat table ``position_bias[p] + time_bias[t]`` at ``p * Tt + t`` (one table alone as is)."""
+    if position_bias is None:
+        return time_bias
+    if time_bias is None:
+        return position_bias
+    return (position_bias.unsqueeze(1) + time_bias.unsqueeze(0)).flatten()  # [P * Tt]
+
+
+def gather_relative_bias(
+    index: torch.Tensor, position_bias: torch.Tensor | None, time_bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Bias ``[*S]`` of the pairs named by :func:`relative_bias_index`'s ``[*S]`` index: one gather.
+
+    ``index_select`` rather than advanced indexing: its backward is an ``index_add`` into the
+    small combined table, much cheaper than the sorting ``index_put`` of ``table[index]``.
+    """
+    table = combined_bias_table(position_bias, time_bias)
+    return table.index_select(0, index.flatten()).view(index.shape)
+
+
+def _position_index(query_slots, lengths, num_targets, position_entries, n) -> torch.Tensor:
+    max_distance = (position_entries - 1) // 2  # L - 1
     positions = effective_positions(lengths, num_targets, n)  # [B, N]
     query_positions = positions.gather(1, query_slots)  # [B, M]
     distance = positions.unsqueeze(1) - query_positions.unsqueeze(2)  # [B, M, N]
-    index = distance.clamp(-max_distance, max_distance) + max_distance
-    return position_bias[index]  # [B, M, N]
+    return distance.clamp(-max_distance, max_distance) + max_distance
 
 
-def _time_part(query_slots, lengths, num_targets, padded_timestamps, time_bias, base) -> torch.Tensor:
+def _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, base) -> torch.Tensor:
     query_times = next_timestamps(padded_timestamps, lengths, num_targets).gather(1, query_slots)  # [B, M]
     dt = query_times.unsqueeze(2) - padded_timestamps.unsqueeze(1)  # [B, M, N]
-    return time_bias[time_buckets(dt, time_bias.numel() - 1, base)]  # [B, M, N]
+    return time_buckets(dt, time_entries - 1, base)  # [B, M, N]
 
 
 class RelativeAttentionBias(nn.Module):

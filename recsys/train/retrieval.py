@@ -164,6 +164,7 @@ class RetrievalRecipe:
         if self.stopper.improved:
             test = self.evaluate("test")
             self.stopper.record_test(self.epoch, test)
+            self.run_log.log(self.step, {f"best/test/{k}": v for k, v in test.items()} | {"best/epoch": self.epoch})
         if self.ctx.is_main:
             best = self.stopper.best_epoch
             print(f"epoch {self.epoch}: valid {self.cfg.train.select_metric} {valid[self.cfg.train.select_metric]:.4f}"

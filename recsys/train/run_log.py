@@ -18,12 +18,14 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import IO, Any, Mapping, Optional
 
 from recsys.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -46,8 +48,11 @@ class RunLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.directory / METRICS_FILE, "a", encoding="utf-8")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # torch's writer needs the tensorboard package
+                logger.warning("tensorboard is not installed: writing metrics.jsonl only (pip install tensorboard)")
+                return
             self._writer = SummaryWriter(log_dir=str(self.directory))
 
     @property
