@@ -146,6 +146,11 @@ def _coerce(tp: Any, value: Any, where: str, name: str) -> Any:
         return {k: _coerce(inner, v, where, f"{name}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-12" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     if tp in (int, float, str, bool):

@@ -81,7 +81,7 @@ class SequentialRetrieval(nn.Module):
         self.num_items, self.embedding_dim, self.max_seq_len = num_items, embedding_dim, max_seq_len
         self.item_embeddings = EmbeddingCollection(
             tables=[EmbeddingConfig(name=ITEM_TABLE, embedding_dim=embedding_dim, num_embeddings=num_items, feature_names=[ITEM_KEY])],
-            device=device,
+            device=None if device is None else torch.device(device),  # a "meta" string would not be seen as meta by DMP
         )
         self.encoder = encoder
         self.positions = nn.Embedding(max_seq_len, embedding_dim) if position_embedding else None

@@ -24,6 +24,10 @@ KV cache (M-FALCON): history tokens never attend to targets, so their keys and v
 layer are the same with or without targets appended. :meth:`HSTUEncoder.encode_history` keeps
 them; :meth:`HSTUEncoder.forward_targets` runs only the targets against them.
 
+Shared layout: every layer of a pass attends over the same sequences, so the encoder validates
+the jagged input and builds the padding indices, masks and bias indices once
+(:class:`recsys.ops.hstu_attention_layout.HSTUAttentionLayout`) and hands them to each layer.
+
 Shape letters: T tokens, B sequences, D embedding dim, H heads, Dqk / Dv per-head dims.
 """
 
@@ -38,6 +42,7 @@ from torch import nn
 from recsys.errors import ConfigError, DataError
 from recsys.modules.relative_bias import DEFAULT_NUM_TIME_BUCKETS, DEFAULT_TIME_BUCKET_BASE, RelativeAttentionBias
 from recsys.ops.hstu_attention import NORMALIZATIONS, hstu_attention
+from recsys.ops.hstu_attention_layout import HSTUAttentionLayout, build_hstu_attention_layout, sequence_ids
 
 
 class HSTULayer(nn.Module):
@@ -109,17 +114,43 @@ class HSTULayer(nn.Module):
         u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=1)
         return u, q.view(-1, h, dqk), k.view(-1, h, dqk), v.view(-1, h, dv)
 
-    def attend(self, q, k, v, seq_offsets, timestamps, num_targets, query_offsets=None) -> torch.Tensor:
-        """Eq. 2 through :func:`hstu_attention`: ``[Tq, H, Dqk]`` queries -> ``[Tq, H * Dv]``."""
+    def attend(self, q, k, v, seq_offsets, timestamps, num_targets, query_offsets=None, layout=None) -> torch.Tensor:
+        """Eq. 2 through :func:`hstu_attention`: ``[Tq, H, Dqk]`` queries -> ``[Tq, H * Dv]``.
+
+        ``layout``: an :class:`HSTUAttentionLayout` of these arguments shared by the layers of a
+        pass (see :meth:`attention_layout`), or None to build one here.
+        """
         bias_kwargs = self.relative_bias.op_kwargs() if self.relative_bias is not None else {}
         if bias_kwargs.get("time_bias") is not None and timestamps is None:
             raise DataError("HSTULayer: this layer learns a time bias; pass timestamps ([T] int64) or build it with use_time_bias=False")
         out = hstu_attention(
             q, k, v, seq_offsets, self.max_seq_len,
             alpha=self.alpha, timestamps=timestamps, num_targets=num_targets, causal=self.causal,
-            normalization=self.normalization, query_offsets=query_offsets, kernel=self.kernel, **bias_kwargs,
+            normalization=self.normalization, query_offsets=query_offsets, kernel=self.kernel, layout=layout,
+            **bias_kwargs,
         )  # [Tq, H, Dv]
         return out.flatten(1, 2)  # [Tq, H * Dv]
+
+    def attention_layout(
+        self,
+        seq_offsets: torch.Tensor,
+        num_rows: int,
+        timestamps: torch.Tensor | None = None,
+        num_targets: torch.Tensor | None = None,
+        query_offsets: torch.Tensor | None = None,
+        num_queries: int | None = None,
+    ) -> HSTUAttentionLayout:
+        """The validated :class:`HSTUAttentionLayout` of a pass, reusable by every layer with this one's settings.
+
+        Args:
+            seq_offsets: ``[B + 1]`` int64 offsets of the ``num_rows`` keys.
+            timestamps, num_targets, query_offsets: as :meth:`attend`.
+            num_queries: rows of q with ``query_offsets``; default ``num_rows``.
+        """
+        return build_hstu_attention_layout(
+            seq_offsets, self.max_seq_len, num_rows=num_rows, num_queries=num_queries, num_targets=num_targets,
+            timestamps=timestamps, causal=self.causal, normalization=self.normalization, query_offsets=query_offsets,
+        )
 
     def output(self, x: torch.Tensor, attn: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Eq. 3 plus the residual: ``x + f2(Dropout(LayerNorm(attn) * u))``, ``[T, D]``."""
@@ -131,10 +162,11 @@ class HSTULayer(nn.Module):
         seq_offsets: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
+        layout: HSTUAttentionLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward`, also returning this layer's K ``[T, H, Dqk]`` and V ``[T, H, Dv]``."""
         u, q, k, v = self.project(x)
-        attn = self.attend(q, k, v, seq_offsets, timestamps, num_targets)
+        attn = self.attend(q, k, v, seq_offsets, timestamps, num_targets, layout=layout)
         return self.output(x, attn, u), k, v
 
     def forward(
@@ -143,6 +175,7 @@ class HSTULayer(nn.Module):
         seq_offsets: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
+        layout: HSTUAttentionLayout | None = None,
     ) -> torch.Tensor:
         """``[T, D]`` jagged tokens -> ``[T, D]``.
 
@@ -151,8 +184,9 @@ class HSTULayer(nn.Module):
             seq_offsets: ``[B + 1]`` int64.
             timestamps: ``[T]`` int64, required with a time bias.
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
+            layout: :meth:`attention_layout` of these arguments, shared across layers; None builds one.
         """
-        return self.forward_with_kv(x, seq_offsets, timestamps, num_targets)[0]
+        return self.forward_with_kv(x, seq_offsets, timestamps, num_targets, layout)[0]
 
     def forward_targets(
         self,
@@ -163,6 +197,7 @@ class HSTULayer(nn.Module):
         history_offsets: torch.Tensor,
         history_timestamps: torch.Tensor | None = None,
         target_timestamps: torch.Tensor | None = None,
+        layout: HSTUAttentionLayout | None = None,
     ) -> torch.Tensor:
         """Targets appended after cached history: ``[Tc, D]`` -> ``[Tc, D]``.
 
@@ -172,16 +207,46 @@ class HSTULayer(nn.Module):
             history_v: ``[Th, H, Dv]`` cached history values.
             history_offsets: ``[B + 1]`` int64 offsets of the history.
             history_timestamps: ``[Th]`` int64 and ``target_timestamps`` ``[Tc]``, with a time bias.
+            layout: :func:`targets_layout` of these arguments, shared across layers; None builds one.
         """
+        if layout is None:
+            layout = targets_layout(
+                self, history_k.size(0), history_offsets, x.size(0), target_offsets, history_timestamps, target_timestamps
+            )
         u, q, k, v = self.project(x)
-        full_k, full_offsets = append_jagged(history_k, history_offsets, k, target_offsets)
+        full_k, _ = append_jagged(history_k, history_offsets, k, target_offsets)
         full_v, _ = append_jagged(history_v, history_offsets, v, target_offsets)
-        full_timestamps = None
-        if history_timestamps is not None and target_timestamps is not None:
-            full_timestamps, _ = append_jagged(history_timestamps, history_offsets, target_timestamps, target_offsets)
-        num_targets = target_offsets[1:] - target_offsets[:-1]  # [B]
-        attn = self.attend(q, full_k, full_v, full_offsets, full_timestamps, num_targets, query_offsets=target_offsets)
+        attn = self.attend(
+            q, full_k, full_v, layout.seq_offsets, layout.timestamps, layout.num_targets,
+            query_offsets=target_offsets, layout=layout,
+        )
         return self.output(x, attn, u)
+
+
+def targets_layout(
+    layer: HSTULayer,
+    num_history_rows: int,
+    history_offsets: torch.Tensor,
+    num_target_rows: int,
+    target_offsets: torch.Tensor,
+    history_timestamps: torch.Tensor | None = None,
+    target_timestamps: torch.Tensor | None = None,
+) -> HSTUAttentionLayout:
+    """Layout of the targets queried against history plus targets (:meth:`HSTULayer.forward_targets`).
+
+    Args:
+        layer: any layer with the settings of the pass.
+        num_history_rows: Th; ``history_offsets`` ``[B + 1]`` int64.
+        num_target_rows: Tc; ``target_offsets`` ``[B + 1]`` int64.
+        history_timestamps: ``[Th]`` int64 and ``target_timestamps`` ``[Tc]``, with a time bias.
+    """
+    full_timestamps = None
+    if history_timestamps is not None and target_timestamps is not None:
+        full_timestamps, _ = append_jagged(history_timestamps, history_offsets, target_timestamps, target_offsets)
+    return layer.attention_layout(
+        history_offsets + target_offsets, num_history_rows + num_target_rows, full_timestamps,
+        num_targets=target_offsets[1:] - target_offsets[:-1], query_offsets=target_offsets, num_queries=num_target_rows,
+    )
 
 
 def append_jagged(
@@ -194,8 +259,8 @@ def append_jagged(
         append_jagged(a, [0, 2, 3], b, [0, 1, 3])  # rows a0 a1 b0 | a2 b1 b2, offsets [0, 3, 6]
     """
     offsets = left_offsets + right_offsets  # [B + 1]
-    left_seq = _sequence_ids(left_offsets, left.size(0))  # [Tl]
-    right_seq = _sequence_ids(right_offsets, right.size(0))  # [Tr]
+    left_seq = sequence_ids(left_offsets, left.size(0))  # [Tl]
+    right_seq = sequence_ids(right_offsets, right.size(0))  # [Tr]
     left_lengths = left_offsets[1:] - left_offsets[:-1]  # [B]
     # Row r of sequence b moves from in_offsets[b] + i to offsets[b] + i (+ left length for right rows).
     left_rows = torch.arange(left.size(0), device=left.device) - left_offsets[left_seq] + offsets[left_seq]
@@ -204,12 +269,6 @@ def append_jagged(
     )
     out = left.new_zeros((left.size(0) + right.size(0), *left.shape[1:]))
     return out.index_copy(0, left_rows, left).index_copy(0, right_rows, right), offsets
-
-
-def _sequence_ids(offsets: torch.Tensor, total: int) -> torch.Tensor:
-    """``[T]`` index of the sequence each jagged row belongs to."""
-    lengths = offsets[1:] - offsets[:-1]
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths, output_size=total)
 
 
 @dataclass
@@ -293,9 +352,10 @@ class HSTUEncoder(nn.Module):
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
         """
         self._check_input(values)
+        layout = self.layers[0].attention_layout(seq_offsets, values.size(0), timestamps, num_targets)
         x = values
         for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets)
+            x = layer(x, seq_offsets, timestamps, num_targets, layout)
         return self.final_norm(x)
 
     def encode_history(
@@ -303,9 +363,10 @@ class HSTUEncoder(nn.Module):
     ) -> tuple[torch.Tensor, HSTUKVCache]:
         """Encode histories (no targets) and keep every layer's K/V: ``([Th, D], cache)``."""
         self._check_input(values)
+        layout = self.layers[0].attention_layout(seq_offsets, values.size(0), timestamps)
         keys, vals, x = [], [], values
         for layer in self.layers:
-            x, k, v = layer.forward_with_kv(x, seq_offsets, timestamps)
+            x, k, v = layer.forward_with_kv(x, seq_offsets, timestamps, layout=layout)
             keys.append(k)
             vals.append(v)
         return self.final_norm(x), HSTUKVCache(keys, vals, seq_offsets, timestamps)
@@ -332,9 +393,15 @@ class HSTUEncoder(nn.Module):
                 f"HSTUEncoder.forward_targets: target_offsets has {target_offsets.numel() - 1} sequences, "
                 f"the cache {cache.seq_offsets.numel() - 1}; give one (possibly empty) target list per cached history"
             )
+        layout = targets_layout(
+            self.layers[0], cache.keys[0].size(0), cache.seq_offsets, target_values.size(0), target_offsets,
+            cache.timestamps, target_timestamps,
+        )
         x = target_values
         for layer, k, v in zip(self.layers, cache.keys, cache.values):
-            x = layer.forward_targets(x, target_offsets, k, v, cache.seq_offsets, cache.timestamps, target_timestamps)
+            x = layer.forward_targets(
+                x, target_offsets, k, v, cache.seq_offsets, cache.timestamps, target_timestamps, layout=layout
+            )
         return self.final_norm(x)
 
     def _check_input(self, values: torch.Tensor) -> None:

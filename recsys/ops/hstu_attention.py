@@ -32,6 +32,7 @@ import torch
 
 from recsys.errors import ConfigError, DataError
 from recsys.modules.relative_bias import DEFAULT_TIME_BUCKET_BASE
+from recsys.ops.hstu_attention_layout import HSTUAttentionLayout, build_hstu_attention_layout
 from recsys.ops.hstu_attention_reference import hstu_attention_reference
 
 NORMALIZATIONS = ("length", "max_len")
@@ -43,7 +44,8 @@ class HSTUAttentionBackend:
 
     Args:
         name: what ``kernel=`` selects it by.
-        fn: a callable with :func:`hstu_attention_reference`'s signature.
+        fn: a callable with :func:`hstu_attention_reference`'s signature (it receives ``layout=``
+            and may ignore it).
         supports: whether it can run on these inputs (given ``q``), e.g. a CUDA device check.
     """
 
@@ -86,6 +88,7 @@ def hstu_attention(
     normalization: str = "length",
     query_offsets: torch.Tensor | None = None,
     kernel: str = "auto",
+    layout: HSTUAttentionLayout | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention ``SiLU(alpha Q K^T + rab) V / N`` with causal and target masks.
 
@@ -108,6 +111,9 @@ def hstu_attention(
         normalization: ``"length"`` (divide by the history length) or ``"max_len"``.
         query_offsets: ``[B + 1]`` int64 offsets of ``q``; None when ``q`` covers every token.
         kernel: ``"auto"`` or one of :func:`hstu_attention_kernels`.
+        layout: from :func:`recsys.ops.hstu_attention_layout.build_hstu_attention_layout` on these
+            same ``seq_offsets``, ``query_offsets``, ``num_targets`` and ``timestamps`` tensors;
+            its checks then stand and are not repeated. Default: built (and checked) here.
 
     Returns:
         ``[Tq, H, Dv]`` attention output per query token.
@@ -118,13 +124,20 @@ def hstu_attention(
     """
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"hstu_attention: normalization={normalization!r}; use one of {NORMALIZATIONS}")
-    _check_tensors(q, k, v, seq_offsets, max_seq_len, timestamps, position_bias, time_bias, num_targets, query_offsets)
+    _check_shapes(q, k, v, timestamps, position_bias, time_bias)
+    if layout is None:
+        layout = build_hstu_attention_layout(
+            seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
+            timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+        )
+    else:
+        _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization)
     backend = _select_backend(kernel, q)
     return backend.fn(
         q, k, v, seq_offsets, max_seq_len,
         alpha=alpha, timestamps=timestamps, position_bias=position_bias, time_bias=time_bias,
         time_bucket_base=time_bucket_base, num_targets=num_targets, causal=causal,
-        normalization=normalization, query_offsets=query_offsets,
+        normalization=normalization, query_offsets=query_offsets, layout=layout,
     )
 
 
@@ -139,8 +152,8 @@ def _select_backend(kernel: str, q: torch.Tensor) -> HSTUAttentionBackend:
     return backend
 
 
-def _check_tensors(q, k, v, seq_offsets, max_seq_len, timestamps, position_bias, time_bias, num_targets, query_offsets) -> None:
-    """Shapes and offsets, with messages naming the argument and the expected shape."""
+def _check_shapes(q, k, v, timestamps, position_bias, time_bias) -> None:
+    """q, k, v and bias table shapes, with messages naming the argument and the expected shape (no host sync)."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise DataError(f"hstu_attention: q, k, v must be [T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != (v.size(0), q.size(1), q.size(2)) or v.size(1) != q.size(1):
@@ -148,42 +161,23 @@ def _check_tensors(q, k, v, seq_offsets, max_seq_len, timestamps, position_bias,
             f"hstu_attention: k must be [T, H, Dqk] = [{v.size(0)}, {q.size(1)}, {q.size(2)}] and v [T, H, Dv]; "
             f"got k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    lengths = _check_offsets("seq_offsets", seq_offsets, k.size(0))
-    num_seqs = lengths.numel()
-    if lengths.numel() and int(lengths.max()) > max_seq_len:
-        raise DataError(
-            f"hstu_attention: a sequence has {int(lengths.max())} tokens > max_seq_len={max_seq_len}; "
-            "truncate the sequences or raise max_seq_len"
-        )
-    if query_offsets is not None:
-        query_lengths = _check_offsets("query_offsets", query_offsets, q.size(0))
-        if query_lengths.numel() != num_seqs or bool((query_lengths > lengths).any()):
-            raise DataError("hstu_attention: query_offsets must give each of the B sequences at most its length in queries")
-    elif q.size(0) != k.size(0):
-        raise DataError(f"hstu_attention: q has {q.size(0)} rows, k {k.size(0)}; pass query_offsets when q is a subset")
-    if timestamps is not None and timestamps.shape != (k.size(0),):
-        raise DataError(f"hstu_attention: timestamps must be [T] = [{k.size(0)}]; got {tuple(timestamps.shape)}")
     if time_bias is not None and timestamps is None:
         raise DataError("hstu_attention: time_bias needs timestamps; pass the [T] int64 token timestamps")
     if position_bias is not None and (position_bias.dim() != 1 or position_bias.numel() % 2 == 0):
         raise DataError(f"hstu_attention: position_bias must be [2L - 1]; got {tuple(position_bias.shape)}")
     if time_bias is not None and time_bias.dim() != 1:
         raise DataError(f"hstu_attention: time_bias must be [num_buckets + 1]; got {tuple(time_bias.shape)}")
-    if num_targets is not None:
-        if num_targets.shape != (num_seqs,):
-            raise DataError(f"hstu_attention: num_targets must be [B] = [{num_seqs}]; got {tuple(num_targets.shape)}")
-        if bool((num_targets < 0).any()) or bool((num_targets > lengths).any()):
-            raise DataError("hstu_attention: num_targets[b] must lie in [0, length of sequence b]")
 
 
-def _check_offsets(name: str, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Validate ``[B + 1]`` offsets over ``num_rows`` rows and return the ``[B]`` lengths."""
-    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
-        raise DataError(f"hstu_attention: {name} must be a [B + 1] int64 tensor; got {offsets.dtype} {tuple(offsets.shape)}")
-    lengths = offsets[1:] - offsets[:-1]
-    if int(offsets[0]) != 0 or int(offsets[-1]) != num_rows or bool((lengths < 0).any()):
+def _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization) -> None:
+    """A given layout must describe these very arguments (tensor identity, no host sync)."""
+    if not layout.matches(seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization):
         raise DataError(
-            f"hstu_attention: {name} must start at 0, never decrease and end at the row count {num_rows}; "
-            f"got {offsets.tolist() if offsets.numel() <= 10 else '...'}"
+            "hstu_attention: layout was built for other seq_offsets / query_offsets / num_targets / timestamps or "
+            "settings; build it with build_hstu_attention_layout from the tensors passed here"
         )
-    return lengths
+    if layout.key_slots.numel() != k.size(0) or layout.query_row_slots.numel() != q.size(0):
+        raise DataError(
+            f"hstu_attention: layout covers {layout.key_slots.numel()} keys and {layout.query_row_slots.numel()} queries; "
+            f"got k with {k.size(0)} rows and q with {q.size(0)}"
+        )

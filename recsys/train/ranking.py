@@ -55,9 +55,9 @@ class RankingRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self, resume: bool = False, data: RankingData | None = None, write_run_files: bool = True) -> None:
         cfg = self.cfg
+        self.data = data or self._build_data()  # before the process group: a data error leaves none behind
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
-        self.data = data or self._build_data()
         self.heads = self._build_model()
         self.loader = self._loader(self.data.train, cfg.train.batch_size, shuffle=True)
         self.checkpoints = CheckpointManager(

@@ -53,9 +53,9 @@ class RetrievalRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self, resume: bool = False) -> None:
         cfg = self.cfg
+        self._build_data()  # before the process group: a config or data error leaves nothing to tear down
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
-        self._build_data()
         model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
         self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse)
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
@@ -81,9 +81,9 @@ class RetrievalRecipe:
         cfg = self.cfg
         max_len = cfg.data.max_sequence
         model_max = model_config(cfg.model_name, **cfg.model_overrides).max_seq_len
-        if max_len <= 0 or max_len > model_max:
+        if max_len < 2 or max_len > model_max:
             raise ConfigError(
-                f"data.max_sequence={max_len} must be in 1..{model_max} (the model's max_seq_len); "
+                f"data.max_sequence={max_len} must be in 2..{model_max} (the model's max_seq_len); "
                 f"set data.max_sequence={model_max}"
             )
         self.log = load_events(cfg.data)

@@ -64,3 +64,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_parse_overrides_nests_and_parses_values():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]", "e="]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": ""}
+
+
+def test_floats_written_without_a_dot_are_floats():
+    assert load_config(Outer, None, ["inner.lr=1e-12"]).inner.lr == 1e-12

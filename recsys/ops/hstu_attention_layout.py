@@ -1,0 +1,257 @@
+"""What every HSTU layer's attention shares: padding indices, mask, normalizer and bias indices.
+
+Within one encoder pass, all layers attend over the same sequences: the same ``seq_offsets``,
+targets, timestamps, causality and normalization. Only q, k, v and the learned bias tables
+change from layer to layer. :func:`build_hstu_attention_layout` validates the jagged input and
+computes everything that depends on the sequences alone, once; each layer then passes the
+result to :func:`recsys.ops.hstu_attention.hstu_attention` as ``layout=``::
+
+    layout = build_hstu_attention_layout(seq_offsets, max_seq_len, num_rows=T, timestamps=ts)
+    for layer in layers:
+        out = hstu_attention(q, k, v, seq_offsets, max_seq_len, timestamps=ts, layout=layout, ...)
+
+Host synchronisations: building a layout reads ``lengths.max()`` on CPU (the padded width)
+and, with :data:`CHECK_INPUTS` on, the value checks. On CUDA the padded width is
+``max_seq_len``, so only the checks synchronise. Layers using a layout add none.
+
+Shape letters: T tokens, Tq queries, B sequences, N padded keys, M padded queries per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from recsys.errors import DataError
+from recsys.modules.relative_bias import history_lengths, relative_bias_index
+
+CHECK_INPUTS = True
+"""Check offset, length and target values (host syncs) when a layout is built; shapes are always checked."""
+
+
+@dataclass
+class HSTUAttentionLayout:
+    """The sequence-only part of jagged HSTU attention, computed once per encoder pass.
+
+    Args:
+        seq_offsets: ``[B + 1]`` int64 key offsets.
+        query_offsets: ``[B + 1]`` int64 query offsets (``seq_offsets`` itself when every token queries).
+        num_targets: ``[B]`` int64, or None.
+        timestamps: ``[T]`` int64, or None.
+        max_seq_len: the bound the input was checked against.
+        causal: whether later keys are hidden.
+        normalization: ``"length"`` or ``"max_len"``.
+        lengths: ``[B]`` keys per sequence.
+        query_lengths: ``[B]`` queries per sequence.
+        num_slots: N.
+        num_query_slots: M.
+        key_slots: ``[T]`` flat index ``b * N + position`` of every key row.
+        query_row_slots: ``[Tq]`` flat index ``b * M + row`` of every query row.
+        query_slots: ``[B, M]`` position of each padded query in its sequence.
+        mask: ``[B, M, N]`` bool, as :func:`recsys.ops.hstu_attention_reference.attention_mask`.
+        normalizer: ``[B]`` int64 divisor of each sequence's output.
+        padded_timestamps: ``[B, N]`` int64, or None.
+    """
+
+    seq_offsets: torch.Tensor
+    query_offsets: torch.Tensor
+    num_targets: torch.Tensor | None
+    timestamps: torch.Tensor | None
+    max_seq_len: int
+    causal: bool
+    normalization: str
+    lengths: torch.Tensor
+    query_lengths: torch.Tensor
+    num_slots: int
+    num_query_slots: int
+    key_slots: torch.Tensor
+    query_row_slots: torch.Tensor
+    query_slots: torch.Tensor
+    mask: torch.Tensor
+    normalizer: torch.Tensor
+    padded_timestamps: torch.Tensor | None
+    _bias_indices: dict = field(default_factory=dict, repr=False)
+
+    def bias_index(self, position_entries: int | None, time_entries: int | None, time_bucket_base: float) -> torch.Tensor:
+        """``[B, M, N]`` index into the combined bias table of these sizes (computed once, then reused)."""
+        key = (position_entries, time_entries, time_bucket_base)
+        if key not in self._bias_indices:
+            self._bias_indices[key] = relative_bias_index(
+                self.query_slots, self.lengths, self.num_targets, self.padded_timestamps,
+                position_entries, time_entries, time_bucket_base, self.num_slots,
+            )
+        return self._bias_indices[key]
+
+    def matches(self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization) -> bool:
+        """Whether this layout was built for these arguments (same tensors, same settings)."""
+        return (
+            seq_offsets is self.seq_offsets
+            and (query_offsets if query_offsets is not None else seq_offsets) is self.query_offsets
+            and num_targets is self.num_targets
+            and timestamps is self.timestamps
+            and (max_seq_len, causal, normalization) == (self.max_seq_len, self.causal, self.normalization)
+        )
+
+
+def build_hstu_attention_layout(
+    seq_offsets: torch.Tensor,
+    max_seq_len: int,
+    *,
+    num_rows: int,
+    num_queries: int | None = None,
+    num_targets: torch.Tensor | None = None,
+    timestamps: torch.Tensor | None = None,
+    causal: bool = True,
+    normalization: str = "length",
+    query_offsets: torch.Tensor | None = None,
+) -> HSTUAttentionLayout:
+    """Validate the jagged arguments of :func:`recsys.ops.hstu_attention.hstu_attention` and lay them out.
+
+    Args:
+        seq_offsets, max_seq_len, num_targets, timestamps, causal, normalization, query_offsets:
+            as :func:`recsys.ops.hstu_attention.hstu_attention`.
+        num_rows: T, the rows of k and v.
+        num_queries: Tq, the rows of q; default T.
+
+    Example::
+
+        layout = build_hstu_attention_layout(torch.tensor([0, 3, 5]), 8, num_rows=5)
+        layout.mask.shape  # torch.Size([2, 3, 3])
+    """
+    num_queries = num_rows if num_queries is None else num_queries
+    lengths = check_offsets("seq_offsets", seq_offsets, num_rows)  # [B]
+    query_lengths = _check_queries(query_offsets, lengths, num_queries, num_rows)  # [B]
+    _check_sequences(lengths, max_seq_len, timestamps, num_targets, num_rows)
+    n = _padded_width(lengths, max_seq_len)
+    m = n if query_offsets is None else _padded_width(query_lengths, max_seq_len)
+    query_offsets = seq_offsets if query_offsets is None else query_offsets
+    query_slots = ((lengths - query_lengths).view(-1, 1) + torch.arange(m, device=lengths.device)).clamp(max=max(n - 1, 0))
+    key_slots = jagged_slots(seq_offsets, n, num_rows)  # [T]
+    return HSTUAttentionLayout(
+        seq_offsets=seq_offsets, query_offsets=query_offsets, num_targets=num_targets, timestamps=timestamps,
+        max_seq_len=max_seq_len, causal=causal, normalization=normalization,
+        lengths=lengths, query_lengths=query_lengths, num_slots=n, num_query_slots=m,
+        key_slots=key_slots,
+        query_row_slots=key_slots if query_offsets is seq_offsets else jagged_slots(query_offsets, m, num_queries),
+        query_slots=query_slots,  # [B, M]; padding rows point at a real slot
+        mask=attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal),  # [B, M, N]
+        normalizer=normalizer(lengths, num_targets, max_seq_len, normalization),  # [B]
+        padded_timestamps=None if timestamps is None else _pad_timestamps(timestamps, key_slots, lengths.numel(), n),
+    )
+
+
+def jagged_slots(offsets: torch.Tensor, num_slots: int, num_rows: int | None = None) -> torch.Tensor:
+    """``[T]`` flat index ``b * num_slots + position`` of every jagged row in a padded ``[B, num_slots]``.
+
+    Args:
+        offsets: ``[B + 1]`` int64.
+        num_slots: padded length per sequence.
+        num_rows: T (``offsets[-1]``); given, no host sync.
+    """
+    total = int(offsets[-1]) if num_rows is None else num_rows
+    seq_ids = sequence_ids(offsets, total)  # [T]
+    return seq_ids * num_slots + torch.arange(total, device=offsets.device) - offsets[seq_ids]
+
+
+def sequence_ids(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[T]`` index of the sequence each jagged row belongs to (``T = num_rows = offsets[-1]``).
+
+    Counts the sequence ends at or before each row (a cumulative sum), with no host sync,
+    unlike ``repeat_interleave``.
+    """
+    ends = torch.zeros(num_rows + 1, dtype=offsets.dtype, device=offsets.device)  # [T + 1]
+    ends.index_add_(0, offsets[1:-1], torch.ones_like(offsets[1:-1]))
+    return ends[:num_rows].cumsum(0)  # [T]
+
+
+def attention_mask(
+    query_slots: torch.Tensor,
+    query_lengths: torch.Tensor,
+    lengths: torch.Tensor,
+    num_targets: torch.Tensor | None,
+    num_slots: int,
+    causal: bool,
+) -> torch.Tensor:
+    """``[B, M, N]`` bool: which key slot each query slot attends to.
+
+    Args:
+        query_slots: ``[B, M]`` position of each query in its sequence.
+        query_lengths: ``[B]`` real queries per sequence (rows beyond are padding).
+        lengths: ``[B]`` sequence lengths.
+        num_targets: ``[B]`` targets at the end of each sequence, or None.
+        num_slots: N.
+        causal: keys after the query are hidden.
+    """
+    keys = torch.arange(num_slots, device=lengths.device).view(1, 1, -1)  # [1, 1, N]
+    queries = query_slots.unsqueeze(2)  # [B, M, 1]
+    rows = torch.arange(query_slots.size(1), device=lengths.device).view(1, -1, 1)  # [1, M, 1]
+    mask = (keys < lengths.view(-1, 1, 1)) & (rows < query_lengths.view(-1, 1, 1))  # [B, M, N]
+    if causal:
+        mask = mask & (keys <= queries)
+    if num_targets is not None:
+        first_target = history_lengths(lengths, num_targets).view(-1, 1, 1)
+        between_targets = (keys >= first_target) & (queries >= first_target) & (keys != queries)
+        mask = mask & ~between_targets
+    return mask
+
+
+def normalizer(lengths: torch.Tensor, num_targets: torch.Tensor | None, max_seq_len: int, normalization: str) -> torch.Tensor:
+    """``[B]`` divisor N_b of each sequence's attention output."""
+    if normalization == "max_len":
+        return torch.full_like(lengths, max_seq_len)
+    return history_lengths(lengths, num_targets).clamp(min=1)
+
+
+def check_offsets(name: str, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Validate ``[B + 1]`` offsets over ``num_rows`` rows and return the ``[B]`` lengths."""
+    if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
+        raise DataError(f"hstu_attention: {name} must be a [B + 1] int64 tensor; got {offsets.dtype} {tuple(offsets.shape)}")
+    lengths = offsets[1:] - offsets[:-1]
+    if CHECK_INPUTS and (int(offsets[0]) != 0 or int(offsets[-1]) != num_rows or bool((lengths < 0).any())):
+        raise DataError(
+            f"hstu_attention: {name} must start at 0, never decrease and end at the row count {num_rows}; "
+            f"got {offsets.tolist() if offsets.numel() <= 10 else '...'}"
+        )
+    return lengths
+
+
+def _check_queries(query_offsets, lengths, num_queries: int, num_rows: int) -> torch.Tensor:
+    """``[B]`` queries per sequence, checked against the sequence lengths."""
+    if query_offsets is None:
+        if num_queries != num_rows:
+            raise DataError(f"hstu_attention: q has {num_queries} rows, k {num_rows}; pass query_offsets when q is a subset")
+        return lengths
+    query_lengths = check_offsets("query_offsets", query_offsets, num_queries)
+    if query_lengths.numel() != lengths.numel() or (CHECK_INPUTS and bool((query_lengths > lengths).any())):
+        raise DataError("hstu_attention: query_offsets must give each of the B sequences at most its length in queries")
+    return query_lengths
+
+
+def _check_sequences(lengths, max_seq_len: int, timestamps, num_targets, num_rows: int) -> None:
+    """Lengths within ``max_seq_len``, timestamps ``[T]``, targets ``[B]`` within each length."""
+    if CHECK_INPUTS and lengths.numel() and int(lengths.max()) > max_seq_len:
+        raise DataError(
+            f"hstu_attention: a sequence has {int(lengths.max())} tokens > max_seq_len={max_seq_len}; "
+            "truncate the sequences or raise max_seq_len"
+        )
+    if timestamps is not None and timestamps.shape != (num_rows,):
+        raise DataError(f"hstu_attention: timestamps must be [T] = [{num_rows}]; got {tuple(timestamps.shape)}")
+    if num_targets is not None:
+        if num_targets.shape != lengths.shape:
+            raise DataError(f"hstu_attention: num_targets must be [B] = [{lengths.numel()}]; got {tuple(num_targets.shape)}")
+        if CHECK_INPUTS and (bool((num_targets < 0).any()) or bool((num_targets > lengths).any())):
+            raise DataError("hstu_attention: num_targets[b] must lie in [0, length of sequence b]")
+
+
+def _padded_width(lengths: torch.Tensor, max_seq_len: int) -> int:
+    """N: the longest sequence on CPU (one read), ``max_seq_len`` on an accelerator (no sync)."""
+    if lengths.device.type != "cpu":
+        return max_seq_len
+    return int(lengths.max()) if lengths.numel() else 0
+
+
+def _pad_timestamps(timestamps: torch.Tensor, key_slots: torch.Tensor, num_seqs: int, n: int) -> torch.Tensor:
+    """``[T]`` -> ``[B, N]`` (zeros in padding)."""
+    flat = timestamps.new_zeros(num_seqs * n).index_copy(0, key_slots, timestamps)
+    return flat.view(num_seqs, n)
