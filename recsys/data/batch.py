@@ -28,15 +28,16 @@ Shape letters: B rows, A actions, C content-embedding dimension, T context featu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-from torchrec.streamable import Pipelineable
+
+from recsys.data.pipelineable import TensorDataclass
 
 
 @dataclass
-class RankingBatch(Pipelineable):
+class RankingBatch(TensorDataclass):
     """A batch of candidates.
 
     Args:
@@ -64,22 +65,3 @@ class RankingBatch(Pipelineable):
     @property
     def batch_size(self) -> int:
         return int(self.labels.shape[0])
-
-    def _map(self, fn) -> "RankingBatch":
-        values = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            values[f.name] = None if v is None else fn(v)
-        return RankingBatch(**values)
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> "RankingBatch":
-        return self._map(lambda v: v.to(device=device, non_blocking=non_blocking))
-
-    def record_stream(self, stream) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is not None:
-                v.record_stream(stream)
-
-    def pin_memory(self) -> "RankingBatch":
-        return self._map(lambda v: v.pin_memory())

@@ -43,15 +43,15 @@ Shape letters: B rows of a batch, T tokens of a batch, R rows, E engaged events.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
-from torchrec.streamable import Pipelineable
 
 from recsys.data.collate import LENGTH_DTYPE, kjt_from_jagged
 from recsys.data.loader import BatchDataset, ResumableBatchSampler, ResumableDataLoader
+from recsys.data.pipelineable import TensorDataclass
 from recsys.data.schema import EventLog
 from recsys.data.splits import Split
 from recsys.errors import ConfigError, DataError
@@ -62,7 +62,7 @@ NO_TARGET = -1
 
 
 @dataclass
-class SequenceBatch(Pipelineable):
+class SequenceBatch(TensorDataclass):
     """B user sequences, one per row, as jagged tensors.
 
     Args:
@@ -98,25 +98,6 @@ class SequenceBatch(Pipelineable):
     @property
     def num_tokens(self) -> int:
         return int(self.timestamps.shape[0])
-
-    def _map(self, fn) -> "SequenceBatch":
-        values = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            values[f.name] = None if v is None else fn(v)
-        return SequenceBatch(**values)
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> "SequenceBatch":
-        return self._map(lambda v: v.to(device=device, non_blocking=non_blocking))
-
-    def record_stream(self, stream) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is not None:
-                v.record_stream(stream)
-
-    def pin_memory(self) -> "SequenceBatch":
-        return self._map(lambda v: v.pin_memory())
 
 
 @dataclass(repr=False)

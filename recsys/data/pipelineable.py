@@ -1,0 +1,32 @@
+"""Moving a dataclass batch of tensors between devices, as TorchRec's train pipelines expect.
+
+A batch dataclass whose fields are tensors, KeyedJaggedTensors or JaggedTensors (or None) derives
+from :class:`TensorDataclass` and gets ``to``, ``record_stream`` and ``pin_memory`` field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torchrec.streamable import Pipelineable
+
+
+class TensorDataclass(Pipelineable):
+    """Pipelineable over every (non-None) field of a dataclass."""
+
+    def _map(self, fn):
+        values = {f.name: None if (v := getattr(self, f.name)) is None else fn(v) for f in dataclasses.fields(self)}
+        return type(self)(**values)
+
+    def to(self, device: torch.device, non_blocking: bool = False):
+        return self._map(lambda v: v.to(device=device, non_blocking=non_blocking))
+
+    def record_stream(self, stream) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                value.record_stream(stream)
+
+    def pin_memory(self):
+        return self._map(lambda v: v.pin_memory())
