@@ -202,11 +202,25 @@ def make_dataloader(
         rank / world_size: with several processes, ``batch_size`` is the global batch and each
             rank collates its ``1 / world_size`` share.
     """
+    dataset = BatchDataset(examples, rank=rank, world_size=world_size)
+    return resumable_loader(dataset, batch_size, shuffle, seed, num_workers, drop_last)
+
+
+def resumable_loader(
+    dataset: BatchDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    loader_cls: type[ResumableDataLoader] = ResumableDataLoader,
+) -> ResumableDataLoader:
+    """A ``loader_cls`` over a batch-per-item ``dataset``, driven by a :class:`ResumableBatchSampler`."""
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-    sampler = ResumableBatchSampler(len(examples), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return ResumableDataLoader(
-        BatchDataset(examples, rank=rank, world_size=world_size),
+    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return loader_cls(
+        dataset,
         batch_size=None,
         sampler=sampler,
         num_workers=num_workers,

@@ -50,7 +50,7 @@ import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recsys.data.collate import LENGTH_DTYPE, kjt_from_jagged
-from recsys.data.loader import BatchDataset, ResumableBatchSampler, ResumableDataLoader
+from recsys.data.loader import BatchDataset, ResumableDataLoader, resumable_loader
 from recsys.data.pipelineable import TensorDataclass
 from recsys.data.schema import EventLog
 from recsys.data.splits import Split
@@ -334,18 +334,5 @@ def make_sequence_dataloader(
         rank / world_size: with several processes each rank collates its ``1 / world_size`` share
             of every global batch.
     """
-    if num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-    sampler = ResumableBatchSampler(len(examples), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return SequenceDataLoader(
-        SequenceBatchDataset(examples, rank=rank, world_size=world_size),
-        batch_size=None,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=_identity,
-        persistent_workers=False,
-    )
-
-
-def _identity(batch: SequenceBatch) -> SequenceBatch:
-    return batch
+    dataset = SequenceBatchDataset(examples, rank=rank, world_size=world_size)
+    return resumable_loader(dataset, batch_size, shuffle, seed, num_workers, drop_last, loader_cls=SequenceDataLoader)

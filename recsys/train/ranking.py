@@ -51,6 +51,7 @@ class RankingRecipe:
         self.output_dir = Path(cfg.output_dir)
         self.step = 0
         self.epoch = 0
+        self._popularity: PopularityModel | None = None  # fitted on the training events at first use
 
     # ------------------------------------------------------------------ setup
     def setup(self, resume: bool = False, data: RankingData | None = None, write_run_files: bool = True) -> None:
@@ -196,7 +197,9 @@ class RankingRecipe:
 
     def evaluate_popularity(self, split: str) -> dict[str, dict]:
         """Per-head AUC / NE of the popularity baseline on ``split``."""
-        popularity = PopularityModel().fit(self.data.log, self.data.split.train, self.heads)
+        if self._popularity is None:
+            self._popularity = PopularityModel().fit(self.data.log, self.data.split.train, self.heads)
+        popularity = self._popularity
         examples = self.data.examples(split)
         metrics = HeadMetrics(self.heads)
         for batch in make_dataloader(examples, self.cfg.train.eval_batch_size, shuffle=False, seed=0):
