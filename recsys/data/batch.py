@@ -21,7 +21,9 @@ One row b of a batch is one candidate item shown to one user at one time::
 at most ``max_history``), so an EmbeddingBagCollection pools "what the user clicked", "what the
 user hid", ... ``sequence_features`` (optional) carries the whole time-ordered history for the
 sequence models, one key per field, all keys with the same lengths: ``seq_item_id``,
-``seq_actions`` (bit mask), ``seq_surface``, ``seq_timestamp``.
+``seq_actions`` (bit mask), ``seq_surface``, ``seq_timestamp``; ``sequence_content`` holds the
+content embedding of each of those tokens (aligned with the KJT's values), for the models that
+read content rather than ids (TransAct).
 
 Shape letters: B rows, A actions, C content-embedding dimension, T context features.
 """
@@ -50,6 +52,8 @@ class RankingBatch(TensorDataclass):
         request_id: ``[B]`` int64: rows with one id were shown together (ranking metrics group by it).
         timestamp: ``[B]`` int64 time of the candidate event.
         sequence_features: KJT of the full history (``seq_*`` keys), or None.
+        sequence_content: ``[S_T, C]`` float32 content embedding of every ``sequence_features``
+            token (S_T = its number of values), or None (no sequence or no content embeddings).
     """
 
     sparse_features: KeyedJaggedTensor
@@ -61,6 +65,7 @@ class RankingBatch(TensorDataclass):
     request_id: torch.Tensor
     timestamp: torch.Tensor
     sequence_features: KeyedJaggedTensor | None = None
+    sequence_content: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -156,7 +156,7 @@ class RankingExamples:
             item_id=torch.from_numpy(item),
             request_id=torch.from_numpy(self.request_id[rows]),
             timestamp=torch.from_numpy(log.timestamp[event]),
-            sequence_features=self._sequence(start, event),
+            **self._sequence(start, event),
         )
 
     def _sparse(self, event, item, user, start) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -184,10 +184,11 @@ class RankingExamples:
         context = context_features(timestamp, num_engaged, since)  # [B, T]
         return np.concatenate([content, context], axis=1).astype(np.float32)
 
-    def _sequence(self, start, event):
-        """KJT of the last S engaged history events (``seq_*`` keys, equal lengths), or None."""
+    def _sequence(self, start, event) -> dict:
+        """``sequence_features``: KJT of the last S engaged history events (``seq_*`` keys, equal
+        lengths), and ``sequence_content``: ``[S_T, C]`` their content embeddings; empty without S."""
         if self.spec.max_sequence <= 0:
-            return None
+            return {}
         log = self.log
         recent, _ = _recent_events(self._engaged_events, start, event, self.spec.max_sequence)
         pos, lengths = recent.values, recent.lengths
@@ -195,7 +196,13 @@ class RankingExamples:
         _check_ids("seq_surface", log.surface[pos], len(self.spec.surface_vocab), "len(surface_vocab)")
         columns = {"seq_item_id": log.item_id, "seq_actions": log.actions, "seq_surface": log.surface,
                    "seq_timestamp": log.timestamp}
-        return kjt_from_jagged({key: (column[pos], lengths) for key, column in columns.items()})
+        content = None
+        if self.spec.content_dim:
+            content = torch.from_numpy(np.ascontiguousarray(log.items.content_embedding[log.item_id[pos]]))
+        return {
+            "sequence_features": kjt_from_jagged({key: (column[pos], lengths) for key, column in columns.items()}),
+            "sequence_content": content,
+        }
 
     def _check_row_ids(self) -> None:
         """Every row-level id fits its table in the spec."""

@@ -109,8 +109,11 @@ def assert_matches_reference(batch, examples, rows):
         assert seq.keys() == spec.sequence_features
         for key in spec.sequence_features:
             assert rows_of(seq, key) == [ref["sequence"][key] for ref in refs], key
+        expected_content = log.items.content_embedding[seq["seq_item_id"].values().numpy()]
+        np.testing.assert_array_equal(batch.sequence_content.numpy(), expected_content)
     else:
         assert batch.sequence_features is None
+        assert batch.sequence_content is None
 
 
 # ---------------------------------------------------------------- tests
