@@ -24,8 +24,8 @@ from pathlib import Path
 METRICS = ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "hr@200", "mrr")
 
 
-def run_one(config: str, seed: int, root: Path, overrides: list[str], resume: bool) -> dict:
-    name = f"{Path(config).parent.name}-{Path(config).stem}-seed{seed}"
+def run_one(config: str, seed: int, root: Path, overrides: list[str], resume: bool, tag: str = "") -> dict:
+    name = f"{Path(config).parent.name}-{Path(config).stem}{'-' + tag if tag else ''}-seed{seed}"
     out = root / name
     command = [sys.executable, "-m", "recsys.cli", "train", "--config", config, f"train.seed={seed}",
                "train.progress=false", f"output_dir={out}", *overrides, *(["--resume"] if resume else [])]
@@ -33,7 +33,7 @@ def run_one(config: str, seed: int, root: Path, overrides: list[str], resume: bo
     with open(root / f"{name}.log", "w") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     report = json.loads((out / "results.json").read_text()) if code == 0 and (out / "results.json").is_file() else None
-    return {"config": config, "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "report": report}
+    return {"config": config + (f" [{tag}]" if tag else ""), "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "report": report}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -43,6 +43,8 @@ def summarise(runs: list[dict]) -> list[dict]:
         if not done:
             continue
         row = {"config": config, "seeds": len(done), "best_epochs": [d["best_epoch"] for d in done]}
+        valid = [d["valid"]["ndcg@10"] for d in done]
+        row["valid ndcg@10"] = (statistics.mean(valid), statistics.pstdev(valid))  # what variants are chosen by
         for m in METRICS:
             values = [d["test"][m] for d in done]
             row[m] = (statistics.mean(values), statistics.pstdev(values))
@@ -51,11 +53,12 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'config':<30}{'seeds':>6}" + "".join(f"{m:>20}" for m in METRICS) + "  best epochs"
+    columns = ("valid ndcg@10", *METRICS)
+    head = f"{'config':<40}{'seeds':>6}" + "".join(f"{m:>20}" for m in columns) + "  best epochs"
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = "".join(f"{r[m][0]:>12.4f} ± {r[m][1]:.4f}" for m in METRICS)
-        lines.append(f"{r['config']:<30}{r['seeds']:>6}{cells}  {r['best_epochs']}")
+        cells = "".join(f"{r[m][0]:>12.4f} ± {r[m][1]:.4f}" for m in columns)
+        lines.append(f"{r['config']:<40}{r['seeds']:>6}{cells}  {r['best_epochs']}")
     return "\n".join(lines)
 
 
@@ -66,13 +69,14 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--resume", action="store_true", help="continue each run from its latest checkpoint")
     parser.add_argument("--out", default="runs/bench/retrieval.json")
+    parser.add_argument("--tag", default="", help="names this variant's runs (several variants of one config)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(c, s) for c in args.configs for s in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, out.parent, args.overrides, args.resume), jobs))
+        runs = list(pool.map(lambda job: run_one(*job, out.parent, args.overrides, args.resume, args.tag), jobs))
     rows = summarise(runs)
     print(format_table(rows))
     tmp = out.with_suffix(".tmp")

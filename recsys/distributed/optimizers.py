@@ -42,6 +42,7 @@ _FUSED_OPTIMIZER_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
 
 _DENSE_OPTIMIZER_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
 }
@@ -58,12 +59,14 @@ class FusedOptimizerConfig:
         lr (float): learning rate.
         eps (float): term added to the denominator (adagrad / adam).
         weight_decay (float): L2 weight decay.
+        betas (tuple[float, float]): Adam's moment decay rates (adam only).
     """
 
     optimizer: str = "row_wise_adagrad"
     lr: float = 0.01
     eps: float = 1e-8
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
         if self.optimizer not in _FUSED_OPTIMIZER_CLASSES:
@@ -74,10 +77,14 @@ class FusedOptimizerConfig:
         _check_positive("fused optimizer lr", self.lr)
         _check_positive("fused optimizer eps", self.eps)
         _check_not_negative("fused optimizer weight_decay", self.weight_decay)
+        _check_betas("fused optimizer betas", self.betas)
 
     def kwargs(self) -> Dict[str, float]:
         """Hyper-parameters handed to the FBGEMM kernel (`lr` becomes `learning_rate` there)."""
-        return {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
+        kwargs = {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
+        if self.optimizer == "adam":
+            kwargs["beta1"], kwargs["beta2"] = self.betas  # FBGEMM's names
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -85,14 +92,16 @@ class DenseOptimizerConfig:
     """The optimizer of every parameter outside the fused embedding tables.
 
     Args:
-        name (str): "adam", "adagrad" or "sgd".
+        name (str): "adam", "adamw" (decoupled weight decay), "adagrad" or "sgd".
         lr (float): learning rate.
-        weight_decay (float): L2 weight decay.
+        weight_decay (float): weight decay (L2 for adam/adagrad/sgd, decoupled for adamw).
+        betas (tuple[float, float]): the moment decay rates of adam / adamw.
     """
 
     name: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
         if self.name not in _DENSE_OPTIMIZER_CLASSES:
@@ -102,11 +111,20 @@ class DenseOptimizerConfig:
             )
         _check_positive("dense optimizer lr", self.lr)
         _check_not_negative("dense optimizer weight_decay", self.weight_decay)
+        _check_betas("dense optimizer betas", self.betas)
 
     def factory(self) -> Callable[[List[torch.Tensor]], torch.optim.Optimizer]:
         """A function building the torch optimizer over a list of parameters."""
         optimizer_class = _DENSE_OPTIMIZER_CLASSES[self.name]
-        return lambda params: optimizer_class(params, lr=self.lr, weight_decay=self.weight_decay)
+        kwargs = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.name in ("adam", "adamw"):
+            kwargs["betas"] = tuple(self.betas)
+        return lambda params: optimizer_class(params, **kwargs)
+
+
+def _check_betas(field: str, betas) -> None:
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"{field} must be two rates in [0, 1), got {betas}; e.g. [0.9, 0.999]")
 
 
 def _check_positive(field: str, value: float) -> None:

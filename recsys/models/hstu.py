@@ -33,6 +33,9 @@ class HSTURetrievalConfig:
             reference code does).
         use_position_bias / use_time_bias: the relative attention bias rab^{p,t}.
         position_embedding: also add a learned absolute position embedding to the input.
+        final_norm: LayerNorm the encoder's output before the L2 normalisation (the reference
+            model has none: its user vector is the L2-normalised residual stream).
+        item_init_std: std of the item table's initial weights.
         num_negatives / temperature / negatives: the sampled softmax.
     """
 
@@ -43,11 +46,13 @@ class HSTURetrievalConfig:
     linear_dim: int = 16
     max_seq_len: int = 50
     dropout: float = 0.5
-    input_dropout: float = 0.2
+    input_dropout: float = 0.5
     normalization: str = "length"
     use_position_bias: bool = True
     use_time_bias: bool = True
     position_embedding: bool = True
+    final_norm: bool = False
+    item_init_std: float = 0.02
     num_negatives: int = 512
     temperature: float = 0.05
     negatives: str = "uniform"
@@ -65,6 +70,7 @@ def build_hstu_retrieval(spec: FeatureSpec, config: HSTURetrievalConfig, device:
         normalization=config.normalization,
         use_position_bias=config.use_position_bias,
         use_time_bias=config.use_time_bias,
+        final_norm=config.final_norm,
     )
     return SequentialRetrieval(
         num_items=spec.num_items,
@@ -74,5 +80,6 @@ def build_hstu_retrieval(spec: FeatureSpec, config: HSTURetrievalConfig, device:
         loss=RetrievalLossConfig(config.num_negatives, config.temperature, config.negatives),
         input_dropout=config.input_dropout,
         position_embedding=config.position_embedding,
+        item_init_std=config.item_init_std,
         device=device,
     )

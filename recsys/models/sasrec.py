@@ -30,6 +30,7 @@ class SASRecRetrievalConfig:
     ffn_dim: int = 64
     max_seq_len: int = 50
     dropout: float = 0.5
+    item_init_std: float = 0.02
     num_negatives: int = 512
     temperature: float = 0.05
     negatives: str = "uniform"
@@ -53,5 +54,6 @@ def build_sasrec_retrieval(spec: FeatureSpec, config: SASRecRetrievalConfig, dev
         loss=RetrievalLossConfig(config.num_negatives, config.temperature, config.negatives),
         input_dropout=0.0,
         position_embedding=False,
+        item_init_std=config.item_init_std,
         device=device,
     )

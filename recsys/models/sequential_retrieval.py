@@ -27,6 +27,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.sequences import ITEM_KEY, SequenceBatch
 from recsys.errors import ConfigError
+from recsys.modules.position_embedding import learned_position_table
 from recsys.modules.sampled_softmax import SampledSoftmaxLoss
 
 ITEM_TABLE = "t_item_id"
@@ -59,7 +60,10 @@ class SequentialRetrieval(nn.Module):
         input_dropout: dropout on the input embeddings.
         scale_embeddings: multiply item embeddings by sqrt(D) (SASRec's and HSTU's reference inputs).
         position_embedding: add a learned absolute position embedding (counted from each
-            sequence's first token) to the input.
+            sequence's first token) to the input; initialised N(0, 1/D), truncated at 2 std.
+        item_init_std: standard deviation of the item table's initial weights, drawn uniformly
+            in ``+-sqrt(3) * item_init_std`` (the sharded kernels initialise uniformly); 0.02 as
+            the reference models' truncated normal.
         device: where the item table is built (``"meta"``: allocated by DMP when sharded).
     """
 
@@ -73,18 +77,26 @@ class SequentialRetrieval(nn.Module):
         input_dropout: float = 0.0,
         scale_embeddings: bool = True,
         position_embedding: bool = True,
+        item_init_std: float = 0.02,
         device: torch.device | str | None = None,
     ):
         super().__init__()
         if num_items < 2:
             raise ConfigError(f"num_items={num_items}; retrieval needs at least 2 items")
+        if not item_init_std > 0:
+            raise ConfigError(f"item_init_std={item_init_std}; use a positive standard deviation such as 0.02")
         self.num_items, self.embedding_dim, self.max_seq_len = num_items, embedding_dim, max_seq_len
+        bound = math.sqrt(3.0) * item_init_std  # uniform(-b, b) has std b / sqrt(3)
+        table = EmbeddingConfig(
+            name=ITEM_TABLE, embedding_dim=embedding_dim, num_embeddings=num_items, feature_names=[ITEM_KEY],
+            weight_init_min=-bound, weight_init_max=bound,
+        )
         self.item_embeddings = EmbeddingCollection(
-            tables=[EmbeddingConfig(name=ITEM_TABLE, embedding_dim=embedding_dim, num_embeddings=num_items, feature_names=[ITEM_KEY])],
+            tables=[table],
             device=None if device is None else torch.device(device),  # a "meta" string would not be seen as meta by DMP
         )
         self.encoder = encoder
-        self.positions = nn.Embedding(max_seq_len, embedding_dim) if position_embedding else None
+        self.positions = learned_position_table(max_seq_len, embedding_dim) if position_embedding else None
         self.input_dropout = nn.Dropout(input_dropout)
         self.input_scale = math.sqrt(embedding_dim) if scale_embeddings else 1.0
         self.loss = SampledSoftmaxLoss(

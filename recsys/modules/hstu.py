@@ -103,7 +103,7 @@ class HSTULayer(nn.Module):
             if use_position_bias or use_time_bias
             else None
         )
-        nn.init.xavier_uniform_(self.f1.weight)
+        nn.init.normal_(self.f1.weight, mean=0.0, std=0.02)  # small U, V, Q, K at the start, as the reference
         nn.init.zeros_(self.f1.bias)
         nn.init.xavier_uniform_(self.f2.weight)
 

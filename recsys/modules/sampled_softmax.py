@@ -108,17 +108,27 @@ class SampledSoftmaxLoss(nn.Module):
         return F.normalize(x, dim=-1) if self.l2_normalize else x
 
     def _uniform_logits(self, queries, positive_ids, item_embedding, generator):
-        """``[N, 1 + K]`` logits (column 0 the positive) and the ``[N, 1 + K]`` accidental-hit mask."""
+        """``[N, 1 + K]`` logits (column 0 the positive) and the ``[N, 1 + K]`` accidental-hit mask.
+
+        The N * (1 + K) sampled ids hold many repeats (on a small corpus nearly every item is drawn
+        many times), so each distinct id is looked up and normalised once: U vectors ``[U, D]``.
+        When ``U <= K * D``, the scores against all U (``[N, U]``, one matmul) take less memory than
+        gathering ``[N, K, D]`` vectors, and the K logits per query are picked from them; otherwise
+        the vectors are gathered. Both give the same logits and gradients.
+        """
         n, k = queries.shape[0], self.num_negatives
         negative_ids = torch.randint(
             0, self.num_items, (n, k), generator=generator, device=positive_ids.device
         )  # [N, K]
-        vectors = _lookup(item_embedding, torch.cat([positive_ids, negative_ids.reshape(-1)]), queries.shape[1])
+        unique_ids, inverse = torch.unique(torch.cat([positive_ids, negative_ids.reshape(-1)]), return_inverse=True)
+        vectors = self._normalise(_lookup(item_embedding, unique_ids, queries.shape[1]))  # [U, D]
         q = self._normalise(queries)  # [N, D]
-        positives = self._normalise(vectors[:n])  # [N, D]
-        negatives = self._normalise(vectors[n:]).reshape(n, k, -1)  # [N, K, D]
-        positive_logit = (q * positives).sum(-1, keepdim=True)  # [N, 1]
-        negative_logits = torch.einsum("nd,nkd->nk", q, negatives)  # [N, K]
+        positive_logit = (q * vectors[inverse[:n]]).sum(-1, keepdim=True)  # [N, 1]
+        negative_index = inverse[n:].reshape(n, k)  # [N, K] rows of `vectors`
+        if unique_ids.shape[0] <= k * queries.shape[1]:
+            negative_logits = (q @ vectors.T).gather(1, negative_index)  # [N, U] -> [N, K]
+        else:
+            negative_logits = torch.einsum("nd,nkd->nk", q, vectors[negative_index])  # [N, K]
         logits = torch.cat([positive_logit, negative_logits], dim=1) / self.temperature  # [N, 1 + K]
         hits = torch.cat([torch.zeros_like(positive_logit, dtype=torch.bool),
                           negative_ids == positive_ids[:, None]], dim=1)  # [N, 1 + K]

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.errors import ConfigError, DataError
+from recsys.modules.position_embedding import learned_position_table
 from recsys.modules.relative_bias import effective_positions
 from recsys.ops.hstu_attention_reference import attention_mask, jagged_to_padded, padded_to_jagged
 
@@ -123,7 +124,7 @@ class SASRecEncoder(nn.Module):
         super().__init__()
         _check_config(num_layers, embedding_dim, num_heads, max_seq_len, dropout, ffn_dim)
         self.embedding_dim, self.max_seq_len = embedding_dim, max_seq_len
-        self.position_embedding = nn.Embedding(max_seq_len, embedding_dim) if position_embedding else None
+        self.position_embedding = learned_position_table(max_seq_len, embedding_dim) if position_embedding else None
         self.embedding_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             SASRecBlock(embedding_dim, num_heads, ffn_dim or embedding_dim, dropout) for _ in range(num_layers)

@@ -49,6 +49,32 @@ def test_accidental_hits_are_masked():
     assert (negatives == 0).any()  # the case did contain accidental hits
 
 
+@pytest.mark.parametrize("num_items, num_negatives, dim", [(7, 16, 4), (5000, 3, 2)])
+def test_uniform_matches_an_explicit_gather_in_both_scoring_paths(num_items, num_negatives, dim):
+    # (7, 16, 4): few distinct ids, scored by one [N, U] matmul; (5000, 3, 2): U > K * D, gathered.
+    torch.manual_seed(3)
+    table = torch.randn(num_items, dim, dtype=torch.float64)
+    queries = torch.randn(40, dim, dtype=torch.float64)
+    positives = torch.randint(0, num_items, (40,))
+    loss_table, loss_queries = table.clone().requires_grad_(), queries.clone().requires_grad_()
+    loss_fn = SampledSoftmaxLoss(num_negatives=num_negatives, num_items=num_items, temperature=0.1)
+    loss = loss_fn(loss_queries, positives, lambda ids: loss_table[ids], generator=torch.Generator().manual_seed(5))
+    loss.backward()
+
+    ref_table, ref_queries = table.clone().requires_grad_(), queries.clone().requires_grad_()
+    negatives = torch.randint(0, num_items, (40, num_negatives), generator=torch.Generator().manual_seed(5))
+    q = F.normalize(ref_queries, dim=-1)
+    items = F.normalize(ref_table, dim=-1)
+    logits = torch.cat([(q * items[positives]).sum(-1, keepdim=True),
+                        torch.einsum("nd,nkd->nk", q, items[negatives])], dim=1) / 0.1
+    logits[:, 1:] = logits[:, 1:].masked_fill(negatives == positives[:, None], float("-inf"))
+    expected = F.cross_entropy(logits, torch.zeros(40, dtype=torch.long))
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    torch.testing.assert_close(loss_table.grad, ref_table.grad)
+    torch.testing.assert_close(loss_queries.grad, ref_queries.grad)
+
+
 def test_gradients_flow_to_queries_and_items():
     torch.manual_seed(0)
     embedding = nn.Embedding(100, 8)
