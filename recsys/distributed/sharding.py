@@ -318,11 +318,27 @@ def shard_model(
             f"fused optimizer {fused_optimizer.optimizer!r} has no FBGEMM CPU kernel; on CPU use "
             f"one of {list(_FUSED_OPTIMIZERS_ON_CPU)} (it works on CUDA)"
         )
+    if ctx.device.type == "cuda":
+        _check_gpu_table_widths(model)
     apply_fused_optimizer(model, fused_optimizer)
     plan = plan_sharding(model, ctx, sharding, plan)
     return DistributedModelParallel(
         module=model, device=ctx.device, plan=plan, sharders=default_sharders()
     )
+
+
+def _check_gpu_table_widths(model: nn.Module) -> None:
+    """FBGEMM's CUDA embedding kernels need widths that are multiples of 4 (the CPU ones do not)."""
+    for module in model.modules():
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
+            configs = module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection) else module.embedding_configs()
+            for table in configs:
+                if table.embedding_dim % 4:
+                    raise ConfigError(
+                        f"table {table.name!r} has embedding_dim={table.embedding_dim}; FBGEMM's GPU kernels need a "
+                        f"multiple of 4: set the model's embedding_dim to {table.embedding_dim // 4 * 4} or "
+                        f"{(table.embedding_dim // 4 + 1) * 4}"
+                    )
 
 
 def plan_to_dict(plan: ShardingPlan) -> Dict[str, Dict[str, Dict[str, object]]]:
