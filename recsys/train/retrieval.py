@@ -136,15 +136,20 @@ class RetrievalRecipe:
         while self.epoch < cfg.epochs and not (cfg.patience and self.stopper.should_stop):
             self.model.train()
             self.loader.set_epoch(self.epoch)
+            epoch_started, sequences = time.time(), 0
             for batch in self.loader:
                 loss = self._train_step(batch.to(self.ctx.device))
+                sequences += batch.batch_size
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{loss:.4f}")
                     self.run_log.log(self.step, {"train/loss": loss, "train/epoch": self.epoch})
             self.epoch += 1
+            train_seconds = time.time() - epoch_started
+            self.run_log.log(self.step, {"train/epoch_seconds": train_seconds,
+                                         "train/sequences_per_second": sequences * self.ctx.world_size / train_seconds})
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                self._validate()
+                self._validate(train_seconds)
             self.save_checkpoint()
         bar.close()
         return self.report(time.time() - started)
@@ -157,7 +162,8 @@ class RetrievalRecipe:
         self.step += 1
         return float(loss.detach())
 
-    def _validate(self) -> None:
+    def _validate(self, train_seconds: float) -> None:
+        eval_started = time.time()
         valid = self.evaluate("valid")
         self.stopper.update(self.epoch, valid)
         self.run_log.log(self.step, {f"valid/{k}": v for k, v in valid.items()})
@@ -168,7 +174,8 @@ class RetrievalRecipe:
         if self.ctx.is_main:
             best = self.stopper.best_epoch
             print(f"epoch {self.epoch}: valid {self.cfg.train.select_metric} {valid[self.cfg.train.select_metric]:.4f}"
-                  f" (best {self.stopper.best_value:.4f} at epoch {best})")
+                  f" (best {self.stopper.best_value:.4f} at epoch {best}) [train {train_seconds:.1f} s, "
+                  f"{len(self.train_rows) / train_seconds:,.0f} sequences/s; evaluation {time.time() - eval_started:.1f} s]")
 
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
