@@ -3,7 +3,7 @@
 Every ranking model of the zoo is trained and evaluated on the output of :func:`build_ranking_data`,
 so they can be compared on the same rows::
 
-    events (synthetic / MovieLens / S3-Rec / CSV)  ->  EventLog (one schema)
+    events (synthetic / MovieLens / Amazon / CSV)  ->  EventLog (one schema)
         -> Split (time or leave-one-out)             ->  RankingExamples per split
         -> ResumableBatchSampler + DataLoader        ->  RankingBatch (KJT + dense + labels)
 """
@@ -49,12 +49,20 @@ def load_events(data_cfg) -> EventLog:
 
     path = Path(data_cfg.path)
     if data_cfg.download:
-        if data_cfg.source != "movielens":
-            raise ConfigError(f"data.download works for source movielens only, not {data_cfg.source!r}; set data.download=false")
-        from recsys.data.download import fetch_movielens
-
-        path = fetch_movielens(path.name, path.parent)
+        path = fetch_source(data_cfg.source, path)
     return read_events(data_cfg.source, path, **data_cfg.options)
+
+
+def fetch_source(source: str, path: Path) -> Path:
+    """Downloads the data of ``source`` to ``path`` when it is not there yet; returns the path to read."""
+    from recsys.data.download import fetch_amazon_ratings, fetch_movielens
+
+    if source == "movielens":
+        return fetch_movielens(path.name, path.parent)
+    if source == "amazon_ratings":
+        return fetch_amazon_ratings(path)
+    raise ConfigError(f"data.download works for sources movielens and amazon_ratings only, not {source!r}; "
+                      f"set data.download=false")
 
 
 def split_events(log: EventLog, data_cfg) -> Split:

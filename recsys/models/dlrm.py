@@ -6,8 +6,9 @@ head (one head per action: click, save, hide, ...)::
     sparse_features (KJT) --EmbeddingBagCollection (MEAN pooling)--> e_f  [B, D] per feature f
     dense_features [B, C+T] --dense arch MLP--------------------------> d    [B, D']
 
-    x_0     = concat(d, e_user_id, e_item_id, e_surface, e_item_<attr>..., e_history_<action>...)
-                                                                             [B, N], N = D' + F * D
+    s       = sequence arch(batch), when the model has one (Pinnability)  [B, F_seq]
+    x_0     = concat(d, e_user_id, e_item_id, e_surface, e_item_<attr>..., e_history_<action>..., s)
+                                                                   [B, N], N = D' + F * D + F_seq
     x_{l+1} = x_0 * (W_l x_l + b_l) + x_l,  l = 0 .. L-1    (DCNv2 full-rank cross, W_l [N, N])
     h       = over arch MLP(x_L)                                             [B, O]
     logits  = h V^T + c                                                      [B, H]
@@ -114,6 +115,8 @@ class DLRM(nn.Module):
             costs no memory until DistributedModelParallel shards and materialises it. The dense
             layers are small and are built on ``device``, or on the CPU when ``device`` is meta
             (DistributedModelParallel moves them to its device).
+        sequence_arch: optional module mapping the batch to ``[B, F_seq]`` extra crossing inputs
+            (its ``output_dim`` is F_seq), e.g. a user-sequence encoder; None = plain DLRM.
 
     Example::
 
@@ -121,7 +124,13 @@ class DLRM(nn.Module):
         logits = model(batch)  # [B, H]
     """
 
-    def __init__(self, spec: FeatureSpec, config: DLRMConfig | None = None, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        config: DLRMConfig | None = None,
+        device: torch.device | str | None = None,
+        sequence_arch: nn.Module | None = None,
+    ):
         super().__init__()
         config = config or DLRMConfig()
         device = torch.device(device) if device is not None else torch.device("cpu")
@@ -133,7 +142,9 @@ class DLRM(nn.Module):
         self._table_configs = embedding_bag_configs(spec, config.embedding_dim)
         self.sparse_arch = EmbeddingBagCollection(tables=self._table_configs, device=device)
         self.dense_arch = MLP(spec.dense_dim, config.dense_arch_layers, device=dense_device)
+        self.sequence_arch = sequence_arch
         interaction_dim = config.dense_arch_layers[-1] + len(self.sparse_feature_names) * config.embedding_dim
+        interaction_dim += sequence_arch.output_dim if sequence_arch is not None else 0
         self.cross_net = CrossNet(interaction_dim, config.cross_layers).to(dense_device)
         self.over_arch = MLP(interaction_dim, config.over_arch_layers, device=dense_device)
         self.head_layer = nn.Linear(config.over_arch_layers[-1], len(self.heads), device=dense_device)
@@ -155,7 +166,10 @@ class DLRM(nn.Module):
         self._check_batch(batch)
         dense = self.dense_arch(batch.dense_features)  # [B, D']
         pooled = self.pooled_embeddings(self.sparse_arch(batch.sparse_features))  # [B, F * D]
-        x_0 = torch.cat([dense, pooled], dim=1)  # [B, N]
+        parts = [dense, pooled]
+        if self.sequence_arch is not None:
+            parts.append(self.sequence_arch(batch))  # [B, F_seq]
+        x_0 = torch.cat(parts, dim=1)  # [B, N]
         crossed = self.cross_net(x_0)  # [B, N]: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l
         return self.head_layer(self.over_arch(crossed))  # [B, H]
 

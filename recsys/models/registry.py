@@ -23,6 +23,7 @@ from recsys.errors import ConfigError
 from recsys.models.dlrm import DLRM, DLRMConfig
 from recsys.models.hstu_ranking import HSTURanking, HSTURankingConfig
 from recsys.models.hstu import HSTURetrievalConfig, build_hstu_retrieval
+from recsys.models.pinnability import BSTRankerConfig, Pinnability, PinnabilityConfig, TransActV1RankerConfig
 from recsys.models.sasrec import SASRecRetrievalConfig, build_sasrec_retrieval
 
 
@@ -116,6 +117,42 @@ register(
         config_cls=DLRMConfig,
         build=_build_dlrm,
         description="DLRM ranker: pooled id embeddings + dense MLP, DCNv2 full-rank cross, one logit per action head",
+    )
+)
+
+
+def _build_pinnability(
+    feature_spec: FeatureSpec, config: PinnabilityConfig, device: torch.device | str | None
+) -> nn.Module:
+    return Pinnability(feature_spec, config, device=device)
+
+
+register(
+    ModelSpec(
+        name="pinnability",
+        config_cls=PinnabilityConfig,
+        build=_build_pinnability,
+        description="Pinnability ranker: DLRM-DCNv2 with a pluggable user-sequence encoder (sequence_encoder: none, bst, transact_v1)",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="transact_v1",
+        config_cls=TransActV1RankerConfig,
+        build=_build_pinnability,
+        description="Pinnability + TransAct V1: transformer over the latest actions, early fusion, time-window mask",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="bst",
+        config_cls=BSTRankerConfig,
+        build=_build_pinnability,
+        description="Pinnability + BST: one transformer layer over history item ids with the candidate as last token",
     )
 )
 

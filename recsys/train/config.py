@@ -26,10 +26,13 @@ class DataConfig:
 
     Args:
         source: "synthetic" (built-in generator), "movielens", "amazon" (S3-Rec format),
+            "amazon_ratings" (an Amazon ratings-only CSV such as ``ratings_Books.csv``),
             "events" (CSV/Parquet with a column mapping) or "log" (``recsys data convert`` output).
         path: file or folder of the source (unused for synthetic).
         download: for MovieLens, fetch ``<name>.zip`` from GroupLens (MD5-checked) into
-            ``path``'s parent when ``path`` (e.g. ``data/ml-1m``) does not hold the files yet.
+            ``path``'s parent when ``path`` (e.g. ``data/ml-1m``) does not hold the files yet; for
+            amazon_ratings, fetch ``path`` (e.g. ``data/amzn-books/ratings_Books.csv``) from SNAP
+            when absent (no published checksum: size and format are checked).
         options: keyword options of the reader (e.g. ``{like_min: 4}`` for MovieLens).
         synthetic: the generator's config when ``source == "synthetic"``.
         split: "time" (global time quantiles) or "leave_one_out" (each user's last engaged
@@ -47,7 +50,7 @@ class DataConfig:
         num_workers: DataLoader worker processes.
     """
 
-    source: Literal["synthetic", "movielens", "amazon", "events", "log"] = "synthetic"
+    source: Literal["synthetic", "movielens", "amazon", "amazon_ratings", "events", "log"] = "synthetic"
     path: str | None = None
     download: bool = False
     options: dict = field(default_factory=dict)

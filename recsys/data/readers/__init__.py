@@ -4,6 +4,8 @@
 
 - ``"movielens"``: a MovieLens folder (:func:`read_movielens`),
 - ``"amazon"``: an S3-Rec Amazon sequence file (:func:`read_amazon_s3rec`),
+- ``"amazon_ratings"``: an Amazon ratings-only CSV such as ``ratings_Books.csv``
+  (:func:`read_amazon_ratings`),
 - ``"events"``: a generic CSV/Parquet event table (:func:`read_event_table`),
 - ``"log"``: a log directory written by :func:`recsys.data.log_io.write_log`.
 """
@@ -14,6 +16,7 @@ import inspect
 from pathlib import Path
 
 from recsys.data.log_io import read_log
+from recsys.data.readers.amazon_ratings import read_amazon_ratings
 from recsys.data.readers.amazon_s3rec import read_amazon_s3rec
 from recsys.data.readers.event_table import ColumnMapping, read_event_table
 from recsys.data.readers.movielens import read_movielens
@@ -23,6 +26,7 @@ from recsys.errors import ConfigError
 READERS = {
     "movielens": read_movielens,
     "amazon": read_amazon_s3rec,
+    "amazon_ratings": read_amazon_ratings,
     "events": read_event_table,
     "log": read_log,
 }
@@ -30,6 +34,7 @@ READERS = {
 __all__ = [
     "READERS",
     "ColumnMapping",
+    "read_amazon_ratings",
     "read_amazon_s3rec",
     "read_event_table",
     "read_events",

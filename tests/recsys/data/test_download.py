@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys.data.download import fetch_movielens
+from recsys.data.download import SNAP_AMAZON_URL, fetch_amazon_ratings, fetch_movielens
+from recsys.data.pipeline import fetch_source
 from recsys.errors import ConfigError, DataError
 
 U_DATA = "1\t2\t3\t881250949\n2\t2\t5\t881250950\n"
@@ -79,3 +80,63 @@ def test_offline_and_missing(server, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "www"]
     with pytest.raises(ConfigError, match="ml-100k"):
         fetch_movielens("ml-5m", tmp_path)
+
+
+# ------------------------------------------------------------------ Amazon ratings-only files
+RATINGS = "A1ZQ1LUQ9R6JHZ,0001712799,5.0,1191456000\nA2BBQW8T1LJ4NS,0001712799,3.0,1200000000\n"
+
+
+class ShortBodyHandler(QuietHandler):
+    """Announces 1,000 bytes and sends the first line only."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(RATINGS.splitlines(keepends=True)[0].encode())
+
+
+def test_amazon_ratings_download_checks_and_moves(server, tmp_path):
+    www, base = server
+    (www / "ratings_Books.csv").write_text(RATINGS)
+    target = tmp_path / "data" / "amzn-books" / "ratings_Books.csv"
+    assert fetch_amazon_ratings(target, url=f"{base}/ratings_Books.csv") == target
+    assert target.read_text() == RATINGS and [p.name for p in target.parent.iterdir()] == ["ratings_Books.csv"]
+    assert fetch_amazon_ratings(target, url=closed_port_url()) == target  # present: no network
+
+
+def test_amazon_ratings_rejects_other_content(server, tmp_path):
+    www, base = server
+    (www / "index.html").write_text("<html><body>Not Found</body></html>\n")
+    target = tmp_path / "amzn" / "ratings_Books.csv"
+    with pytest.raises(DataError, match=r"is not an Amazon ratings-only file: its first line is '<html>"):
+        fetch_amazon_ratings(target, url=f"{base}/index.html")
+    with pytest.raises(DataError, match=r"could not download .*404.*by hand to .*ratings_Books.csv"):
+        fetch_amazon_ratings(target, url=f"{base}/ratings_Beauty.csv")
+    assert list(target.parent.iterdir()) == []  # nothing half-written left
+
+
+def test_amazon_ratings_incomplete_download(tmp_path):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ShortBodyHandler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        target = tmp_path / "ratings_Books.csv"
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/ratings_Books.csv"
+        with pytest.raises(DataError, match=r"received 41 bytes of the announced 1000; the download is incomplete"):
+            fetch_amazon_ratings(target, url=url)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_amazon_ratings_name_and_pipeline(tmp_path):
+    with pytest.raises(ConfigError, match=r"books.csv is not the name of an Amazon ratings-only file"):
+        fetch_amazon_ratings(tmp_path / "books.csv")
+    assert SNAP_AMAZON_URL.endswith("/data/amazon/productGraph/categoryFiles")
+    present = tmp_path / "ratings_Books.csv"
+    present.write_text(RATINGS)
+    assert fetch_source("amazon_ratings", present) == present
+    with pytest.raises(ConfigError, match=r"data.download works for sources movielens and amazon_ratings only"):
+        fetch_source("amazon", tmp_path / "Beauty.txt")

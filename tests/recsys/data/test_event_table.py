@@ -133,7 +133,7 @@ def test_read_events_dispatch(tmp_path):
     check_example(read_events("events", str(path), columns=as_dict))
     with pytest.raises(ConfigError, match=r"columns must map the fields"):
         read_events("events", str(path), columns={"usr": "uid"})
-    with pytest.raises(ConfigError, match=r"unknown event source 'kafka'; choose one of \['movielens', 'amazon', 'events', 'log'\]"):
+    with pytest.raises(ConfigError, match=r"unknown event source 'kafka'; choose one of \['movielens', 'amazon', 'amazon_ratings', 'events', 'log'\]"):
         read_events("kafka", str(path))
     with pytest.raises(ConfigError, match=r"takes no option\(s\) \['colums'\]"):
         read_events("events", str(path), colums=MAPPING)

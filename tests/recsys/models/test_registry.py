@@ -51,7 +51,7 @@ def test_register_new_model_and_reject_name_clash(monkeypatch):
         return torch.nn.Linear(feature_spec.dense_dim, config.width, device=device)
 
     register(ModelSpec("tiny", TinyConfig, build, "a linear layer"))
-    assert list_models("t*") == ["tiny"]
+    assert list_models("ti*") == ["tiny"]
     assert get_model("tiny", width=5).out_features == 5
     with pytest.raises(ConfigError, match="already registered"):
         register(ModelSpec("tiny", TinyConfig, lambda *a: None, "another"))

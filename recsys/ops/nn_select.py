@@ -1,0 +1,184 @@
+"""Candidate-conditioned nearest-neighbour selection: the public op, its checks and its backends.
+
+Every backend implements the signature and the exact semantics of
+:func:`recsys.ops.nn_select_reference.nn_select_reference` (pure PyTorch, runs everywhere; read
+its module docstring for the layout and the tie-break). Backends register with
+:func:`register_nn_select_backend`; ``kernel="auto"`` takes the most recently registered backend
+whose ``auto`` check accepts the input, else the reference.
+
+Backends:
+
+- ``"pytorch"``: the reference, one sequence at a time (CPU and CUDA).
+- ``"triton"``: :mod:`recsys.kernels.nn_select_triton`, one fused kernel (int8 loads, int8 x int8
+  scores, exact per-candidate top-k by bisection on the score, time-ordered output). Chosen by
+  ``"auto"`` on CUDA. On CPU it runs only when asked for by name with ``TRITON_INTERPRET=1`` in the
+  environment (the Triton interpreter, for tests). triton is imported on first use, never at
+  import time of :mod:`recsys`.
+
+Example::
+
+    values = quantize_int8(content_of_every_history_token)           # [T, C] int8
+    idx = nn_select(values, seq_starts, seq_lengths, candidate_content, candidate_seq, k=96)
+    # idx: [B, 96] positions within each candidate's sequence, ascending, -1 padded
+
+Shape letters: T tokens, C content dimension, R sequences, B candidates, k tokens kept.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from recsys.errors import ConfigError, DataError
+from recsys.ops.int8_quantization import DEFAULT_SCALE, check_scale
+from recsys.ops.nn_select_reference import nn_select_reference
+
+MAX_CONTENT_DIM = 100_000  # int32 scores stay exact up to here (C * 127 * 127 < 2^31)
+
+
+@dataclass(frozen=True)
+class NNSelectBackend:
+    """One implementation of :func:`nn_select`.
+
+    Args:
+        name: what ``kernel=`` selects it by.
+        fn: a callable with :func:`nn_select_reference`'s signature.
+        supports: whether it can run on these inputs (given ``values``).
+        auto: whether ``kernel="auto"`` may pick it for these inputs.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    supports: Callable[[torch.Tensor], bool]
+    auto: Callable[[torch.Tensor], bool]
+
+
+_BACKENDS: dict[str, NNSelectBackend] = {}
+
+
+def register_nn_select_backend(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    supports: Callable[[torch.Tensor], bool],
+    auto: Callable[[torch.Tensor], bool] | None = None,
+) -> None:
+    """Make ``fn`` selectable as ``kernel=name``; the newest backend whose ``auto`` accepts wins
+    under ``"auto"`` (``auto`` defaults to ``supports``)."""
+    _BACKENDS.pop(name, None)
+    _BACKENDS[name] = NNSelectBackend(name, fn, supports, auto if auto is not None else supports)
+
+
+def nn_select_kernels() -> list[str]:
+    """Names accepted by ``kernel=``, besides ``"auto"``."""
+    return list(_BACKENDS)
+
+
+def triton_interpret_requested() -> bool:
+    """True when ``TRITON_INTERPRET=1`` is set: Triton kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _nn_select_triton(*args, **kwargs) -> torch.Tensor:
+    from recsys.kernels.nn_select_triton import nn_select_triton  # triton loads on first use only
+
+    return nn_select_triton(*args, **kwargs)
+
+
+register_nn_select_backend("pytorch", nn_select_reference, lambda values: True)
+register_nn_select_backend(
+    "triton",
+    _nn_select_triton,
+    supports=lambda values: values.is_cuda or triton_interpret_requested(),
+    auto=lambda values: values.is_cuda,
+)
+
+
+def nn_select(
+    values: torch.Tensor,
+    seq_starts: torch.Tensor,
+    seq_lengths: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_seq: torch.Tensor,
+    k: int,
+    *,
+    scale: float = DEFAULT_SCALE,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """Top-``k`` tokens of each candidate's sequence by int8 dot product, in time order.
+
+    Args:
+        values: ``[T, C]`` int8 quantised token embeddings (see
+            :func:`recsys.ops.int8_quantization.quantize_int8`).
+        seq_starts: ``[R]`` int64 first row of each sequence in ``values``.
+        seq_lengths: ``[R]`` int64 number of tokens of each sequence (windows may overlap).
+        candidates: ``[B, C]`` float candidate embeddings (quantised with ``scale``), or int8.
+        candidate_seq: ``[B]`` int64 index into the R sequences: the one each candidate ranks.
+        k: tokens kept per candidate (>= 0).
+        scale: the int8 scale of ``values``.
+        kernel: ``"auto"`` or one of :func:`nn_select_kernels`.
+
+    Returns:
+        ``[B, k]`` int64 positions within each candidate's sequence, ascending, padded with -1
+        (a sequence shorter than ``k`` gives all its positions). Ties in score go to the more
+        recent token.
+    """
+    check_scale(scale)
+    _check_inputs(values, seq_starts, seq_lengths, candidates, candidate_seq, k)
+    backend = _select_backend(kernel, values)
+    return backend.fn(values, seq_starts, seq_lengths, candidates, candidate_seq, int(k), scale=scale)
+
+
+def _select_backend(kernel: str, values: torch.Tensor) -> NNSelectBackend:
+    if kernel == "auto":
+        return next(b for b in reversed(_BACKENDS.values()) if b.auto(values))
+    if kernel not in _BACKENDS:
+        raise ConfigError(f"nn_select: kernel={kernel!r} is unknown; use 'auto' or one of {nn_select_kernels()}")
+    backend = _BACKENDS[kernel]
+    if not backend.supports(values):
+        raise ConfigError(
+            f"nn_select: kernel={kernel!r} cannot run on {values.device} tensors; use kernel='auto' "
+            "(set TRITON_INTERPRET=1 to run the Triton kernel on CPU in the interpreter)"
+        )
+    return backend
+
+
+def _check_inputs(values, seq_starts, seq_lengths, candidates, candidate_seq, k) -> None:
+    """Shapes, dtypes, devices and index ranges, with messages naming the argument and the fix."""
+    if values.dim() != 2 or values.dtype != torch.int8:
+        raise DataError(
+            f"nn_select: values must be [T, C] int8 (quantize_int8), got {values.dtype} {tuple(values.shape)}"
+        )
+    num_tokens, dim = values.shape
+    if not 1 <= dim <= MAX_CONTENT_DIM:
+        raise DataError(f"nn_select: values has C={dim}; C must be in 1..{MAX_CONTENT_DIM}")
+    if candidates.dim() != 2 or candidates.size(1) != dim:
+        raise DataError(f"nn_select: candidates must be [B, C={dim}], got {tuple(candidates.shape)}")
+    if candidates.dtype != torch.int8 and not candidates.is_floating_point():
+        raise DataError(f"nn_select: candidates must be float or int8, got {candidates.dtype}")
+    for name, tensor, size in (("seq_starts", seq_starts, None), ("seq_lengths", seq_lengths, seq_starts.numel()),
+                               ("candidate_seq", candidate_seq, candidates.size(0))):
+        if tensor.dim() != 1 or tensor.dtype not in (torch.int32, torch.int64):
+            raise DataError(f"nn_select: {name} must be a 1-D int64 tensor, got {tensor.dtype} {tuple(tensor.shape)}")
+        if size is not None and tensor.numel() != size:
+            raise DataError(f"nn_select: {name} must have {size} entries, got {tensor.numel()}")
+    for name, tensor in (("seq_starts", seq_starts), ("seq_lengths", seq_lengths),
+                         ("candidates", candidates), ("candidate_seq", candidate_seq)):
+        if tensor.device != values.device:
+            raise DataError(
+                f"nn_select: {name} is on {tensor.device} but values on {values.device}; move them together"
+            )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"nn_select: k must be an integer >= 0, got {k!r}")
+    if seq_starts.numel():
+        ends = seq_starts + seq_lengths
+        if int(seq_lengths.min()) < 0 or int(seq_starts.min()) < 0 or int(ends.max()) > num_tokens:
+            raise DataError(
+                f"nn_select: every window seq_starts[r] .. seq_starts[r] + seq_lengths[r] must lie within the "
+                f"{num_tokens} rows of values (non-negative starts and lengths)"
+            )
+    if candidate_seq.numel() and (int(candidate_seq.min()) < 0 or int(candidate_seq.max()) >= seq_starts.numel()):
+        num_seqs = seq_starts.numel()
+        raise DataError(f"nn_select: candidate_seq must index the {num_seqs} sequences (0..{num_seqs - 1})")
