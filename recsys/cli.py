@@ -23,6 +23,9 @@ import sys
 
 from recsys.errors import RecsysError
 
+# The keys of recsys.data.readers.READERS, named here so that parsing arguments imports no reader.
+READER_NAMES = ("amazon", "amazon_ratings", "events", "log", "movielens")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n")[0])
@@ -50,12 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect and convert event logs")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     inspect = data_sub.add_parser("inspect", help="print statistics of an event log")
-    inspect.add_argument("--source", required=True, choices=["movielens", "amazon", "events", "log"])
+    inspect.add_argument("--source", required=True, choices=READER_NAMES)
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--option", action="append", default=[], help="reader option key=value")
     convert = data_sub.add_parser("convert", help="convert a source into the library's log format")
-    convert.add_argument("--source", required=True, choices=["movielens", "amazon", "events", "log"])
+    convert.add_argument("--source", required=True, choices=READER_NAMES)
     convert.add_argument("path")
     convert.add_argument("out")
     convert.add_argument("--option", action="append", default=[], help="reader option key=value")

@@ -69,3 +69,10 @@ def test_plan_writes_the_dry_run_report(tmp_path, capsys):
     assert main(["plan", "--config", "configs/plan/dlrm_1b.yaml", "--topology", "configs/dlrm/synthetic.yaml",
                  "--out", str(out)]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_data_source_choices_are_the_registered_readers():
+    from recsys.cli import READER_NAMES
+    from recsys.data.readers import READERS
+
+    assert sorted(READER_NAMES) == sorted(READERS)
