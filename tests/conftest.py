@@ -4,6 +4,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run in its interpreter on machines without CUDA. The flag is read when triton is
+# first imported, and any test module may import it first (torch imports it lazily), so it is set
+# here, before every test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", ROOT / ".." / "shared" / "data"))

@@ -1,1 +1,1 @@
-"""TorchX components of recsys: train, evaluate (files loadable as ./torchx_components/<file>.py:<fn>)."""
+"""TorchX components of recsys: train, evaluate, plan (files loadable as ./torchx_components/<file>.py:<fn>)."""

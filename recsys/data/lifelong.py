@@ -462,7 +462,8 @@ class LifelongSequences:
                               **{name: np.asarray(column[flat]) for name, column in self.columns.items()})
 
 
-def collate_lifelong(examples: RankingExamples, sequences: LifelongSequences, row_indices) -> RankingBatch:
+def collate_lifelong(examples: RankingExamples, sequences: LifelongSequences, row_indices,
+                     check_rows: bool = True) -> RankingBatch:
     """The RankingBatch of ``row_indices`` with S_all as its sequence.
 
     Non-sequence fields come from :meth:`RankingExamples.collate`. ``sequence_features`` is a KJT
@@ -474,13 +475,21 @@ def collate_lifelong(examples: RankingExamples, sequences: LifelongSequences, ro
         examples: the rows the sequences were built for.
         sequences: :func:`build_lifelong_sequences`' output for ``examples``.
         row_indices: ``[B]`` row numbers.
+        check_rows: hash the rows to check that the sequences belong to them (a loader that
+            checked once, :func:`check_sequences_match`, skips it for every batch).
     """
-    if sequences.meta["rows_fingerprint"] != rows_fingerprint(examples):
-        raise DataError(f"{sequences.path} was built for other rows than these examples; "
-                        "run build_lifelong_sequences on these examples")
+    if check_rows:
+        check_sequences_match(examples, sequences)
     batch = examples.collate(row_indices)
     tokens = sequences.rows(row_indices)
     columns = {"seq_item_id": tokens.item_id, "seq_actions": tokens.actions, "seq_surface": tokens.surface,
                "seq_timestamp": tokens.timestamp, "seq_source": tokens.source}
     features = kjt_from_jagged({key: (columns[key], tokens.lengths) for key in SEQUENCE_KEYS})
     return dataclasses.replace(batch, sequence_features=features, sequence_content=tokens.dequantized_content())
+
+
+def check_sequences_match(examples: RankingExamples, sequences: LifelongSequences) -> None:
+    """Raises :class:`DataError` when ``sequences`` were built for other rows than ``examples``."""
+    if sequences.meta["rows_fingerprint"] != rows_fingerprint(examples):
+        raise DataError(f"{sequences.path} was built for other rows than these examples; "
+                        "run build_lifelong_sequences on these examples")

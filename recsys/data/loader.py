@@ -25,6 +25,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -136,17 +138,26 @@ class BatchDataset(Dataset):
     Args:
         examples: the rows to batch.
         rank / world_size: this process's share of every global batch.
+        collate: ``rows -> RankingBatch``; None = ``examples.collate`` (e.g.
+            :class:`~recsys.data.lifelong_pipeline.LifelongCollate` for batches with S_all).
     """
 
-    def __init__(self, examples: RankingExamples, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        examples: RankingExamples,
+        rank: int = 0,
+        world_size: int = 1,
+        collate: Callable[[list[int]], RankingBatch] | None = None,
+    ):
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
         self.examples = examples
         self.rank = rank
         self.world_size = world_size
+        self.collate = collate if collate is not None else examples.collate
 
     def __getitem__(self, rows: list[int]) -> RankingBatch:
-        return self.examples.collate(rows[self.rank::self.world_size])
+        return self.collate(rows[self.rank::self.world_size])
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -189,6 +200,7 @@ def make_dataloader(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    collate: Callable[[list[int]], RankingBatch] | None = None,
 ) -> ResumableDataLoader:
     """A resumable DataLoader of RankingBatches over ``examples``.
 
@@ -201,8 +213,9 @@ def make_dataloader(
         drop_last: drop the last, smaller batch of each epoch.
         rank / world_size: with several processes, ``batch_size`` is the global batch and each
             rank collates its ``1 / world_size`` share.
+        collate: ``rows -> RankingBatch``; None = ``examples.collate``.
     """
-    dataset = BatchDataset(examples, rank=rank, world_size=world_size)
+    dataset = BatchDataset(examples, rank=rank, world_size=world_size, collate=collate)
     return resumable_loader(dataset, batch_size, shuffle, seed, num_workers, drop_last)
 
 

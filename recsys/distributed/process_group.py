@@ -5,6 +5,11 @@ Every recipe runs the same code whether it was launched by `torchrun` / TorchX (
 (no such variables: a world of size 1 on 127.0.0.1 with a free port). The backend is gloo on CPU and
 nccl when CUDA is available.
 
+A job that torchrun restarts after a failure (``--max-restarts``) joins through torchrun's agent
+store, which outlives the failed attempt and still holds that attempt's gloo/NCCL peer addresses
+(torch 2.13): a restarted rank may read a dead peer's address and fail with "Gloo connectFullMesh
+failed ... Connection refused". Each attempt therefore keeps its keys under its own prefix.
+
 Tearing down in the wrong order crashes: with torch 2.13 + gloo about one exit in three aborts
 in `destroy_process_group()` while a DistributedModelParallel model is still alive. The caller
 drops its model and optimizer references first; `teardown` then collects garbage, waits for
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from recsys.errors import ConfigError
 
@@ -88,6 +94,18 @@ def _context_from_group(backend: str) -> DistContext:
     return DistContext(rank, world_size, local_rank, local_world_size, device, backend)
 
 
+def _store_of_this_attempt() -> dist.Store | None:
+    """torchrun's agent store with this attempt's own key prefix, or None outside torchelastic."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None  # rank 0 hosts a fresh store for the job: nothing left from earlier attempts
+    agent_store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+        is_master=False, timeout=default_pg_timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"recsys/attempt_{attempt}", agent_store)
+
+
 def init_distributed(backend: str | None = None) -> DistContext:
     """Join the job's process group (or start a world of one) and describe this rank.
 
@@ -112,7 +130,12 @@ def init_distributed(backend: str | None = None) -> DistContext:
             "backend 'nccl' needs CUDA, which is not available here; use backend 'gloo'"
         )
     if _launched_by_launcher():
-        dist.init_process_group(backend=backend, init_method="env://")
+        store = _store_of_this_attempt()
+        if store is None:
+            dist.init_process_group(backend=backend, init_method="env://")
+        else:
+            rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     else:
         address = f"tcp://127.0.0.1:{_free_port()}"
         dist.init_process_group(backend=backend, init_method=address, rank=0, world_size=1)

@@ -163,7 +163,8 @@ class DLRM(nn.Module):
         Returns:
             ``[B, H]`` logits, column h for ``self.heads[h]``.
         """
-        self._check_batch(batch)
+        if not isinstance(batch, torch.fx.Proxy):  # TorchRec's train pipeline traces this forward
+            self._check_batch(batch)
         dense = self.dense_arch(batch.dense_features)  # [B, D']
         pooled = self.pooled_embeddings(self.sparse_arch(batch.sparse_features))  # [B, F * D]
         parts = [dense, pooled]

@@ -23,7 +23,13 @@ from recsys.errors import ConfigError
 from recsys.models.dlrm import DLRM, DLRMConfig
 from recsys.models.hstu_ranking import HSTURanking, HSTURankingConfig
 from recsys.models.hstu import HSTURetrievalConfig, build_hstu_retrieval
-from recsys.models.pinnability import BSTRankerConfig, Pinnability, PinnabilityConfig, TransActV1RankerConfig
+from recsys.models.pinnability import (
+    BSTRankerConfig,
+    Pinnability,
+    PinnabilityConfig,
+    TransActV1RankerConfig,
+    TransActV2RankerConfig,
+)
 from recsys.models.sasrec import SASRecRetrievalConfig, build_sasrec_retrieval
 
 
@@ -132,7 +138,7 @@ register(
         name="pinnability",
         config_cls=PinnabilityConfig,
         build=_build_pinnability,
-        description="Pinnability ranker: DLRM-DCNv2 with a pluggable user-sequence encoder (sequence_encoder: none, bst, transact_v1)",
+        description="Pinnability ranker: DLRM-DCNv2 with a pluggable user-sequence encoder (sequence_encoder: none, bst, transact_v1, transact_v2)",
     )
 )
 
@@ -143,6 +149,17 @@ register(
         config_cls=TransActV1RankerConfig,
         build=_build_pinnability,
         description="Pinnability + TransAct V1: transformer over the latest actions, early fusion, time-window mask",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="transact_v2",
+        config_cls=TransActV2RankerConfig,
+        build=_build_pinnability,
+        description="Pinnability + TransAct V2: causal transformer over the lifelong selection S_all (needs data.lifelong), "
+        "next-action loss with impression negatives",
     )
 )
 

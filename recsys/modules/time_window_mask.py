@@ -22,6 +22,21 @@ Example, one request at time 1,000 with three actions (newest first) and one pad
 The functions are pure: the window draw depends only on the generator passed in (the global
 torch generator when None), so a seeded generator reproduces it.
 
+:func:`causal_attention_mask` turns such a key mask into the ``[B * heads, S, S]`` attention mask
+of a causal encoder (each token attends only to itself and to tokens before it, in time order;
+the TransAct V2 encoder, and TransAct V1 when it trains with the next-action loss)::
+
+    oldest first (V2), row of 3 tokens + 1 padded slot, query t may read key s when s <= t
+    query/key    0  1  2  3(pad)
+    0            .  x  x  x
+    1            .  .  x  x
+    2            .  .  .  x
+    3(pad)       .  .  .  .        <- a padded query reads itself and the real tokens:
+                                      its output is unused, but its softmax stays finite
+
+A query always reads its own key, so no softmax row is empty (an empty one is NaN, and a NaN
+reaches the gradients of every attention weight even where the output is discarded).
+
 Shape letters: B rows (requests), S padded sequence length.
 """
 
@@ -105,3 +120,26 @@ def time_window_mask(
         windows = torch.zeros(num_rows, dtype=torch.float64, device=action_time.device)  # [B]
     inside_window = seconds_before < windows.unsqueeze(1)  # [B, S]
     return key_padding_mask(lengths, max_len) | inside_window  # [B, S]
+
+
+def causal_attention_mask(hidden: torch.Tensor, num_heads: int, newest_first: bool = False) -> torch.Tensor:
+    """``[B * heads, S, S]`` bool attention mask, True = query may NOT read key.
+
+    Args:
+        hidden: ``[B, S]`` bool key mask, True at tokens nobody may read (padding, time window).
+        num_heads: attention heads (``nn.MultiheadAttention`` expects one mask per row and head).
+        newest_first: the rows hold the newest token first (TransAct V1's layout), so the tokens
+            before a query in time are the ones at larger positions.
+
+    Returns:
+        The mask to pass as ``mask=`` to ``nn.TransformerEncoder``: a query reads its own key and
+        the unhidden keys before it in time (see the module docstring).
+    """
+    if hidden.dim() != 2:
+        raise DataError(f"causal_attention_mask: hidden must be [B, S], got {tuple(hidden.shape)}")
+    positions = torch.arange(hidden.shape[1], device=hidden.device)  # [S]
+    query, key = positions.unsqueeze(1), positions.unsqueeze(0)  # [S, 1], [1, S]
+    later = key < query if newest_first else key > query  # [S, S]: the key comes after the query in time
+    blocked = later.unsqueeze(0) | hidden.unsqueeze(1)  # [B, S, S]
+    blocked = blocked & ~(query == key).unsqueeze(0)  # [B, S, S]: every query reads itself
+    return blocked.repeat_interleave(num_heads, dim=0)  # [B * heads, S, S]

@@ -55,6 +55,13 @@ False = the behaviour described above):
     (``random.randint(0, time_window_ms)``, Python's global generator, default 1 hour) for the
     whole batch, not one per request; the flag draws one window per batch.
 
+With ``causal`` (off in the paper), each action attends only to itself and to the older visible
+actions (:func:`~recsys.modules.time_window_mask.causal_attention_mask`), so the output at an
+action has not seen the actions after it: what the next-action loss
+(:mod:`recsys.modules.next_action_loss`, TransAct V2's auxiliary loss) needs when it is added to
+V1. :meth:`TransActV1.encode` returns the per-action outputs with the position of every action in
+the input, for that loss.
+
 The encoder's nested-tensor fast path is turned off (``enable_nested_tensor=False``). The
 published module leaves it on, so its evaluation passes without gradients return zeros at every
 masked position (padding and window), which then enter its max-pool and first-K readout, while
@@ -74,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.errors import ConfigError, DataError
-from recsys.modules.time_window_mask import time_window_mask
+from recsys.modules.time_window_mask import causal_attention_mask, time_window_mask
 
 PAPER_MAX_SEQUENCE = 100
 PAPER_TIME_WINDOW_SECONDS = 24 * 3600.0
@@ -123,6 +130,8 @@ class TransActV1Config:
         time_window_seconds: training windows are drawn from U(0, this); 0 turns the mask off
             (paper: 24 hours).
         quirks: flags reproducing the published module (:class:`TransActV1Quirks`).
+        causal: each action attends only to itself and older actions (for the next-action loss;
+            off in the paper).
     """
 
     max_sequence: int | None = None
@@ -134,6 +143,7 @@ class TransActV1Config:
     latest_k: int = 10
     time_window_seconds: float = PAPER_TIME_WINDOW_SECONDS
     quirks: TransActV1Quirks = field(default_factory=TransActV1Quirks)
+    causal: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_sequence", "action_embedding_dim"):
@@ -156,6 +166,23 @@ class TransActV1Config:
             self.quirks = from_dict(TransActV1Quirks, self.quirks, where="TransActV1Config", prefix="quirks.")
         if not isinstance(self.quirks, TransActV1Quirks):
             raise ConfigError(f"TransActV1Config.quirks must be a TransActV1Quirks or a mapping, got {self.quirks!r}")
+
+
+@dataclass
+class TransActV1Encoding:
+    """What :meth:`TransActV1.encode` returns.
+
+    Args:
+        features: ``[B, (K + 1) * D]`` the readout.
+        outputs: ``[B, L, D]`` encoder outputs, newest first.
+        hidden: ``[B, L]`` bool, True where the position is hidden (padding, time window).
+        index: ``[B, L]`` int64 index of each position's action among the inputs, -1 at padding.
+    """
+
+    features: torch.Tensor
+    outputs: torch.Tensor
+    hidden: torch.Tensor
+    index: torch.Tensor
 
 
 class TransActV1(nn.Module):
@@ -200,6 +227,7 @@ class TransActV1(nn.Module):
         action_dim = config.action_embedding_dim or content_dim
         self.model_dim = action_dim + 2 * content_dim
         num_heads = 2 if config.quirks.two_heads else config.num_heads
+        self.num_heads = num_heads
         if self.model_dim % num_heads:
             raise ConfigError(
                 f"TransActV1: {num_heads} heads must divide D = action_embedding_dim + 2 * content_dim = "
@@ -236,7 +264,25 @@ class TransActV1(nn.Module):
         candidate_content: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Encodes each request's latest actions against its candidate.
+        """Encodes each request's latest actions against its candidate: ``[B, (K + 1) * D]``.
+
+        Args: as :meth:`encode`.
+        """
+        return self.encode(
+            lengths, action_bits, action_content, action_time, request_time, candidate_content, generator
+        ).features
+
+    def encode(
+        self,
+        lengths: torch.Tensor,
+        action_bits: torch.Tensor,
+        action_content: torch.Tensor,
+        action_time: torch.Tensor,
+        request_time: torch.Tensor,
+        candidate_content: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> "TransActV1Encoding":
+        """The readout features and the per-action outputs they come from.
 
         Args:
             lengths: ``[B]`` actions per request (only the latest S are read).
@@ -249,7 +295,10 @@ class TransActV1(nn.Module):
             generator: source of the training time windows; None = torch's global generator.
 
         Returns:
-            ``[B, (K + 1) * D]``: projected max-pool, then the K most recent outputs flattened.
+            :class:`TransActV1Encoding`: ``features [B, (K + 1) * D]`` (projected max-pool, then the K
+            most recent outputs flattened), and the encoder's ``outputs [B, L, D]`` newest first
+            with their ``hidden [B, L]`` mask and the ``index [B, L]`` of each position's action
+            among the ``S_T`` inputs (-1 at padding).
         """
         self._check_inputs(lengths, action_bits, action_content, action_time, request_time, candidate_content)
         quirks = self.config.quirks
@@ -267,10 +316,15 @@ class TransActV1(nn.Module):
             hidden = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, 1:]], dim=1)  # [B, S]
         candidate = candidate_content.unsqueeze(1).expand(-1, self.max_sequence, -1)  # [B, S, C]
         tokens = torch.cat([self.action_embedding(rows), content, candidate], dim=-1)  # [B, S, D]: early fusion
+        index, _ = newest_first(torch.arange(action_bits.shape[0], device=lengths.device), lengths, self.max_sequence)
+        index = torch.where(real, index, -1)  # [B, S]
         if not quirks.readout_ignores_mask:
-            tokens, hidden = visible_first(tokens, hidden)  # [B, L, D], [B, L]
+            order, longest = visible_order(hidden)  # [B, S], L
+            tokens = tokens.gather(1, order.unsqueeze(-1).expand_as(tokens))[:, :longest]  # [B, L, D]
+            hidden, index = hidden.gather(1, order)[:, :longest], index.gather(1, order)[:, :longest]  # [B, L]
         outputs = self._encode(tokens, hidden)  # [B, L, D]
-        return readout(outputs, hidden, self.latest_k, self.pool_projection, quirks.readout_ignores_mask)
+        features = readout(outputs, hidden, self.latest_k, self.pool_projection, quirks.readout_ignores_mask)
+        return TransActV1Encoding(features, outputs, hidden, index)
 
     def _encode(self, tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, L, D]`` encoder outputs of every row.
@@ -279,6 +333,9 @@ class TransActV1(nn.Module):
         NaN); the readout discards that row's outputs. Every row goes through the same layers,
         so every parameter takes part in every step (DistributedDataParallel's static graph).
         """
+        if self.config.causal:  # every query reads itself, so no row is empty
+            mask = causal_attention_mask(hidden, self.num_heads, newest_first=True)  # [B * heads, L, L]
+            return self.encoder(tokens, mask=mask)  # [B, L, D]
         nothing_visible = hidden.all(dim=1, keepdim=True)  # [B, 1]
         first = torch.arange(hidden.shape[1], device=hidden.device) == 0  # [L]
         attention_mask = hidden & ~(nothing_visible & first)  # [B, L]
@@ -381,8 +438,15 @@ def visible_first(tokens: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Ten
         ``[B, L, D]`` tokens and ``[B, L]`` hidden mask, L = most visible tokens of a row (at
         least 1, so that every batch runs the same layers).
     """
-    order = torch.sort(hidden.to(torch.int32), dim=1, stable=True).indices  # [B, S]: visible first
+    order, longest = visible_order(hidden)  # [B, S], L
     tokens = tokens.gather(1, order.unsqueeze(-1).expand_as(tokens))  # [B, S, D]
     hidden = hidden.gather(1, order)  # [B, S]
-    longest = max(int((~hidden).sum(dim=1).max()) if hidden.shape[0] else 0, 1)
     return tokens[:, :longest], hidden[:, :longest]
+
+
+def visible_order(hidden: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``[B, S]`` per-row permutation putting the visible tokens first (order kept), and L, the
+    most visible tokens of a row (at least 1)."""
+    order = torch.sort(hidden.to(torch.int32), dim=1, stable=True).indices  # [B, S]: visible first
+    longest = max(int((~hidden).sum(dim=1).max()) if hidden.shape[0] else 0, 1)
+    return order, longest

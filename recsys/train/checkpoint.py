@@ -8,6 +8,8 @@ Layout of a checkpoint directory::
         step_000001200/
             state/  or  model/ + optim/   the tensors (DCP, or two torchsnapshot snapshots)
             extra.pt                      trainer state (step, epoch, sampler, RNG, metrics)
+            plan.json                     the sharding plan it was saved with (a plan file:
+                                          `sharding.plan=<it>` places the tables the same way)
             manifest.json                 written last: files, sizes, sha256, plan, versions
 
 A save writes into a hidden `.tmp-step_<n>` directory; once every rank has finished, rank 0 writes
@@ -25,7 +27,9 @@ Backends:
   ranks with another. Optimizer state of a table that moved between data-parallel and sharded
   does not carry over (its keys differ); that table's optimizer starts afresh, with a warning.
 - "torchsnapshot": model and optimizer as two snapshots (torchsnapshot 0.1.0 cannot restore
-  them as one). Same world size and plan only: it cannot reshard.
+  them as one). Same world size and plan only: it cannot reshard. Loading it on another world
+  size or plan is a `CheckpointError` that names both fixes: resume on the saved world size with
+  `sharding.plan=<checkpoint>/plan.json`, or save with "dcp".
 
 Example::
 
@@ -54,8 +58,9 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
+from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict
-from recsys.errors import CheckpointError
+from recsys.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ BACKENDS = ("dcp", "torchsnapshot")
 MANIFEST = "manifest.json"
 LATEST = "latest"
 EXTRA = "extra.pt"
+PLAN = "plan.json"
 _STEP_PATTERN = re.compile(r"^step_(\d{9})$")
 _HASH_CHUNK = 1 << 20
 _VERSIONED_PACKAGES = ("torch", "fbgemm-gpu-cpu", "fbgemm-gpu", "torchrec", "torchsnapshot")
@@ -222,6 +228,7 @@ class CheckpointManager:
             self._write_tensors(temp, model, optimizer)
             if _rank() == 0:
                 torch.save(extra, temp / EXTRA)
+                self._write_plan(temp, model)
             _barrier()
             if _rank() == 0:
                 self._write_manifest(temp, step, model)
@@ -244,6 +251,17 @@ class CheckpointManager:
 
             Snapshot.take(path=str(temp / "model"), app_state={"model": model})
             Snapshot.take(path=str(temp / "optim"), app_state={"optim": optimizer})
+
+    @staticmethod
+    def _write_plan(temp: Path, model: nn.Module) -> None:
+        plan = getattr(model, "plan", None)
+        if plan is None:
+            return
+        device = getattr(model, "device", torch.device("cpu"))
+        try:
+            save_plan(plan, temp / PLAN, _world_size(), torch.device(device).type)
+        except ConfigError as error:  # a placement plan files cannot hold: the manifest still has it
+            logger.warning("checkpoint saved without %s: %s", PLAN, error)
 
     def _write_manifest(self, temp: Path, step: int, model: nn.Module) -> None:
         files = [
@@ -404,12 +422,22 @@ class CheckpointManager:
     ) -> None:
         from torchsnapshot import Snapshot
 
-        same_world = manifest.get("world_size") == _world_size()
-        if not same_world or manifest.get("plan") != _plan_of(model):
+        saved_world, world = manifest.get("world_size"), _world_size()
+        same_plan = manifest.get("plan") == _plan_of(model)
+        if saved_world != world or not same_plan:
+            difference = (
+                f"of a {saved_world}-rank job (this job has {world} ranks)" if saved_world != world
+                else "saved with another sharding plan than this model's"
+            )
+            same_placement = (
+                f"resume on {saved_world} ranks with sharding.plan={path / PLAN} (the tables placed as saved)"
+                if (path / PLAN).is_file()
+                else f"resume on {saved_world} ranks with the sharding it was saved with"
+            )
             raise CheckpointError(
-                f"{path} was saved on {manifest.get('world_size')} ranks with another sharding "
-                f"plan than this model's ({_world_size()} ranks); cannot reshard with "
-                "torchsnapshot; use backend dcp"
+                f"{path} is a torchsnapshot checkpoint {difference}: cannot reshard with torchsnapshot; "
+                f"use backend dcp (train.checkpoint_backend=dcp: its checkpoints load on any world size and plan), "
+                f"or {same_placement}"
             )
         Snapshot(path=str(path / "model")).restore(app_state={"model": model})
         Snapshot(path=str(path / "optim")).restore(app_state={"optim": optimizer})

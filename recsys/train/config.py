@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recsys.data.lifelong_pipeline import LifelongDataConfig
 from recsys.data.synthetic import SyntheticConfig
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig
 from recsys.distributed.sharding import ShardingConfig
@@ -48,6 +49,8 @@ class DataConfig:
         max_sequence: most recent engaged events in ``sequence_features`` (the time-ordered history
             that sequence models read); 0 = no sequence features.
         num_workers: DataLoader worker processes.
+        lifelong: TransAct V2's lifelong batches: S_all built once per row (cached) and used as
+            the batches' sequence (:class:`~recsys.data.lifelong_pipeline.LifelongDataConfig`).
     """
 
     source: Literal["synthetic", "movielens", "amazon", "amazon_ratings", "events", "log"] = "synthetic"
@@ -65,6 +68,7 @@ class DataConfig:
     max_sequence: int = 0
     stochastic_length_alpha: float | None = None
     num_workers: int = 0
+    lifelong: LifelongDataConfig = field(default_factory=LifelongDataConfig)
 
 
 @dataclass
@@ -105,6 +109,9 @@ class TrainerConfig:
             the test split is reported at that epoch, never selected on.
         patience: stop after this many evaluations without improvement (0 = never stop early).
         eval_every: epochs between validation evaluations.
+        pipeline: ranking train step: "sparse_dist" (TorchRec's TrainPipelineSparseDist: the ids of
+            the next batch travel to their ranks while this one trains), "none" (one batch at a
+            time), or "auto" (sparse_dist on CUDA when the model's forward traces, none on CPU).
     """
 
     epochs: int = 1
@@ -120,6 +127,7 @@ class TrainerConfig:
     select_metric: str = "ndcg@10"
     patience: int = 0
     eval_every: int = 1
+    pipeline: Literal["auto", "sparse_dist", "none"] = "auto"
 
 
 @dataclass

@@ -8,7 +8,13 @@
 - Every ``checkpoint_every`` steps the sharded model, the optimizer states, the data position and
   the RNG states are saved; ``resume=True`` continues from the latest complete checkpoint and ends
   with the same weights and metrics as an uninterrupted run.
+- ``train.pipeline`` picks the train step: TorchRec's ``TrainPipelineSparseDist`` (the next batch's
+  ids travel to their ranks while this one trains) or one batch at a time (``recsys.train.pipeline``).
 - Rank 0 shows a tqdm bar and writes ``metrics.jsonl`` + TensorBoard events to ``output_dir``.
+- Evaluation reports per head AUC, NE and HIT@3 (``recsys.metrics.hit_at_k``: the share of a
+  head's positives in the top 3 of their request; for hide, lower is better).
+- ``data.lifelong.enabled`` builds (once, cached) S_all of every row and trains on lifelong
+  batches (``recsys.data.lifelong_pipeline``), which TransAct V2 reads.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from recsys.config import to_dict
+from recsys.data.lifelong_pipeline import LifelongData, prepare_lifelong_data
 from recsys.data.loader import make_dataloader
 from recsys.data.pipeline import RankingData, build_ranking_data, load_events
 from recsys.distributed.optimizers import build_optimizer
@@ -33,14 +40,21 @@ from recsys.distributed.process_group import DistContext, init_distributed, tear
 from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict, shard_model
 from recsys.metrics.classification import HeadMetrics
+from recsys.metrics.hit_at_k import HitAtK
 from recsys.models import get_model
 from recsys.models.popularity import PopularityModel
 from recsys.models.task import RankingTask
 from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy, user_weights
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
+from recsys.train.fault_injection import fail_step, maybe_fail
+from recsys.train.pipeline import build_train_step
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
+
+
+HIT_K = 3
+HIT_NAME = f"hit@{HIT_K}"
 
 
 class RankingRecipe:
@@ -57,10 +71,12 @@ class RankingRecipe:
     def setup(self, resume: bool = False, data: RankingData | None = None, write_run_files: bool = True) -> None:
         cfg = self.cfg
         self.data = data or self._build_data()  # before the process group: a data error leaves none behind
+        self.lifelong = self._build_lifelong()
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
         self.heads = self._build_model()
         self.loader = self._loader(self.data.train, cfg.train.batch_size, shuffle=True)
+        self.pipeline, pipeline_note = build_train_step(cfg.train.pipeline, self.model, self.optimizer, self.ctx.device)
         self.checkpoints = CheckpointManager(
             self.output_dir / "checkpoints", backend=cfg.train.checkpoint_backend, keep_last=cfg.train.keep_checkpoints
         )
@@ -69,6 +85,7 @@ class RankingRecipe:
             if write_run_files:
                 self._write_run_files()
             print(self.summary())
+            print(f"train step: {pipeline_note}")
         if resume:
             self._resume()
 
@@ -77,6 +94,18 @@ class RankingRecipe:
         log = load_events(cfg.data)
         weights = user_weights(log, cfg.loss.user_weighting)
         return build_ranking_data(cfg.data, seed=cfg.train.seed, user_weights=weights, log=log)
+
+    def _build_lifelong(self) -> LifelongData | None:
+        """Every split's S_all (cached under ``data.lifelong.cache_dir``) when lifelong batches are on."""
+        config = self.cfg.data.lifelong
+        if not config.enabled:
+            return None
+        cache_dir = Path(config.cache_dir) if config.cache_dir else self.output_dir / "lifelong"
+        return prepare_lifelong_data(self.data, config, cache_dir)
+
+    def _collate(self, examples):
+        """The batches' collate function: S_all as the sequence on lifelong data, else the default."""
+        return self.lifelong.collate(examples) if self.lifelong is not None else None
 
     def _build_model(self) -> list[str]:
         cfg = self.cfg
@@ -114,7 +143,7 @@ class RankingRecipe:
         return {
             "step": self.step,
             "epoch": self.epoch,
-            "loader": self.loader.state_dict(),
+            "loader": self._trained_position(),
             "rng": capture_rng_state(),
         }
 
@@ -128,17 +157,39 @@ class RankingRecipe:
             return
         state = self.checkpoints.load(self.model, self.optimizer)
         self.step, self.epoch = state["step"], state["epoch"]
-        self.loader.load_state_dict(state["loader"])
+        self.loader.load_state_dict(self._position_for_this_world(state["loader"]))
         restore_rng_state(state["rng"])
         if self.ctx.is_main:
             print(f"resumed from step {self.step} (epoch {self.epoch}, batch {state['loader']['batches_consumed']})")
 
+    def _trained_position(self) -> dict:
+        """The loader's state at the last trained batch: the pipeline may hold batches read ahead."""
+        state = self.loader.state_dict()
+        state["batches_consumed"] -= self.pipeline.in_flight
+        return state
+
+    def _position_for_this_world(self, saved: dict) -> dict:
+        """A loader position saved by a job of another world size, for this job's loader.
+
+        Batches are global (each rank takes its share), so a position carries over; only the last,
+        partial batch differs: several ranks drop it (``drop_last``), one rank keeps it.
+        """
+        drop_last = self.loader.sampler.drop_last
+        if saved.get("drop_last", drop_last) == drop_last:
+            return saved
+        return {**saved, "drop_last": drop_last, "batches_consumed": min(saved["batches_consumed"], len(self.loader))}
+
     # ------------------------------------------------------------------ train
     def train(self, on_step: Callable[[int], None] | None = None) -> None:
-        """Runs the remaining epochs; ``on_step(step)`` is called after every optimizer step."""
+        """Runs the remaining epochs; ``on_step(step)`` is called after every optimizer step.
+
+        Testing hook: ``RECSYS_FAIL_AT_STEP`` / ``RECSYS_FAIL_RANK`` kill a rank after a given step
+        on a torchrun job's first attempt (see ``recsys.train.fault_injection``).
+        """
         cfg = self.cfg.train
         self.model.train()
         steps_per_epoch = len(self.loader)
+        fail_at = fail_step(self.ctx.rank)
         bar = tqdm(
             total=steps_per_epoch * cfg.epochs,
             initial=self.step,
@@ -148,16 +199,19 @@ class RankingRecipe:
         )
         while self.epoch < cfg.epochs:
             self.loader.set_epoch(self.epoch)
-            for batch in self.loader:
-                loss = self._train_step(batch.to(self.ctx.device))
+            batches = iter(self.loader)
+            while (loss := self._train_step(batches)) is not None:
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    self.run_log.log(self.step, {"train/loss": loss, "train/epoch": self.epoch})
+                    value = float(loss)  # waits for the GPU: only when logging
+                    bar.set_postfix(loss=f"{value:.4f}")
+                    self.run_log.log(self.step, {"train/loss": value, "train/epoch": self.epoch})
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+                maybe_fail(self.step, fail_at)
                 if on_step is not None:
                     on_step(self.step)
+            self.pipeline.detach()  # evaluation calls the model's own forward
             self.epoch += 1
             self._log_eval("valid")
         bar.close()
@@ -167,29 +221,34 @@ class RankingRecipe:
         return make_dataloader(
             examples, batch_size, shuffle=shuffle, seed=self.cfg.train.seed, num_workers=self.cfg.data.num_workers,
             drop_last=shuffle and self.ctx.world_size > 1, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            collate=self._collate(examples),
         )
 
-    def _train_step(self, batch) -> float:
-        loss, _ = self.model(batch)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+    def _train_step(self, batches) -> torch.Tensor | None:
+        """One optimizer step on the next batch of ``batches``: its loss (a detached scalar), or
+        None once the epoch is done."""
+        try:
+            loss, _ = self.pipeline.progress(batches)
+        except StopIteration:
+            return None
         self.step += 1
-        return float(loss.detach())
+        return loss
 
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, dict]:
-        """Per-head AUC / NE of the model on ``split`` ("valid" or "test"), over all ranks' rows."""
+        """Per-head AUC / NE / HIT@3 of the model on ``split`` ("valid" or "test"), over all ranks' rows."""
         examples = self.data.examples(split)
-        metrics = HeadMetrics(self.heads)
+        metrics, hits = HeadMetrics(self.heads), HitAtK(self.heads, k=HIT_K)
         was_training = self.model.training
         self.model.eval()
         for batch in self._loader(examples, self.cfg.train.eval_batch_size, shuffle=False):
             _, logits = self.model(batch.to(self.ctx.device))
-            metrics.update(logits.float().cpu(), self._head_labels(batch))
+            labels = self._head_labels(batch)
+            metrics.update(logits.float().cpu(), labels)
+            hits.update(batch.request_id.cpu(), logits.float().cpu(), labels)
         self.model.train(was_training)
-        return _gather_metrics(metrics, self.ctx)
+        return _gather_metrics(metrics, hits, self.ctx)
 
     def _head_labels(self, batch) -> torch.Tensor:
         columns = [self.data.spec.action_vocab.index(h) for h in self.heads]
@@ -201,10 +260,12 @@ class RankingRecipe:
             self._popularity = PopularityModel().fit(self.data.log, self.data.split.train, self.heads)
         popularity = self._popularity
         examples = self.data.examples(split)
-        metrics = HeadMetrics(self.heads)
+        metrics, hits = HeadMetrics(self.heads), HitAtK(self.heads, k=HIT_K)
         for batch in make_dataloader(examples, self.cfg.train.eval_batch_size, shuffle=False, seed=0):
-            metrics.update(popularity.scores(batch.item_id), self._head_labels(batch))
-        return metrics.compute()
+            scores, labels = popularity.scores(batch.item_id), self._head_labels(batch)
+            metrics.update(scores, labels)
+            hits.update(batch.request_id, scores, labels)
+        return _with_hits(metrics.compute(), hits.compute())
 
     def evaluate_ground_truth(self, split: str) -> dict[str, dict]:
         """Per-head AUC of the generator's true long-term action probabilities on ``split``: what
@@ -218,30 +279,39 @@ class RankingRecipe:
         )  # [N, A]
         columns = [self.data.spec.action_vocab.index(h) for h in self.heads]
         labels = (examples.label_bits[:, None] >> np.asarray(columns)) & 1  # [N, H]
-        metrics = HeadMetrics(self.heads)
-        metrics.update(torch.from_numpy(probabilities[:, columns]).float().logit(eps=1e-6), torch.from_numpy(labels).float())
-        return metrics.compute()
+        scores, labels = torch.from_numpy(probabilities[:, columns]).float().logit(eps=1e-6), torch.from_numpy(labels).float()
+        metrics, hits = HeadMetrics(self.heads), HitAtK(self.heads, k=HIT_K)
+        metrics.update(scores, labels)
+        hits.update(torch.from_numpy(examples.request_id), scores, labels)
+        return _with_hits(metrics.compute(), hits.compute())
 
     def _log_eval(self, split: str) -> dict:
         result = self.evaluate(split)
-        values = {f"{split}/{head}/{name}": m[name] for head, m in result.items() for name in ("auc", "ne")}
+        values = {f"{split}/{head}/{name}": m[name] for head, m in result.items() for name in ("auc", "ne", HIT_NAME)}
         self.run_log.log(self.step, values)
         return result
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self) -> None:
         self.run_log.close()
-        del self.model, self.optimizer
+        del self.pipeline, self.model, self.optimizer
         gc.collect()
         teardown(self.ctx)
 
 
-def _gather_metrics(metrics: HeadMetrics, ctx: DistContext) -> dict[str, dict]:
+def _gather_metrics(metrics: HeadMetrics, hits: HitAtK, ctx: DistContext) -> dict[str, dict]:
+    """Every rank's rows scored together (a request's rows may sit on several ranks)."""
     if ctx.world_size > 1:
         parts = [None] * ctx.world_size
-        dist.all_gather_object(parts, metrics.state())
-        metrics = HeadMetrics.from_states(metrics.heads, parts)
-    return metrics.compute()
+        dist.all_gather_object(parts, (metrics.state(), hits.state()))
+        metrics = HeadMetrics.from_states(metrics.heads, [p[0] for p in parts])
+        hits = HitAtK.from_states(hits.heads, [p[1] for p in parts], hits.k, hits.negative_heads)
+    return _with_hits(metrics.compute(), hits.compute())
+
+
+def _with_hits(metrics: dict[str, dict], hits: dict[str, dict]) -> dict[str, dict]:
+    """Per head: the classification metrics plus ``hit@K`` and ``requests`` (with a positive)."""
+    return {head: {**m, HIT_NAME: hits[head][HIT_NAME], "requests": hits[head]["requests"]} for head, m in metrics.items()}
 
 
 def _write_json(path: Path, value) -> None:
@@ -251,15 +321,23 @@ def _write_json(path: Path, value) -> None:
 
 
 def format_metrics_table(model_name: str, results: dict[str, dict[str, dict]]) -> str:
-    """``results``: {"<model> valid": {head: {"auc", "ne", "positives"}}, ...} -> a text table."""
+    """``results``: {"<model> valid": {head: {"auc", "ne", "hit@3", ...}}, ...} -> a text table.
+
+    One AUC and one HIT@3 column per result, then the first result's NE; a footnote says how to
+    read HIT@3 (for hide, lower is better).
+    """
     columns = list(results)
     heads = list(next(iter(results.values())))
-    header = f"{'head':<12}" + "".join(f"{c + ' AUC':>22}" for c in columns) + f"{'NE (' + columns[0] + ')':>24}"
+    header = (f"{'head':<12}" + "".join(f"{c + ' AUC':>22}" for c in columns)
+              + "".join(f"{c + ' HIT@' + str(HIT_K):>24}" for c in columns) + f"{'NE (' + columns[0] + ')':>24}")
     lines = [header, "-" * len(header)]
     for head in heads:
         row = f"{head:<12}" + "".join(f"{results[c][head]['auc']:>22.4f}" for c in columns)
+        row += "".join(f"{results[c][head].get(HIT_NAME, float('nan')):>24.4f}" for c in columns)
         row += f"{results[columns[0]][head]['ne']:>24.4f}"
         lines.append(row)
+    lines.append(f"HIT@{HIT_K}: share of a head's positives in the top {HIT_K} of their request, sorted by the head's "
+                 "score (hide: lowest first); higher is better, for hide LOWER is better.")
     return "\n".join(lines)
 
 

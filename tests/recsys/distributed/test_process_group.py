@@ -56,3 +56,27 @@ def test_launcher_environment_joins_the_job():
     )
     reports = sorted(results.get() for _ in range(2))
     assert reports == [(0, 2, 0, "gloo", 3.0), (1, 2, 1, "gloo", 3.0)]
+
+
+def test_restarted_attempt_keeps_its_keys_apart_in_the_agent_store(monkeypatch):
+    """torchrun's agent store outlives a failed attempt: each attempt's keys get their own prefix."""
+    from recsys.distributed.process_group import _free_port, _store_of_this_attempt
+
+    port = _free_port()
+    agent_store = dist.TCPStore("127.0.0.1", port, 1, is_master=True)  # what torchrun's agent hosts
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    _store_of_this_attempt().set("peer_address", "new")
+    assert agent_store.get("recsys/attempt_1/peer_address") == b"new"
+
+    ctx = init_distributed()  # joins through the prefixed agent store
+    try:
+        tensor = torch.ones(1)
+        dist.all_reduce(tensor)
+        assert (ctx.rank, ctx.world_size, tensor.item()) == (0, 1, 1.0)
+    finally:
+        teardown(ctx)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    assert _store_of_this_attempt() is None  # rank 0 hosts a fresh store: nothing to keep apart

@@ -1,5 +1,6 @@
 """Pinnability with each sequence encoder: [B, H] logits, backprop, DLRM without an encoder, the time
-window only in training mode, sharded under DMP, overfitting a tiny batch, and the ranking recipe."""
+window only in training mode, sharded under DMP, overfitting a tiny batch, and the ranking recipe;
+lifelong batches (TransAct V2, S_RT[:r] for V1 and BST) and the next-action loss."""
 
 import copy
 import gc
@@ -11,13 +12,14 @@ from recsys.config import load_config
 from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
+from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_LIFELONG, SOURCE_REALTIME_NN, SOURCE_REALTIME_RECENT
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig, build_optimizer
 from recsys.distributed.process_group import init_distributed, teardown
 from recsys.distributed.sharding import ShardingConfig, shard_model
 from recsys.errors import ConfigError, DataError
 from recsys.models import get_model, list_models, model_config
 from recsys.models.dlrm import DLRM, DLRMConfig
-from recsys.models.pinnability import BST_ITEM_TABLE, Pinnability
+from recsys.models.pinnability import BST_ITEM_TABLE, Pinnability, realtime_history
 from recsys.models.task import RankingTask
 from recsys.modules.transact_v1 import TransActV1Quirks
 from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
@@ -214,3 +216,141 @@ def test_trains_under_the_ranking_recipe(tmp_path):
     finally:
         recipe.cleanup()
     assert test["click"]["auc"] > 0.6, test
+
+
+# ---------------------------------------------------------------- lifelong batches, TransAct V2, next-action loss
+LL, RT, RT_NN, IMP = SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION
+# S_all per row: (item, action bits, surface, seconds before the request, source), in S_all order
+S_ALL = [
+    [(21, 0b0001, 0, 900_000, LL), (22, 0b0010, 1, 800_000, LL), (4, 0b0001, 0, 5_000, RT), (5, 0b0011, 1, 600, RT),
+     (6, 0b0001, 0, 30, RT), (23, 0b0100, 2, 90_000, RT_NN), (24, 0, 0, 400, IMP), (25, 0, 1, 200, IMP)],
+    [(4, 0b0001, 0, 5_000, RT), (9, 0b0100, 2, 10, RT), (26, 0, 0, 50, IMP)],
+    [],
+    [(27, 0b1000, 1, 700_000, LL), (2, 0b1000, 1, 70_000, RT), (3, 0b1000, 1, 40, RT), (11, 0b1001, 2, 20, RT),
+     (12, 0b0001, 0, 15, RT), (4, 0, 0, 300, IMP), (28, 0, 2, 100, IMP), (29, 0, 0, 60, IMP)],
+]
+V2_SMALL = {"transact_v2": {"max_sequence": 8, "model_dim": 8, "feedforward_dim": 8, "dropout": 0.0},
+            "next_action_loss": {"max_queries": 64}}
+
+
+def with_sequence(batch: RankingBatch, rows: list[list[tuple]], lifelong: bool, seed: int = 0) -> RankingBatch:
+    """``batch`` with the sequence ``rows`` (and a ``seq_source`` key for lifelong batches)."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = [t for row in rows for t in row]
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.int32)
+    columns = {"seq_item_id": [t[0] for t in tokens], "seq_actions": [t[1] for t in tokens],
+               "seq_surface": [t[2] for t in tokens], "seq_timestamp": [REQUEST - t[3] for t in tokens]}
+    if lifelong:
+        columns["seq_source"] = [t[4] for t in tokens]
+    batch = copy.copy(batch)
+    batch.sequence_features = kjt_from_jagged({k: (torch.tensor(v, dtype=torch.int64), lengths) for k, v in columns.items()})
+    content = torch.randn(100, SPEC.content_dim, generator=gen)  # one vector per item id: same item, same content
+    batch.sequence_content = content[torch.tensor([t[0] for t in tokens], dtype=torch.int64)]
+    return batch
+
+
+def lifelong_batch(seed: int = 0) -> RankingBatch:
+    return with_sequence(make_batch(seed), S_ALL, lifelong=True, seed=seed)
+
+
+def realtime_only_batch(seed: int = 0) -> RankingBatch:
+    """The plain batch whose history is exactly S_RT[:r] of :func:`lifelong_batch`."""
+    return with_sequence(make_batch(seed), [[t for t in row if t[4] == RT] for row in S_ALL], lifelong=False, seed=seed)
+
+
+def v2_model(device=None, **overrides) -> Pinnability:
+    torch.manual_seed(0)
+    return get_model("transact_v2", feature_spec=SPEC, device=device, **SMALL, **{**V2_SMALL, **overrides})
+
+
+def test_transact_v2_zoo_entry_logits_and_next_action_loss():
+    assert "transact_v2" in list_models() and model_config("transact_v2").next_action_loss.enabled
+    assert model_config("transact_v2", next_action_loss={"negatives": "in_batch"}).next_action_loss.enabled  # merged
+    model = v2_model().train()
+    logits = model(lifelong_batch())
+    assert logits.shape == (4, SPEC.num_actions) and torch.isfinite(logits).all()
+    assert model.auxiliary_loss.dim() == 0 and model.auxiliary_loss > 0 and model.auxiliary_loss_weight == 0.01
+    (logits.sum() + model.auxiliary_loss).backward()
+    assert model.sequence_arch.next_action_loss.item_projection.weight.grad.abs().sum() > 0
+    assert model.sequence_arch.encoder.readout_projection.weight.grad.abs().sum() > 0
+    meta = v2_model(device="meta")
+    assert meta.sequence_arch.encoder.position_embedding.weight.device.type == "cpu"
+    with pytest.raises(DataError, match="data.lifelong.enabled"):
+        model(make_batch())  # a plain batch has no S_all
+
+
+def test_transact_v2_next_action_pairs_are_consecutive_realtime_recent_tokens():
+    model = v2_model(next_action_loss={"negatives": "in_batch"}).eval()
+    batch = lifelong_batch()
+    model(batch)
+    arch = model.sequence_arch
+    features = batch.sequence_features.to_dict()
+    lengths = features["seq_actions"].lengths()
+    encoding = arch.encoder.encode(lengths, features["seq_actions"].values(), features["seq_surface"].values(),
+                                   batch.sequence_content, batch.dense_features[:, : SPEC.content_dim])
+    query = torch.tensor([2, 3, 8, 12, 13, 14])  # row 0: RT tokens 2,3,4; row 1: 8,9; row 3: RT tokens 12..15
+    following = query + 1
+    items = features["seq_item_id"].values()
+    expected = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[following], items[following])
+    torch.testing.assert_close(model.auxiliary_loss, expected)
+
+
+@pytest.mark.parametrize("name", ["transact_v1", "bst"])
+def test_lifelong_batches_give_v1_and_bst_their_realtime_recent_part(name):
+    model = small_model(name).eval()
+    torch.testing.assert_close(model(lifelong_batch()), model(realtime_only_batch()))
+
+
+def test_transact_v1_with_the_next_action_loss():
+    with pytest.raises(ConfigError, match="causal"):
+        model_config("transact_v1", next_action_loss={"enabled": True})
+    with pytest.raises(ConfigError, match="TransAct encoder"):
+        model_config("bst", next_action_loss={"enabled": True})
+    overrides = {"transact_v1": {**ENCODERS["transact_v1"]["transact_v1"], "causal": True, "time_window_seconds": 0}}
+    for negatives, batch in (("in_batch", realtime_only_batch()), ("impressions", lifelong_batch())):
+        torch.manual_seed(0)
+        model = get_model("transact_v1", feature_spec=SPEC, **SMALL, **overrides,
+                          next_action_loss={"enabled": True, "negatives": negatives}).train()
+        logits = model(batch)
+        assert torch.isfinite(logits).all() and model.auxiliary_loss > 0
+        model.auxiliary_loss.backward()
+        assert model.sequence_arch.next_action_loss.item_projection.weight.grad.abs().sum() > 0
+    with pytest.raises(DataError, match="impression"):
+        model(realtime_only_batch())  # impression negatives need the impression tokens of lifelong batches
+
+
+def test_causal_transact_v1_outputs_ignore_newer_actions():
+    overrides = {"transact_v1": {**ENCODERS["transact_v1"]["transact_v1"], "causal": True, "time_window_seconds": 0}}
+    model = get_model("transact_v1", feature_spec=SPEC, **SMALL, **overrides).eval()
+    batch = realtime_only_batch()
+    changed = copy.copy(batch)
+    changed.sequence_content = batch.sequence_content.clone()
+    changed.sequence_content[2] += 3.0  # row 0's newest action (rows are oldest first: tokens 0, 1, 2)
+    arch = model.sequence_arch
+
+    def outputs(b):
+        history = realtime_history(b, "transact_v1")
+        return arch.encoder.encode(history.lengths, history.actions, history.content, history.timestamp, b.timestamp,
+                                   b.dense_features[:, : SPEC.content_dim]).outputs
+
+    before, after = outputs(batch), outputs(changed)
+    torch.testing.assert_close(after[0, 1:3], before[0, 1:3])  # older actions (positions 1, 2 newest first) unchanged
+    assert not torch.allclose(after[0, 0], before[0, 0])
+
+
+def test_transact_v2_sharded_trains_with_the_next_action_loss(ctx):
+    model = v2_model(device="meta")
+    task = RankingTask(model, WeightedCrossEntropy(model.heads, SPEC.action_vocab))
+    dmp = shard_model(task, ctx, ShardingConfig(), FusedOptimizerConfig("row_wise_adagrad", lr=0.1))
+    optimizer = build_optimizer(dmp, DenseOptimizerConfig(name="adam", lr=0.01))
+    batch = lifelong_batch(seed=2)
+    losses = []
+    for _ in range(20):
+        loss, _ = dmp(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 2, losses
+    del dmp, optimizer, loss
+    gc.collect()

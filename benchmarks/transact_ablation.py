@@ -1,0 +1,184 @@
+"""TransAct ablation on the synthetic lifelong data: every sequence encoder x seeds, per-head test HIT@3 and AUC.
+
+    python benchmarks/transact_ablation.py --seeds 0 1 2 --parallel 2 --out runs/bench/transact_ablation.json \
+        [key=value ...]
+
+Rows (the TransAct V2 paper's ablation, plus the no-sequence and BST baselines): Pinnability without
+a sequence, BST, TransAct V1, V1 + next-action loss with in-batch negatives, V1 + next-action loss
+with impression negatives, TransAct V2. Each row takes its ``model`` section from its config in
+configs/transact/ and everything else (data, loss, optimiser, trainer) from the TransAct V2 config,
+so all rows train and test on the same lifelong batches (BST and V1 read their realtime part
+S_RT[:32]). A seed sets both the model seed and the synthetic world's seed; the rows of one seed
+share one data build (the store and S_all are built once, under ``<out folder>/lifelong-cache``,
+before the runs start). ``key=value`` overrides apply to every run (e.g. to shrink the data).
+
+Each (row, seed) is one ``recsys train`` process with its own output_dir under the --out folder
+(``--resume`` continues stopped runs). Prints per-head test HIT@3 and AUC as the mean over seeds and
+the half-width of its 95% confidence interval (Student t over seeds), and writes every run as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG = "configs/transact/transact_v2_synthetic.yaml"
+ROWS = (  # (row name, config whose model section the row trains)
+    ("no sequence", "configs/transact/pinnability_synthetic.yaml"),
+    ("BST", "configs/transact/bst_synthetic.yaml"),
+    ("TransAct V1", "configs/transact/transact_v1_synthetic.yaml"),
+    ("V1 + NAL in-batch", "configs/transact/transact_v1_nal_inbatch_synthetic.yaml"),
+    ("V1 + NAL impressions", "configs/transact/transact_v1_nal_impressions_synthetic.yaml"),
+    ("TransAct V2", "configs/transact/transact_v2_synthetic.yaml"),
+)
+METRICS = ("hit@3", "auc")
+# Student t quantiles t_{0.975, df} for df = 1..30 (two-sided 95%).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df}: the table up to 30 degrees of freedom, then its expansion around the normal."""
+    if df < 1:
+        return math.nan
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_and_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (NaN with fewer than 2 values)."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    if len(values) < 2:
+        return values[0], math.nan
+    return statistics.mean(values), t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def row_config(name: str, config: str, folder: Path) -> Path:
+    """A YAML with the row's ``model`` section and the base config's other sections, under ``folder``."""
+    base = yaml.safe_load((ROOT / BASE_CONFIG).read_text())
+    model = yaml.safe_load((ROOT / config).read_text())["model"]
+    path = folder / "configs" / f"{slug(name)}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# recsys train --config {path}\n# {name}: model of {config}, data and training of {BASE_CONFIG}\n"
+    path.write_text(header + yaml.safe_dump({**base, "model": model}, sort_keys=False))
+    return path
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def seed_overrides(seed: int, folder: Path) -> list[str]:
+    return [f"train.seed={seed}", f"data.synthetic.seed={seed}", f"data.lifelong.cache_dir={folder / 'lifelong-cache'}"]
+
+
+def build_data(config: Path, seed: int, folder: Path, overrides: list[str]) -> float:
+    """Builds (or finds) the seed's store and S_all once, before its runs; returns the seconds taken."""
+    from recsys.config import load_config
+    from recsys.data.lifelong_pipeline import prepare_lifelong_data
+    from recsys.data.pipeline import build_ranking_data, load_events
+    from recsys.train.config import TrainConfig
+
+    started = time.time()
+    cfg = load_config(TrainConfig, config, [*seed_overrides(seed, folder), *overrides])
+    data = build_ranking_data(cfg.data, seed=cfg.train.seed, log=load_events(cfg.data))
+    prepare_lifelong_data(data, cfg.data.lifelong, cfg.data.lifelong.cache_dir)
+    return time.time() - started
+
+
+def run_one(name: str, config: Path, seed: int, folder: Path, overrides: list[str], resume: bool) -> dict:
+    out = folder / f"{slug(name)}-seed{seed}"
+    command = [sys.executable, "-m", "recsys.cli", "train", "--config", str(config), *seed_overrides(seed, folder),
+               "train.progress=false", f"output_dir={out}", *overrides, *(["--resume"] if resume else [])]
+    started = time.time()
+    with open(folder / f"{slug(name)}-seed{seed}.log", "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    results = out / "results.json"
+    report = json.loads(results.read_text()) if code == 0 and results.is_file() else None
+    model = yaml.safe_load(config.read_text())["model"]["name"]
+    test = report.get(f"{model} test") if report else None
+    return {"row": name, "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "test": test}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per row and head: mean and 95% half-width of each metric over the seeds that finished."""
+    rows = []
+    for name in dict.fromkeys(r["row"] for r in runs):
+        done = [r["test"] for r in runs if r["row"] == name and r["test"]]
+        if not done:
+            continue
+        heads = list(done[0])
+        rows.append({"row": name, "seeds": len(done), **{
+            f"{metric} {head}": mean_and_interval([float(d[head][metric]) for d in done])
+            for metric in METRICS for head in heads
+        }})
+    return rows
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    """One line per row: ``mean ± half-width`` of ``metric`` for every head."""
+    if not rows:
+        return "no run finished"
+    columns = [key for key in rows[0] if key.startswith(metric + " ")]
+    head = f"{'row':<24}{'seeds':>6}" + "".join(f"{c:>22}" for c in columns)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = "".join(f"{r[c][0]:>13.4f} ± {r[c][1]:<6.4f}" for c in columns)
+        lines.append(f"{r['row']:<24}{r['seeds']:>6}{cells}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=[name for name, _ in ROWS], help="row names to run (default: all)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    parser.add_argument("--resume", action="store_true", help="continue each run from its latest checkpoint")
+    parser.add_argument("--out", default="runs/bench/transact_ablation.json")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    args = parser.parse_args()
+    unknown = sorted(set(args.rows) - {name for name, _ in ROWS})
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows: {[name for name, _ in ROWS]}")
+    out = Path(args.out).resolve()
+    folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    configs = {name: row_config(name, config, folder) for name, config in ROWS if name in args.rows}
+    build_seconds = {seed: build_data(configs[args.rows[0]], seed, folder, args.overrides) for seed in args.seeds}
+    jobs = [(name, config, seed) for seed in args.seeds for name, config in configs.items()]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        runs = list(pool.map(lambda job: run_one(*job, folder, args.overrides, args.resume), jobs))
+    rows = summarise(runs)
+    for metric in METRICS:
+        note = " (hide: lower is better)" if metric == "hit@3" else ""
+        print(f"\ntest {metric.upper()}, mean ± 95% CI half-width over seeds{note}")
+        print(format_table(rows, metric))
+    failed = [f"{r['row']} seed {r['seed']}" for r in runs if not r["test"]]
+    if failed:
+        print(f"\nfailed runs (see their .log files in {folder}): {failed}")
+    report = {"date": date.today().isoformat(), "seeds": args.seeds, "overrides": args.overrides,
+              "data_build_seconds": build_seconds, "summary": rows, "runs": runs}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

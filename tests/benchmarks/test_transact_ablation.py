@@ -1,0 +1,47 @@
+"""The TransAct ablation script's pieces: t intervals, merged row configs that load, and the summary."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from recsys.config import load_config
+from recsys.models import model_config
+from recsys.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("transact_ablation", ROOT / "benchmarks" / "transact_ablation.py")
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def test_t_quantiles_and_intervals():
+    assert ablation.t_quantile_975(2) == pytest.approx(4.303)
+    assert ablation.t_quantile_975(40) == pytest.approx(2.021, abs=2e-3)  # tables: 2.021
+    assert ablation.t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)  # tables: 1.980
+    mean, half = ablation.mean_and_interval([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and half == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    single = ablation.mean_and_interval([0.4])
+    assert single[0] == 0.4 and math.isnan(single[1])
+
+
+@pytest.mark.parametrize("name, config", ablation.ROWS)
+def test_row_configs_take_the_model_of_the_row_and_the_data_of_transact_v2(tmp_path, name, config):
+    path = ablation.row_config(name, config, tmp_path)
+    cfg = load_config(TrainConfig, path, ablation.seed_overrides(1, tmp_path))
+    row = load_config(TrainConfig, ROOT / config)
+    assert cfg.model == row.model and cfg.data.lifelong.enabled and cfg.data.synthetic.seed == 1
+    assert cfg.data.synthetic.num_users == load_config(TrainConfig, ROOT / ablation.BASE_CONFIG).data.synthetic.num_users
+    model_config(cfg.model_name, **cfg.model_overrides)
+
+
+def test_summary_and_table():
+    heads = {"click": {"hit@3": 0.5, "auc": 0.7}, "hide": {"hit@3": 0.2, "auc": 0.6}}
+    runs = [{"row": "TransAct V2", "seed": s, "test": {h: {k: v + 0.01 * s for k, v in m.items()} for h, m in heads.items()}}
+            for s in range(3)] + [{"row": "BST", "seed": 0, "test": None}]
+    rows = ablation.summarise(runs)
+    assert len(rows) == 1 and rows[0]["seeds"] == 3
+    assert rows[0]["hit@3 click"][0] == pytest.approx(0.51) and rows[0]["auc hide"][0] == pytest.approx(0.61)
+    table = ablation.format_table(rows, "hit@3")
+    assert "TransAct V2" in table and "hit@3 click" in table and "auc" not in table
