@@ -102,16 +102,27 @@ def build_data(config: Path, seed: int, folder: Path, overrides: list[str]) -> f
     return time.time() - started
 
 
-def run_one(name: str, config: Path, seed: int, folder: Path, overrides: list[str], resume: bool) -> dict:
+def run_environment(parallel: int) -> dict[str, str]:
+    """The runs' environment: the machine's cores split between the runs that share it (threads
+    of concurrent runs spinning on the same cores slow every run down several times)."""
+    threads = max(1, (os.cpu_count() or 1) // max(parallel, 1))
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+
+
+def run_one(name: str, config: Path, seed: int, folder: Path, overrides: list[str], resume: bool,
+            parallel: int = 1) -> dict:
     out = folder / f"{slug(name)}-seed{seed}"
+    model = yaml.safe_load(config.read_text())["model"]["name"]
+    results = out / "results.json"
+    if resume and results.is_file():  # finished before: read, not rerun
+        return {"row": name, "seed": seed, "exit_code": 0, "wall_seconds": 0.0,
+                "test": json.loads(results.read_text()).get(f"{model} test")}
     command = [sys.executable, "-m", "recsys.cli", "train", "--config", str(config), *seed_overrides(seed, folder),
                "train.progress=false", f"output_dir={out}", *overrides, *(["--resume"] if resume else [])]
     started = time.time()
     with open(folder / f"{slug(name)}-seed{seed}.log", "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    results = out / "results.json"
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=run_environment(parallel))
     report = json.loads(results.read_text()) if code == 0 and results.is_file() else None
-    model = yaml.safe_load(config.read_text())["model"]["name"]
     test = report.get(f"{model} test") if report else None
     return {"row": name, "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "test": test}
 
@@ -149,7 +160,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=[name for name, _ in ROWS], help="row names to run (default: all)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
-    parser.add_argument("--resume", action="store_true", help="continue each run from its latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="read the runs that finished, continue the others from their latest checkpoint")
     parser.add_argument("--out", default="runs/bench/transact_ablation.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     args = parser.parse_args()
@@ -163,7 +175,7 @@ def main() -> None:
     build_seconds = {seed: build_data(configs[args.rows[0]], seed, folder, args.overrides) for seed in args.seeds}
     jobs = [(name, config, seed) for seed in args.seeds for name, config in configs.items()]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, folder, args.overrides, args.resume), jobs))
+        runs = list(pool.map(lambda job: run_one(*job, folder, args.overrides, args.resume, args.parallel), jobs))
     rows = summarise(runs)
     for metric in METRICS:
         note = " (hide: lower is better)" if metric == "hit@3" else ""

@@ -200,7 +200,7 @@ class RankingRecipe:
         while self.epoch < cfg.epochs:
             self.loader.set_epoch(self.epoch)
             batches = iter(self.loader)
-            while (loss := self._train_step(batches)) is not None:
+            while (loss := self.train_step(batches)) is not None:
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     value = float(loss)  # waits for the GPU: only when logging
@@ -224,9 +224,11 @@ class RankingRecipe:
             collate=self._collate(examples),
         )
 
-    def _train_step(self, batches) -> torch.Tensor | None:
-        """One optimizer step on the next batch of ``batches``: its loss (a detached scalar), or
-        None once the epoch is done."""
+    def train_step(self, batches) -> torch.Tensor | None:
+        """One optimizer step of the configured train step (``train.pipeline``) on the next batch
+        of ``batches``: its loss (a detached scalar, not synchronised), or None once every batch
+        taken from ``batches`` has been trained on. ``train()`` calls it once per batch;
+        ``benchmarks/train_throughput.py`` times it."""
         try:
             loss, _ = self.pipeline.progress(batches)
         except StopIteration:

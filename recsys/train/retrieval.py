@@ -138,12 +138,13 @@ class RetrievalRecipe:
             self.loader.set_epoch(self.epoch)
             epoch_started, sequences = time.time(), 0
             for batch in self.loader:
-                loss = self._train_step(batch.to(self.ctx.device))
+                loss = self.train_step(batch.to(self.ctx.device))
                 sequences += batch.batch_size
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    self.run_log.log(self.step, {"train/loss": loss, "train/epoch": self.epoch})
+                    value = float(loss)  # waits for the device: only when logging
+                    bar.set_postfix(loss=f"{value:.4f}")
+                    self.run_log.log(self.step, {"train/loss": value, "train/epoch": self.epoch})
             self.epoch += 1
             train_seconds = time.time() - epoch_started
             self.run_log.log(self.step, {"train/epoch_seconds": train_seconds,
@@ -154,13 +155,16 @@ class RetrievalRecipe:
         bar.close()
         return self.report(time.time() - started)
 
-    def _train_step(self, batch) -> float:
+    def train_step(self, batch) -> torch.Tensor:
+        """One optimizer step on ``batch`` (a SequenceBatch on this rank's device): its loss, a
+        detached scalar tensor (reading it waits for the device; the loop does so only to log).
+        ``train()`` calls it once per batch; ``benchmarks/train_throughput.py`` times it."""
         loss = self.model(batch)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
     def _validate(self, train_seconds: float) -> None:
         eval_started = time.time()
