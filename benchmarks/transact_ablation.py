@@ -2,6 +2,7 @@
 
     python benchmarks/transact_ablation.py --seeds 0 1 2 --parallel 2 --out runs/bench/transact_ablation.json \
         [key=value ...]
+    python benchmarks/transact_ablation.py --suite ml100k --seeds 0 1 2 --out runs/bench/transact_ml100k.json
 
 Rows (the TransAct V2 paper's ablation, plus the no-sequence and BST baselines): Pinnability without
 a sequence, BST, TransAct V1, V1 + next-action loss with in-batch negatives, V1 + next-action loss
@@ -10,7 +11,9 @@ configs/transact/ and everything else (data, loss, optimiser, trainer) from the 
 so all rows train and test on the same lifelong batches (BST and V1 read their realtime part
 S_RT[:32]). A seed sets both the model seed and the synthetic world's seed; the rows of one seed
 share one data build (the store and S_all are built once, under ``<out folder>/lifelong-cache``,
-before the runs start). ``key=value`` overrides apply to every run (e.g. to shrink the data).
+before the runs start). ``--suite ml100k`` is the real-data check: no sequence, BST and TransAct V1
+on MovieLens 100K, every row with the data and training of configs/transact/transact_v1_ml100k.yaml.
+``key=value`` overrides apply to every run (e.g. to shrink the data).
 
 Each (row, seed) is one ``recsys train`` process with its own output_dir under the --out folder
 (``--resume`` continues stopped runs). Prints per-head test HIT@3 and AUC as the mean over seeds and
@@ -43,6 +46,17 @@ ROWS = (  # (row name, config whose model section the row trains)
     ("V1 + NAL impressions", "configs/transact/transact_v1_nal_impressions_synthetic.yaml"),
     ("TransAct V2", "configs/transact/transact_v2_synthetic.yaml"),
 )
+# The real-data check: MovieLens has neither impressions nor lifelong histories beyond the ratings,
+# so only the rows without them.
+ML100K_ROWS = (
+    ("no sequence", "configs/transact/pinnability_ml100k.yaml"),
+    ("BST", "configs/transact/bst_ml100k.yaml"),
+    ("TransAct V1", "configs/transact/transact_v1_ml100k.yaml"),
+)
+SUITES = {  # suite -> (config giving data and training to every row, rows)
+    "synthetic": (BASE_CONFIG, ROWS),
+    "ml100k": ("configs/transact/transact_v1_ml100k.yaml", ML100K_ROWS),
+}
 METRICS = ("hit@3", "auc")
 # Student t quantiles t_{0.975, df} for df = 1..30 (two-sided 95%).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -69,13 +83,13 @@ def mean_and_interval(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
-def row_config(name: str, config: str, folder: Path) -> Path:
+def row_config(name: str, config: str, folder: Path, base_config: str = BASE_CONFIG) -> Path:
     """A YAML with the row's ``model`` section and the base config's other sections, under ``folder``."""
-    base = yaml.safe_load((ROOT / BASE_CONFIG).read_text())
+    base = yaml.safe_load((ROOT / base_config).read_text())
     model = yaml.safe_load((ROOT / config).read_text())["model"]
     path = folder / "configs" / f"{slug(name)}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = f"# recsys train --config {path}\n# {name}: model of {config}, data and training of {BASE_CONFIG}\n"
+    header = f"# recsys train --config {path}\n# {name}: model of {config}, data and training of {base_config}\n"
     path.write_text(header + yaml.safe_dump({**base, "model": model}, sort_keys=False))
     return path
 
@@ -98,7 +112,8 @@ def build_data(config: Path, seed: int, folder: Path, overrides: list[str]) -> f
     started = time.time()
     cfg = load_config(TrainConfig, config, [*seed_overrides(seed, folder), *overrides])
     data = build_ranking_data(cfg.data, seed=cfg.train.seed, log=load_events(cfg.data))
-    prepare_lifelong_data(data, cfg.data.lifelong, cfg.data.lifelong.cache_dir)
+    if cfg.data.lifelong.enabled:
+        prepare_lifelong_data(data, cfg.data.lifelong, cfg.data.lifelong.cache_dir)
     return time.time() - started
 
 
@@ -158,20 +173,25 @@ def format_table(rows: list[dict], metric: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=[name for name, _ in ROWS], help="row names to run (default: all)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="synthetic",
+                        help="synthetic: the ablation on lifelong synthetic data; ml100k: the real-data check")
+    parser.add_argument("--rows", nargs="+", help="row names to run (default: all of the suite)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
     parser.add_argument("--resume", action="store_true",
                         help="read the runs that finished, continue the others from their latest checkpoint")
     parser.add_argument("--out", default="runs/bench/transact_ablation.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     args = parser.parse_args()
-    unknown = sorted(set(args.rows) - {name for name, _ in ROWS})
+    base_config, suite_rows = SUITES[args.suite]
+    names = [name for name, _ in suite_rows]
+    args.rows = args.rows or names
+    unknown = sorted(set(args.rows) - set(names))
     if unknown:
-        parser.error(f"unknown rows {unknown}; rows: {[name for name, _ in ROWS]}")
+        parser.error(f"unknown rows {unknown}; rows of suite {args.suite}: {names}")
     out = Path(args.out).resolve()
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
-    configs = {name: row_config(name, config, folder) for name, config in ROWS if name in args.rows}
+    configs = {name: row_config(name, config, folder, base_config) for name, config in suite_rows if name in args.rows}
     build_seconds = {seed: build_data(configs[args.rows[0]], seed, folder, args.overrides) for seed in args.seeds}
     jobs = [(name, config, seed) for seed in args.seeds for name, config in configs.items()]
     with ThreadPoolExecutor(args.parallel) as pool:
@@ -184,7 +204,7 @@ def main() -> None:
     failed = [f"{r['row']} seed {r['seed']}" for r in runs if not r["test"]]
     if failed:
         print(f"\nfailed runs (see their .log files in {folder}): {failed}")
-    report = {"date": date.today().isoformat(), "seeds": args.seeds, "overrides": args.overrides,
+    report = {"date": date.today().isoformat(), "suite": args.suite, "base_config": base_config, "seeds": args.seeds, "overrides": args.overrides,
               "data_build_seconds": build_seconds, "summary": rows, "runs": runs}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))

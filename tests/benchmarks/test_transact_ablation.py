@@ -26,13 +26,23 @@ def test_t_quantiles_and_intervals():
     assert single[0] == 0.4 and math.isnan(single[1])
 
 
-@pytest.mark.parametrize("name, config", ablation.ROWS)
-def test_row_configs_take_the_model_of_the_row_and_the_data_of_transact_v2(tmp_path, name, config):
-    path = ablation.row_config(name, config, tmp_path)
+SUITE_ROWS = [(suite, name, config) for suite, (_, rows) in ablation.SUITES.items() for name, config in rows]
+
+
+@pytest.mark.parametrize("suite, name, config", SUITE_ROWS)
+def test_row_configs_take_the_model_of_the_row_and_the_data_of_the_suite(tmp_path, suite, name, config):
+    base_config = ablation.SUITES[suite][0]
+    path = ablation.row_config(name, config, tmp_path, base_config)
     cfg = load_config(TrainConfig, path, ablation.seed_overrides(1, tmp_path))
     row = load_config(TrainConfig, ROOT / config)
-    assert cfg.model == row.model and cfg.data.lifelong.enabled and cfg.data.synthetic.seed == 1
-    assert cfg.data.synthetic.num_users == load_config(TrainConfig, ROOT / ablation.BASE_CONFIG).data.synthetic.num_users
+    base = load_config(TrainConfig, ROOT / base_config)
+    assert cfg.model == row.model and cfg.train.seed == 1
+    assert cfg.data.source == base.data.source and cfg.data.lifelong.enabled == base.data.lifelong.enabled
+    if suite == "synthetic":
+        assert cfg.data.lifelong.enabled and cfg.data.synthetic.seed == 1
+        assert cfg.data.synthetic.num_users == base.data.synthetic.num_users
+    else:
+        assert cfg.data.negatives_per_target == base.data.negatives_per_target and cfg.data.max_sequence == base.data.max_sequence
     model_config(cfg.model_name, **cfg.model_overrides)
 
 
