@@ -17,7 +17,9 @@ on MovieLens 100K, every row with the data and training of configs/transact/tran
 
 Each (row, seed) is one ``recsys train`` process with its own output_dir under the --out folder
 (``--resume`` continues stopped runs). Prints per-head test HIT@3 and AUC as the mean over seeds and
-the half-width of its 95% confidence interval (Student t over seeds), and writes every run as JSON.
+the half-width of its 95% confidence interval (Student t over seeds), then each row's per-seed
+difference to the no-sequence row the same way (paired: a seed's synthetic world moves every row
+alike), and writes every run as JSON.
 """
 
 from __future__ import annotations
@@ -157,16 +159,38 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def summarise_paired(runs: list[dict], baseline: str = "no sequence") -> list[dict]:
+    """Per row and head: mean and 95% half-width of ``row - baseline`` over the seeds both finished.
+
+    A seed draws its own synthetic world, so rows differ less from each other on one seed than
+    seeds differ from each other: the per-seed difference removes the world-to-world spread.
+    """
+    base = {r["seed"]: r["test"] for r in runs if r["row"] == baseline and r["test"]}
+    rows = []
+    for name in dict.fromkeys(r["row"] for r in runs if r["row"] != baseline):
+        pairs = [(r["test"], base[r["seed"]]) for r in runs if r["row"] == name and r["test"] and r["seed"] in base]
+        if not pairs:
+            continue
+        heads = list(pairs[0][0])
+        rows.append({"row": f"{name} - {baseline}", "seeds": len(pairs), **{
+            f"{metric} {head}": mean_and_interval([float(a[head][metric]) - float(b[head][metric]) for a, b in pairs])
+            for metric in METRICS for head in heads
+        }})
+    return rows
+
+
 def format_table(rows: list[dict], metric: str) -> str:
-    """One line per row: ``mean ± half-width`` of ``metric`` for every head."""
+    """One line per row: ``mean ± half-width`` of ``metric`` for every head (signed for differences)."""
     if not rows:
         return "no run finished"
+    paired = " - " in rows[0]["row"]
     columns = [key for key in rows[0] if key.startswith(metric + " ")]
-    head = f"{'row':<24}{'seeds':>6}" + "".join(f"{c:>22}" for c in columns)
+    head = f"{'row':<36}{'seeds':>6}" + "".join(f"{c:>22}" for c in columns)
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = "".join(f"{r[c][0]:>13.4f} ± {r[c][1]:<6.4f}" for c in columns)
-        lines.append(f"{r['row']:<24}{r['seeds']:>6}{cells}")
+        cells = "".join(f"{r[c][0]:>+13.4f} ± {r[c][1]:<6.4f}" if paired else f"{r[c][0]:>13.4f} ± {r[c][1]:<6.4f}"
+                        for c in columns)
+        lines.append(f"{r['row']:<36}{r['seeds']:>6}{cells}")
     return "\n".join(lines)
 
 
@@ -196,16 +220,18 @@ def main() -> None:
     jobs = [(name, config, seed) for seed in args.seeds for name, config in configs.items()]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: run_one(*job, folder, args.overrides, args.resume, args.parallel), jobs))
-    rows = summarise(runs)
+    rows, paired = summarise(runs), summarise_paired(runs)
     for metric in METRICS:
         note = " (hide: lower is better)" if metric == "hit@3" else ""
         print(f"\ntest {metric.upper()}, mean ± 95% CI half-width over seeds{note}")
         print(format_table(rows, metric))
+        print(f"\ntest {metric.upper()}, difference to the no-sequence row on the same seed, mean ± 95% CI half-width")
+        print(format_table(paired, metric))
     failed = [f"{r['row']} seed {r['seed']}" for r in runs if not r["test"]]
     if failed:
         print(f"\nfailed runs (see their .log files in {folder}): {failed}")
     report = {"date": date.today().isoformat(), "suite": args.suite, "base_config": base_config, "seeds": args.seeds, "overrides": args.overrides,
-              "data_build_seconds": build_seconds, "summary": rows, "runs": runs}
+              "data_build_seconds": build_seconds, "summary": rows, "paired_with_no_sequence": paired, "runs": runs}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)

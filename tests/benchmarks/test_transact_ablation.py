@@ -55,3 +55,19 @@ def test_summary_and_table():
     assert rows[0]["hit@3 click"][0] == pytest.approx(0.51) and rows[0]["auc hide"][0] == pytest.approx(0.61)
     table = ablation.format_table(rows, "hit@3")
     assert "TransAct V2" in table and "hit@3 click" in table and "auc" not in table
+
+
+def test_paired_summary_takes_per_seed_differences_to_the_no_sequence_row():
+    def run(row, seed, click):
+        return {"row": row, "seed": seed, "test": {"click": {"hit@3": click, "auc": 0.5}}}
+
+    # The worlds of the seeds differ by 0.1 each; TransAct V2 is 0.02 above no sequence on every seed.
+    runs = [run("no sequence", s, 0.5 + 0.1 * s) for s in range(3)]
+    runs += [run("TransAct V2", s, 0.52 + 0.1 * s) for s in range(3)] + [run("BST", 7, 0.9)]
+    rows = ablation.summarise_paired(runs)
+    assert [r["row"] for r in rows] == ["TransAct V2 - no sequence"]  # BST has no seed in common
+    mean, half = rows[0]["hit@3 click"]
+    assert mean == pytest.approx(0.02) and half == pytest.approx(0.0, abs=1e-12)
+    unpaired = {r["row"]: r for r in ablation.summarise(runs)}["TransAct V2"]["hit@3 click"][1]
+    assert unpaired > 0.2  # the spread of the worlds, which pairing removes
+    assert "+0.0200" in ablation.format_table(rows, "hit@3")
