@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tiny import TINY_SYNTHETIC_DLRM
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
@@ -21,15 +23,7 @@ spec.loader.exec_module(throughput)
 
 WARMUP, STEPS = 2, 3
 DLRM_TINY = [  # 5,836 training rows: 12 batches of 512 an epoch
-    "data.synthetic.num_users=120",
-    "data.synthetic.num_items=300",
-    "data.synthetic.mean_events_per_user=60",
-    "data.synthetic.heavy_user_fraction=0.0",
-    "data.num_workers=0",
-    "model.embedding_dim=8",
-    "model.dense_arch_layers=[16, 8]",
-    "model.over_arch_layers=[16]",
-    "model.cross_layers=1",
+    *TINY_SYNTHETIC_DLRM,
     "train.batch_size=512",
 ]
 HSTU_TINY = [  # Beauty's HSTU on the synthetic feed: 73 training sequences, 9 batches of 8 an epoch

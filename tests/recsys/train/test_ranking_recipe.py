@@ -13,17 +13,10 @@ from recsys.distributed.plan_io import load_plan
 from recsys.errors import CheckpointError
 from recsys.train.config import TrainConfig
 from recsys.train.ranking import RankingRecipe, run_training
+from tests.tiny import TINY_SYNTHETIC_DLRM
 
 TINY = [
-    "data.synthetic.num_users=120",
-    "data.synthetic.num_items=300",
-    "data.synthetic.mean_events_per_user=60",
-    "data.synthetic.heavy_user_fraction=0.0",
-    "data.num_workers=0",
-    "model.embedding_dim=8",
-    "model.dense_arch_layers=[16, 8]",
-    "model.over_arch_layers=[16]",
-    "model.cross_layers=1",
+    *TINY_SYNTHETIC_DLRM,
     "train.batch_size=256",
     "train.eval_batch_size=4096",
     "train.epochs=2",
