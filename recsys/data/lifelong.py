@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +52,8 @@ import torch
 from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.examples import RankingExamples
-from recsys.data.lifelong_store import (
-    EventStream,
-    LifelongStore,
-    UserHistory,
-    atomic_directory,
-    load_array,
-    read_meta,
-)
+from recsys.data.directory_io import atomic_directory, load_array, read_meta, write_meta
+from recsys.data.lifelong_store import EventStream, LifelongStore, UserHistory
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import dequantize_int8
 from recsys.ops.nn_select import nn_select
@@ -387,7 +380,7 @@ def _write_meta(folder: Path, examples: RankingExamples, store: LifelongStore, c
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "num_rows": len(examples), "num_tokens": num_tokens,
             "content_dim": store.content_dim, "scale": store.scale, "config": dataclasses.asdict(config),
             "rows_fingerprint": rows_fingerprint(examples)}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(folder, meta)
 
 
 def rows_fingerprint(examples: RankingExamples) -> str:

@@ -20,31 +20,25 @@ both training (many rows at once, :meth:`EventStream.count_before`) and serving 
 :meth:`LifelongStore.user`) select from the same rows without copying them.
 
 On disk a store is a directory of ``.npy`` files (memory-mapped when read) and ``meta.json``,
-written to a temporary sibling directory and renamed into place (:func:`atomic_directory`).
+written to a temporary sibling directory and renamed into place (:mod:`recsys.data.directory_io`).
 
 Shape letters: U users, E events of a stream, C content dimension, n queries.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from recsys.data.directory_io import atomic_directory, load_array, read_meta, write_meta
 from recsys.data.schema import EventLog
 from recsys.errors import DataError
 from recsys.ops.int8_quantization import DEFAULT_SCALE, check_scale, quantize_int8
 
 FORMAT_NAME = "recsys-lifelong-store"
 FORMAT_VERSION = 1
-META = "meta.json"
 STREAMS = ("engaged", "impressions")
 
 
@@ -224,7 +218,7 @@ class LifelongStore:
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "scale": self.scale,
                     "num_users": self.num_users, "content_dim": self.content_dim,
                     "events": {name: len(getattr(self, name)) for name in STREAMS}}
-            (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
+            write_meta(staging, meta)
         return Path(path)
 
     @classmethod
@@ -254,58 +248,3 @@ def _stream(log: EventLog, mask: np.ndarray, codes: np.ndarray) -> EventStream:
         timestamp=log.timestamp[mask],
         content=codes[log.item_id[mask]],
     )
-
-
-# -------------------------------------------------------------------- directories of arrays
-@contextlib.contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yields an empty staging directory beside ``path``; renames it to ``path`` on success.
-
-    On an exception the staging directory is removed and ``path`` is untouched, so a reader never
-    sees a half-written directory. An existing ``path`` is replaced only with ``overwrite``.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path} already exists; pass overwrite=True or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield staging
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def read_meta(path: Path, format_name: str, version: int, required: tuple[str, ...]) -> dict:
-    """``path/meta.json`` checked for format, version and ``required`` keys, else :class:`DataError`."""
-    meta_path = path / META
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path} not found; {path} is not a {format_name} directory (write it first)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{meta_path} is not valid JSON ({exc}); write the directory again") from None
-    if meta.get("format") != format_name or meta.get("version") != version:
-        raise DataError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
-                        f"{format_name!r} version {version}; write it again with this version")
-    missing = [key for key in required if key not in meta]
-    if missing:
-        raise DataError(f"{meta_path} lacks the field(s) {missing}; write the directory again")
-    return meta
-
-
-def load_array(path: Path, name: str, mmap: bool = True) -> np.ndarray:
-    """``path/name`` as a (memory-mapped) array, or :class:`DataError` naming the file."""
-    file = path / name
-    if not file.is_file():
-        raise DataError(f"{file} is missing; the directory {path} is incomplete, write it again")
-    try:
-        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{file} is not a readable .npy file ({exc}); write the directory again") from None

@@ -17,22 +17,19 @@ reader never sees a half-written log. :func:`read_log` checks every file and val
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.data.directory_io import atomic_directory, read_meta, write_meta
 from recsys.data.schema import EventLog, ItemTable
 from recsys.errors import DataError
 
 FORMAT_NAME = "recsys-event-log"
 FORMAT_VERSION = 1
-EVENTS, ITEMS, META = "events.parquet", "items.parquet", "meta.json"
+EVENTS, ITEMS = "events.parquet", "items.parquet"
 USERS, ITEM_IDS = "users.parquet", "item_ids.parquet"
 _EVENT_COLUMNS = EventLog._COLUMNS + EventLog._OPTIONAL_COLUMNS
 _ATTRIBUTE_PREFIX = "attribute:"
@@ -47,17 +44,9 @@ def write_log(log: EventLog, path: str | Path, overwrite: bool = False) -> Path:
         overwrite: replace an existing directory.
     """
     log.validate()
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{path} already exists; pass overwrite=True or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite) as staging:
         _write_files(log, staging)
-        _swap_into_place(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def read_log(path: str | Path) -> EventLog:
@@ -115,7 +104,7 @@ def _write_files(log: EventLog, folder: Path) -> None:
         "has_raw_user_ids": log.raw_user_ids is not None,
         "has_raw_item_ids": log.raw_item_ids is not None,
     }
-    (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(folder, meta)
 
 
 def _items_table(items: ItemTable) -> pa.Table:
@@ -126,35 +115,11 @@ def _items_table(items: ItemTable) -> pa.Table:
     return pa.table(columns)
 
 
-def _swap_into_place(staging: Path, path: Path) -> None:
-    """Renames ``staging`` to ``path``; an existing ``path`` is moved aside first, then deleted."""
-    if not path.exists():
-        os.replace(staging, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-    os.replace(path, old / path.name)
-    os.replace(staging, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # ------------------------------------------------------------------ reading
 def _read_meta(path: Path) -> dict:
-    meta_path = path / META
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path} not found; {path} is not a log written by recsys.data.log_io.write_log")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{meta_path} is not valid JSON ({exc}); rewrite the log with write_log") from None
-    if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
-                        f"{FORMAT_NAME!r} version {FORMAT_VERSION}; convert the source again with this version")
     required = ("num_users", "num_items", "action_vocab", "surface_vocab", "event_columns", "has_items",
                 "attribute_cardinality", "has_raw_user_ids", "has_raw_item_ids")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise DataError(f"{meta_path} lacks the field(s) {missing}; rewrite the log with write_log")
-    return meta
+    return read_meta(path, FORMAT_NAME, FORMAT_VERSION, required, fix="convert the source again with write_log")
 
 
 def _read_parquet(file: Path, columns: list[str]) -> pa.Table:
