@@ -12,7 +12,7 @@ from recsys.models import get_model, list_models
 from recsys.models.hstu_ranking import HSTURanking
 from recsys.modules.hstu import HSTUEncoder
 from recsys.train.config import TrainConfig
-from recsys.train.ranking import RankingRecipe
+from tests.tiny import TINY_SYNTHETIC_DATA, train_and_evaluate
 
 SPEC = FeatureSpec(num_users=7, num_items=30, content_dim=4, max_sequence=6)
 SMALL = dict(embedding_dim=8, num_heads=2, attention_dim=4, linear_dim=4, over_arch_layers=[8], max_candidates_per_pass=4)
@@ -187,11 +187,7 @@ def test_overfits_a_tiny_batch():
 
 
 TINY = [
-    "data.synthetic.num_users=120",
-    "data.synthetic.num_items=300",
-    "data.synthetic.mean_events_per_user=60",
-    "data.synthetic.heavy_user_fraction=0.0",
-    "data.num_workers=0",
+    *TINY_SYNTHETIC_DATA,
     "data.max_sequence=20",
     "model.embedding_dim=16",
     "model.num_layers=1",
@@ -210,11 +206,5 @@ TINY = [
 
 def test_trains_under_the_ranking_recipe(tmp_path):
     cfg = load_config(TrainConfig, "configs/hstu/synthetic_ranking.yaml", [*TINY, f"output_dir={tmp_path}"])
-    recipe = RankingRecipe(cfg)
-    recipe.setup()
-    try:
-        recipe.train()
-        test = recipe.evaluate("test")
-    finally:
-        recipe.cleanup()
+    test = train_and_evaluate(cfg)
     assert test["click"]["auc"] > 0.6, test

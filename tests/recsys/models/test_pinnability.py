@@ -24,7 +24,7 @@ from recsys.models.task import RankingTask
 from recsys.modules.transact_v1 import TransActV1Quirks
 from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
 from recsys.train.config import TrainConfig
-from recsys.train.ranking import RankingRecipe
+from tests.tiny import TINY_SYNTHETIC_DATA, train_and_evaluate
 
 from .conftest import build_batch
 
@@ -158,6 +158,18 @@ def ctx():
     teardown(context)
 
 
+def train_steps(dmp, optimizer, batch, steps: int) -> list[float]:
+    """The losses of ``steps`` optimizer steps of a sharded RankingTask on one batch."""
+    losses = []
+    for _ in range(steps):
+        loss, _ = dmp(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.parametrize("name", ["transact_v1", "bst"])
 def test_sharded_matches_unsharded_and_trains(ctx, name):
     reference = small_model(name).eval()
@@ -173,24 +185,14 @@ def test_sharded_matches_unsharded_and_trains(ctx, name):
     torch.testing.assert_close(logits, reference(batch), atol=1e-5, rtol=1e-5)
     dmp.train()
     optimizer = build_optimizer(dmp, DenseOptimizerConfig(name="adam", lr=0.01))
-    losses = []
-    for _ in range(30):
-        loss, _ = dmp(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(dmp, optimizer, batch, steps=30)
     assert losses[-1] < losses[0] / 2, losses
-    del dmp, optimizer, loss
+    del dmp, optimizer
     gc.collect()
 
 
 TINY = [
-    "data.synthetic.num_users=120",
-    "data.synthetic.num_items=300",
-    "data.synthetic.mean_events_per_user=60",
-    "data.synthetic.heavy_user_fraction=0.0",
-    "data.num_workers=0",
+    *TINY_SYNTHETIC_DATA,
     "data.max_sequence=16",
     "model.embedding_dim=8",
     "model.dense_arch_layers=[16, 8]",
@@ -208,13 +210,7 @@ TINY = [
 
 def test_trains_under_the_ranking_recipe(tmp_path):
     cfg = load_config(TrainConfig, "configs/transact/transact_v1_synthetic.yaml", [*TINY, f"output_dir={tmp_path}"])
-    recipe = RankingRecipe(cfg)
-    recipe.setup()
-    try:
-        recipe.train()
-        test = recipe.evaluate("test")
-    finally:
-        recipe.cleanup()
+    test = train_and_evaluate(cfg)
     assert test["click"]["auc"] > 0.6, test
 
 
@@ -344,13 +340,7 @@ def test_transact_v2_sharded_trains_with_the_next_action_loss(ctx):
     dmp = shard_model(task, ctx, ShardingConfig(), FusedOptimizerConfig("row_wise_adagrad", lr=0.1))
     optimizer = build_optimizer(dmp, DenseOptimizerConfig(name="adam", lr=0.01))
     batch = lifelong_batch(seed=2)
-    losses = []
-    for _ in range(20):
-        loss, _ = dmp(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(dmp, optimizer, batch, steps=20)
     assert losses[-1] < losses[0] / 2, losses
-    del dmp, optimizer, loss
+    del dmp, optimizer
     gc.collect()
