@@ -59,7 +59,7 @@ from recsys.data.readers.common import (
     require_file,
     to_numpy,
 )
-from recsys.data.readers.movielens import ACTION_SCHEMES, ratings_to_actions
+from recsys.data.readers.movielens import ACTION_SCHEMES, ratings_event_log
 from recsys.data.schema import EventLog
 from recsys.errors import ConfigError, DataError
 
@@ -119,21 +119,12 @@ def read_amazon_ratings(
     user, item, rating, timestamp = user[kept], item[kept], rating[kept], timestamp[kept]
     user_kept = np.bincount(user, minlength=len(raw_users)) > 0
     user_id, item_id = _renumber(user, user_kept), _renumber(item, item_space)
-    mask, vocab = ratings_to_actions(rating, actions, like_min, hide_max)
-    return EventLog.from_arrays(
-        user_id=user_id,
-        item_id=item_id,
-        timestamp=timestamp,
-        actions=mask,
-        surface=np.zeros(len(user_id), np.int64),
-        impression=np.ones(len(user_id), bool),
+    return ratings_event_log(
+        user_id, item_id, timestamp, rating, actions, like_min, hide_max,
         num_users=int(user_kept.sum()),
         num_items=int(item_space.sum()),
-        action_vocab=vocab,
-        surface_vocab=("home",),
         raw_user_ids=to_numpy(raw_users.filter(pa.array(user_kept))),
         raw_item_ids=to_numpy(raw_items.filter(pa.array(item_space))),
-        rating=rating.astype(np.float32),
         sort=False,  # already in time_order; from_arrays still checks the order
     )
 

@@ -133,22 +133,9 @@ def read_movielens(
     items = None
     if movies_path.is_file():
         items = _item_table(_read_movies(movies_path, fmt), raw_items, content_dim, movies_path)
-    mask, vocab = ratings_to_actions(rating, actions, like_min, hide_max)
-    return EventLog.from_arrays(
-        user_id=user_id,
-        item_id=item_id,
-        timestamp=timestamp,
-        actions=mask,
-        surface=np.zeros(len(user_id), np.int64),
-        impression=np.ones(len(user_id), bool),
-        num_users=len(raw_users),
-        num_items=len(raw_items),
-        action_vocab=vocab,
-        surface_vocab=("home",),
-        items=items,
-        raw_user_ids=raw_users,
-        raw_item_ids=raw_items,
-        rating=rating.astype(np.float32),
+    return ratings_event_log(
+        user_id, item_id, timestamp, rating, actions, like_min, hide_max,
+        num_users=len(raw_users), num_items=len(raw_items), items=items, raw_user_ids=raw_users, raw_item_ids=raw_items,
     )
 
 
@@ -177,6 +164,33 @@ def ratings_to_actions(
     mask |= np.where(rating >= like_min, 2, 0).astype(np.int32)
     mask |= np.where(rating <= hide_max, 4, 0).astype(np.int32)
     return mask, RATE_LIKE_HIDE
+
+
+def ratings_event_log(
+    user_id: np.ndarray, item_id: np.ndarray, timestamp: np.ndarray, rating: np.ndarray,
+    scheme: str, like_min: float, hide_max: float, **log_fields,
+) -> EventLog:
+    """The event log of explicit ratings: one impression on the single surface "home" per rating,
+    its actions from :func:`ratings_to_actions`, the rating kept as a float32 column.
+
+    Args:
+        user_id / item_id / timestamp / rating: ``[N]`` each.
+        scheme / like_min / hide_max: as :func:`ratings_to_actions`.
+        log_fields: the rest of :meth:`EventLog.from_arrays` (num_users, num_items, raw ids, ...).
+    """
+    mask, vocab = ratings_to_actions(rating, scheme, like_min, hide_max)
+    return EventLog.from_arrays(
+        user_id=user_id,
+        item_id=item_id,
+        timestamp=timestamp,
+        actions=mask,
+        surface=np.zeros(len(user_id), np.int64),
+        impression=np.ones(len(user_id), bool),
+        action_vocab=vocab,
+        surface_vocab=("home",),
+        rating=rating.astype(np.float32),
+        **log_fields,
+    )
 
 
 # ------------------------------------------------------------------ ratings
