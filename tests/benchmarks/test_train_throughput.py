@@ -45,13 +45,7 @@ HSTU_TINY = [  # Beauty's HSTU on the synthetic feed: 73 training sequences, 9 b
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machines' cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def args(config: str, out: Path, overrides: list[str]) -> list[str]:
