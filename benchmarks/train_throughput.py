@@ -15,6 +15,9 @@ one after the other on the same model, each ``--warmup`` untimed steps then ``--
 - ``in_memory``: up to ``--memory-batches`` batches read and moved to the device before timing,
   then cycled, so the step alone is timed. A slower ``loader`` shows a data-loading bottleneck.
 
+``--profile-steps K`` then runs K more in-memory steps under ``torch.profiler`` and prints the ops
+that took the most self time (device time on GPU, host time on CPU); the top ops go into the JSON.
+
 ``train.batch_size`` is the global batch: each of the W ranks trains ``batch_size / W`` rows a step.
 Global examples/s = the examples all ranks trained in the timed steps / the slowest rank's wall time
 (``torch.cuda.synchronize()`` on both sides of the timed region on GPU). Step times per step come
@@ -214,6 +217,30 @@ def measure(recipe, warmup: int, steps: int, memory_batches: int) -> dict[str, T
     return timings
 
 
+def profile_steps(recipe, steps: int, memory_batches: int, top: int = 15) -> tuple[str, list[dict]]:
+    """``steps`` in-memory steps under ``torch.profiler`` -> (printable table, top ops by self time).
+
+    Every rank runs the steps (they hold collectives); each returns its own view.
+    """
+    device = recipe.ctx.device
+    step = step_function(recipe)
+    batches = cycle(batches_in_memory(recipe.loader, min(memory_batches, steps), device))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step(batches)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    averages = profiler.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(averages, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    rows = [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0.0) / 1e3,
+             "self_cpu_ms": e.self_cpu_time_total / 1e3} for e in ops]
+    return averages.table(sort_by=key, row_limit=top), rows
+
+
 # ---------------------------------------------------------------------------- summary
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
@@ -335,11 +362,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=100, help="timed steps of each measurement")
     parser.add_argument("--memory-batches", type=int, default=32,
                         help="distinct batches kept on the device for the in-memory measurement (cycled)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="then profile this many in-memory steps and print the top ops (0: no profile)")
     parser.add_argument("--out", required=True, help="JSON file to write (rank 0)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of --config, e.g. train.batch_size=4096")
     args = parser.parse_args(argv)
-    for name in ("warmup", "steps", "memory_batches"):
-        minimum = 0 if name == "warmup" else 1
+    for name in ("warmup", "steps", "memory_batches", "profile_steps"):
+        minimum = 0 if name in ("warmup", "profile_steps") else 1
         if getattr(args, name) < minimum:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}")
     return args
@@ -355,6 +384,11 @@ def run(args: argparse.Namespace) -> dict | None:
         try:
             per_rank = gather(measure(recipe, args.warmup, args.steps, args.memory_batches), recipe.ctx.world_size)
             report = build_report(args, cfg, recipe, per_rank) if recipe.ctx.is_main else None
+            if args.profile_steps:
+                table, top_ops = profile_steps(recipe, args.profile_steps, args.memory_batches)
+                if report is not None:
+                    print(table)
+                    report["profile"] = {"steps": args.profile_steps, "top_ops": top_ops}
         finally:
             recipe.cleanup()
     if report is not None:

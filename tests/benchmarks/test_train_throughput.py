@@ -71,11 +71,17 @@ def assert_report(report: dict, world_size: int, batch_size: int, model: str) ->
 
 def test_dlrm_one_process(tmp_path, capsys):
     out = tmp_path / "dlrm.json"
-    assert throughput.main(args("configs/dlrm/synthetic.yaml", out, DLRM_TINY)) == 0
+    argv = args("configs/dlrm/synthetic.yaml", out, DLRM_TINY)
+    assert throughput.main(["--profile-steps", "2", *argv]) == 0
     report = json.loads(out.read_text())
     assert_report(report, world_size=1, batch_size=512, model="dlrm")
     assert report["task"] == "ranking" and report["train_step"] == "none"  # auto on CPU: the plain step
-    assert "in-mem ex/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "in-mem ex/s" in printed and "Self CPU" in printed
+    top = report["profile"]["top_ops"]
+    assert report["profile"]["steps"] == 2 and 0 < len(top) <= 15
+    assert [op["self_ms"] for op in top] == sorted((op["self_ms"] for op in top), reverse=True)
+    assert any("addmm" in op["op"] or "mm" in op["op"] for op in top)  # the dense layers' matmuls
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left beside it
 
 

@@ -35,7 +35,9 @@ class SyntheticConfig:
         min_interests / max_interests: number of long-term interests (topics) per user.
         mean_events_per_user: mean impressions per ordinary user (log-normal activity).
         activity_sigma: sigma of the log-normal activity level across users.
-        heavy_user_fraction: fraction of users with a very long history.
+        heavy_user_fraction: fraction of users with a very long history (drawn per user).
+        heavy_users: users ``0..heavy_users-1`` are heavy users whatever their draw, so that small
+            worlds hold a fixed number of long histories on every seed.
         heavy_user_events: mean number of impressions of a heavy user.
         max_events_per_user: hard cap on a user's impressions (also bounds shard memory).
         mean_session_impressions: mean impressions per session (sessions hold 2..20).
@@ -64,6 +66,7 @@ class SyntheticConfig:
     mean_events_per_user: float = 200.0
     activity_sigma: float = 1.0
     heavy_user_fraction: float = 0.01
+    heavy_users: int = 0
     heavy_user_events: int = 12_000
     max_events_per_user: int = 100_000
     mean_session_impressions: float = 9.0
@@ -102,6 +105,8 @@ class SyntheticConfig:
         _require(self, self.mean_events_per_user >= 1, "mean_events_per_user", "must be >= 1")
         _require(self, self.activity_sigma >= 0, "activity_sigma", "must be >= 0")
         _require(self, self.embedding_noise >= 0, "embedding_noise", "must be >= 0")
+        _require(self, 0 <= self.heavy_users <= self.num_users, "heavy_users",
+                 f"must lie between 0 and num_users ({self.num_users})")
         _require(self, self.heavy_user_events <= self.max_events_per_user, "heavy_user_events",
                  f"must be <= max_events_per_user ({self.max_events_per_user})")
         _require(self, self.page_size_max >= self.page_size_min, "page_size_max", "must be >= page_size_min")

@@ -7,7 +7,8 @@ of the period in [0, 1)) the weights are normalised to a topic mix, and the user
 interest vector is the unit-norm mix of the topics' centroids.
 
 Activity is log-normal across users (mean ``mean_events_per_user``); a fraction
-``heavy_user_fraction`` of users are heavy users with about ``heavy_user_events`` impressions.
+``heavy_user_fraction`` of users, and users ``0..heavy_users-1``, are heavy users with about
+``heavy_user_events`` impressions.
 
 Shape letters: K interests, n query times, C content dimension.
 """
@@ -88,7 +89,7 @@ def user_profile(
     appear = rng.uniform(-0.3, 0.9, size=k)
     fade = appear + rng.uniform(0.3, 1.2, size=k)
     appear[0], fade[0] = -np.inf, np.inf
-    heavy = bool(rng.random() < config.heavy_user_fraction)
+    heavy = bool(rng.random() < config.heavy_user_fraction) or user_id < config.heavy_users
     return UserProfile(
         user_id=int(user_id),
         topics=topics,

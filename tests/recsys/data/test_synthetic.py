@@ -107,6 +107,20 @@ def test_heavy_users_reach_ten_thousand_events():
     assert 5 <= sum(flags) <= 40
 
 
+def test_heavy_users_count_fixes_the_first_users_as_heavy():
+    """``heavy_users`` makes users 0..n-1 heavy on every seed and leaves every other user's draw alone."""
+    for seed in range(3):
+        base = SyntheticWorld(SyntheticConfig(num_users=50, heavy_user_fraction=0.0, seed=seed))
+        fixed = SyntheticWorld(SyntheticConfig(num_users=50, heavy_user_fraction=0.0, heavy_users=3, seed=seed))
+        profiles = [fixed.user_profile(u) for u in range(50)]
+        assert [p.heavy for p in profiles] == [True] * 3 + [False] * 47
+        assert all(p.num_events >= 0.9 * 12_000 for p in profiles[:3])
+        for u in range(3, 50):
+            assert profiles[u].num_events == base.user_profile(u).num_events
+    with pytest.raises(ConfigError, match="heavy_users"):
+        SyntheticConfig(num_users=5, heavy_users=6)
+
+
 def test_engaged_items_are_closer_to_interests_than_ignored_ones(world, log):
     interest = world.interest_vectors(log.user_id, log.timestamp)  # [N, C]
     affinity = np.einsum("nc,nc->n", interest, log.items.content_embedding[log.item_id])
