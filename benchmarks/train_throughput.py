@@ -220,7 +220,9 @@ def measure(recipe, warmup: int, steps: int, memory_batches: int) -> dict[str, T
 def profile_steps(recipe, steps: int, memory_batches: int, top: int = 15) -> tuple[str, list[dict]]:
     """``steps`` in-memory steps under ``torch.profiler`` -> (printable table, top ops by self time).
 
-    Every rank runs the steps (they hold collectives); each returns its own view.
+    Ops and kernels only: annotated ranges (``record_function``, e.g. TorchRec's ``[lookup]`` and
+    DDP's forward) overlap the ops they hold and are left out. Self time is device time on GPU,
+    host time on CPU. Every rank runs the steps (they hold collectives); each returns its own view.
     """
     device = recipe.ctx.device
     step = step_function(recipe)
@@ -233,12 +235,18 @@ def profile_steps(recipe, steps: int, memory_batches: int, top: int = 15) -> tup
             step(batches)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    averages = profiler.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    ops = sorted(averages, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    ops = [e for e in profiler.key_averages() if not getattr(e, "is_user_annotation", False)]
+    ops = sorted(ops, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
     rows = [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key, 0.0) / 1e3,
              "self_cpu_ms": e.self_cpu_time_total / 1e3} for e in ops]
-    return averages.table(sort_by=key, row_limit=top), rows
+    where = "device" if device.type == "cuda" else "CPU"
+    host = device.type == "cuda"  # a second column: the host time of the same ops
+    lines = [f"top ops of {steps} profiled steps by self {where} time",
+             f"{'op':<60}{'calls':>8}{'self ' + where + ' ms':>16}" + (f"{'self CPU ms':>13}" if host else "")]
+    lines += [f"{r['op'][:59]:<60}{r['calls']:>8}{r['self_ms']:>16.3f}" + (f"{r['self_cpu_ms']:>13.3f}" if host else "")
+              for r in rows]
+    return "\n".join(lines), rows
 
 
 # ---------------------------------------------------------------------------- summary

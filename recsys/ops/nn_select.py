@@ -82,8 +82,16 @@ def triton_interpret_requested() -> bool:
 
 
 def _nn_select_triton(*args, **kwargs) -> torch.Tensor:
-    from recsys.kernels.nn_select_triton import nn_select_triton  # triton loads on first use only
-
+    try:
+        from recsys.kernels.nn_select_triton import nn_select_triton  # triton loads on first use only
+    except ModuleNotFoundError as e:
+        if e.name not in ("recsys.kernels", "recsys.kernels.nn_select_triton"):
+            raise
+        raise ConfigError(
+            "nn_select: kernel 'triton' needs recsys.kernels, which the package installs from the "
+            "top-level kernels/ folder; a checkout on PYTHONPATH alone lacks it: run `pip install -e .` "
+            "in the checkout, or use kernel='pytorch'"
+        ) from e
     return nn_select_triton(*args, **kwargs)
 
 

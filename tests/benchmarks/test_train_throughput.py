@@ -77,7 +77,7 @@ def test_dlrm_one_process(tmp_path, capsys):
     assert_report(report, world_size=1, batch_size=512, model="dlrm")
     assert report["task"] == "ranking" and report["train_step"] == "none"  # auto on CPU: the plain step
     printed = capsys.readouterr().out
-    assert "in-mem ex/s" in printed and "Self CPU" in printed
+    assert "in-mem ex/s" in printed and "top ops of 2 profiled steps by self CPU time" in printed
     top = report["profile"]["top_ops"]
     assert report["profile"]["steps"] == 2 and 0 < len(top) <= 15
     assert [op["self_ms"] for op in top] == sorted((op["self_ms"] for op in top), reverse=True)

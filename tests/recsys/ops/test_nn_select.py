@@ -1,5 +1,7 @@
 """Nearest-neighbour selection: the op against a brute force written from the definition."""
 
+import sys
+
 import pytest
 import torch
 
@@ -140,3 +142,12 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="TRITON_INTERPRET"):
         nn_select(values, starts, lengths, candidates, candidate_seq, 2, kernel="triton")
+
+
+def test_triton_without_the_installed_kernels_package_names_the_fix(monkeypatch):
+    """A checkout on PYTHONPATH without `pip install -e .` has no recsys.kernels (mapped from kernels/)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(sys.modules, "recsys.kernels.nn_select_triton", None)  # import fails as if absent
+    case = random_case([6, 4], 2, 3, seed=9)
+    with pytest.raises(ConfigError, match="pip install -e"):
+        nn_select(*case, 2, kernel="triton")
