@@ -3,7 +3,12 @@
 Every backend implements the same signature and the semantics written down in
 :mod:`recsys.ops.hstu_attention_reference` (pure PyTorch, runs everywhere). Faster backends
 register themselves with :func:`register_hstu_attention_backend`; ``kernel="auto"`` takes the most
-recently registered backend that supports the input, else the reference.
+recently registered backend that supports the input (and a gradient, when one is needed), else
+the reference. Registered here: ``"pytorch"`` (the reference) and ``"triton"``
+(:mod:`recsys.kernels.hstu_attention_triton`, forward only: on CUDA under ``"auto"`` when no
+gradient is needed, for bfloat16 / float16, and for float32 when TF32 matmuls are allowed (exact
+float32 products are slower than the reference); on CPU tensors only when asked for by name with
+``TRITON_INTERPRET=1``).
 
 Jagged layout: tokens of all sequences are concatenated along dim 0 and ``seq_offsets`` (``[B + 1]``
 int64, ``seq_offsets[0] == 0``) marks where each sequence starts::
@@ -34,6 +39,7 @@ from recsys.errors import ConfigError, DataError
 from recsys.modules.relative_bias import DEFAULT_TIME_BUCKET_BASE
 from recsys.ops.hstu_attention_layout import HSTUAttentionLayout, build_hstu_attention_layout
 from recsys.ops.hstu_attention_reference import hstu_attention_reference
+from recsys.ops.triton_kernels import load_kernel, triton_interpret_requested
 
 NORMALIZATIONS = ("length", "max_len")
 
@@ -47,20 +53,31 @@ class HSTUAttentionBackend:
         fn: a callable with :func:`hstu_attention_reference`'s signature (it receives ``layout=``
             and may ignore it).
         supports: whether it can run on these inputs (given ``q``), e.g. a CUDA device check.
+        auto: whether ``kernel="auto"`` may pick it for these inputs (default: ``supports``).
+        differentiable: whether its output has a gradient; a forward-only backend is skipped by
+            ``"auto"`` and refused by name when q, k, v or a bias table needs one.
     """
 
     name: str
     fn: Callable[..., torch.Tensor]
     supports: Callable[[torch.Tensor], bool]
+    auto: Callable[[torch.Tensor], bool]
+    differentiable: bool = True
 
 
 _BACKENDS: dict[str, HSTUAttentionBackend] = {}
 
 
-def register_hstu_attention_backend(name: str, fn: Callable[..., torch.Tensor], supports: Callable[[torch.Tensor], bool]) -> None:
-    """Make ``fn`` selectable as ``kernel=name``; the newest supporting backend wins under ``"auto"``."""
+def register_hstu_attention_backend(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    supports: Callable[[torch.Tensor], bool],
+    auto: Callable[[torch.Tensor], bool] | None = None,
+    differentiable: bool = True,
+) -> None:
+    """Make ``fn`` selectable as ``kernel=name``; the newest backend ``auto`` accepts wins under ``"auto"``."""
     _BACKENDS.pop(name, None)
-    _BACKENDS[name] = HSTUAttentionBackend(name, fn, supports)
+    _BACKENDS[name] = HSTUAttentionBackend(name, fn, supports, auto if auto is not None else supports, differentiable)
 
 
 def hstu_attention_kernels() -> list[str]:
@@ -68,7 +85,19 @@ def hstu_attention_kernels() -> list[str]:
     return list(_BACKENDS)
 
 
+def _hstu_attention_triton(*args, **kwargs) -> torch.Tensor:
+    kernel = load_kernel("hstu_attention_triton", "hstu_attention_triton", "hstu_attention")  # triton loads on first use only
+    return kernel(*args, **kwargs)
+
+
 register_hstu_attention_backend("pytorch", hstu_attention_reference, lambda q: True)
+register_hstu_attention_backend(
+    "triton",
+    _hstu_attention_triton,
+    supports=lambda q: q.is_cuda or triton_interpret_requested(),
+    auto=lambda q: q.is_cuda and (q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32),
+    differentiable=False,
+)
 
 
 def hstu_attention(
@@ -132,7 +161,7 @@ def hstu_attention(
         )
     else:
         _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization)
-    backend = _select_backend(kernel, q)
+    backend = _select_backend(kernel, q, _needs_grad(q, k, v, position_bias, time_bias))
     return backend.fn(
         q, k, v, seq_offsets, max_seq_len,
         alpha=alpha, timestamps=timestamps, position_bias=position_bias, time_bias=time_bias,
@@ -141,14 +170,24 @@ def hstu_attention(
     )
 
 
-def _select_backend(kernel: str, q: torch.Tensor) -> HSTUAttentionBackend:
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _select_backend(kernel: str, q: torch.Tensor, needs_grad: bool) -> HSTUAttentionBackend:
     if kernel == "auto":
-        return next(b for b in reversed(_BACKENDS.values()) if b.supports(q))
+        return next(b for b in reversed(_BACKENDS.values()) if b.auto(q) and (b.differentiable or not needs_grad))
     if kernel not in _BACKENDS:
         raise ConfigError(f"hstu_attention: kernel={kernel!r} is unknown; use 'auto' or one of {hstu_attention_kernels()}")
     backend = _BACKENDS[kernel]
     if not backend.supports(q):
-        raise ConfigError(f"hstu_attention: kernel={kernel!r} cannot run on {q.device} {q.dtype}; use kernel='auto'")
+        hint = " (or set TRITON_INTERPRET=1 to run a Triton kernel on CPU)" if kernel == "triton" else ""
+        raise ConfigError(f"hstu_attention: kernel={kernel!r} cannot run on {q.device} {q.dtype}; use kernel='auto'{hint}")
+    if needs_grad and not backend.differentiable:
+        raise ConfigError(
+            f"hstu_attention: kernel={kernel!r} is forward-only and an input requires a gradient; "
+            "use kernel='auto' or 'pytorch' for training, or call under torch.no_grad()"
+        )
     return backend
 
 

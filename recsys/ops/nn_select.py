@@ -26,7 +26,6 @@ Shape letters: T tokens, C content dimension, R sequences, B candidates, k token
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +34,7 @@ import torch
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import DEFAULT_SCALE, check_scale
 from recsys.ops.nn_select_reference import nn_select_reference
+from recsys.ops.triton_kernels import load_kernel, triton_interpret_requested
 
 MAX_CONTENT_DIM = 100_000  # int32 scores stay exact up to here (C * 127 * 127 < 2^31)
 
@@ -76,23 +76,9 @@ def nn_select_kernels() -> list[str]:
     return list(_BACKENDS)
 
 
-def triton_interpret_requested() -> bool:
-    """True when ``TRITON_INTERPRET=1`` is set: Triton kernels then run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _nn_select_triton(*args, **kwargs) -> torch.Tensor:
-    try:
-        from recsys.kernels.nn_select_triton import nn_select_triton  # triton loads on first use only
-    except ModuleNotFoundError as e:
-        if e.name not in ("recsys.kernels", "recsys.kernels.nn_select_triton"):
-            raise
-        raise ConfigError(
-            "nn_select: kernel 'triton' needs recsys.kernels, which the package installs from the "
-            "top-level kernels/ folder; a checkout on PYTHONPATH alone lacks it: run `pip install -e .` "
-            "in the checkout, or use kernel='pytorch'"
-        ) from e
-    return nn_select_triton(*args, **kwargs)
+    kernel = load_kernel("nn_select_triton", "nn_select_triton", "nn_select")  # triton loads on first use only
+    return kernel(*args, **kwargs)
 
 
 register_nn_select_backend("pytorch", nn_select_reference, lambda values: True)

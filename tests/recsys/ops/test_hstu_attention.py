@@ -185,3 +185,31 @@ def test_bad_arguments_raise_clear_errors():
         hstu_attention(q, k, v, offsets, 8, num_targets=torch.tensor([4, 0]))
     with pytest.raises(DataError, match="Dqk"):
         hstu_attention(q, k[:, :, :2], v, offsets, 8)
+
+
+def test_auto_skips_forward_only_backends_when_a_gradient_is_needed(monkeypatch):
+    """A forward-only backend that accepts every input: auto takes it under no_grad only; by name
+    it is refused when a gradient is needed; the triton kernel is never auto-picked on CPU."""
+    import recsys.ops.hstu_attention as op
+
+    monkeypatch.setattr(op, "_BACKENDS", dict(op._BACKENDS))
+    calls = []
+
+    def forward_only(q, k, v, *args, **kwargs):
+        calls.append(q.requires_grad)
+        return op.hstu_attention_reference(q, k, v, *args, **kwargs)
+
+    op.register_hstu_attention_backend("forward_only", forward_only, lambda q: True, differentiable=False)
+    x = make_inputs([3, 2])
+    q = x["q"].clone().requires_grad_(True)
+    out = hstu_attention(q, x["k"], x["v"], x["seq_offsets"], 8)  # needs a gradient: the reference
+    assert calls == [] and out.requires_grad
+    with torch.no_grad():
+        hstu_attention(q, x["k"], x["v"], x["seq_offsets"], 8)
+    assert calls == [True]
+    with pytest.raises(ConfigError, match="forward-only"):
+        hstu_attention(q, x["k"], x["v"], x["seq_offsets"], 8, kernel="forward_only")
+    del op._BACKENDS["forward_only"]
+    with torch.no_grad():  # CPU tensors: auto leaves the Triton kernel (and its interpreter) alone
+        assert op._select_backend("auto", x["q"], needs_grad=False).name == "pytorch"
+    assert {"pytorch", "triton"} <= set(hstu_attention_kernels())
