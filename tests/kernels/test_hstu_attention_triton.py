@@ -14,8 +14,9 @@ from recsys.ops.hstu_attention_layout import build_hstu_attention_layout
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_case(lengths, heads=2, dqk=16, dv=16, max_seq_len=80, num_buckets=8, seed=0, dtype=torch.float32):
-    """Jagged q, k, v of ragged sequences, sorted timestamps and both bias tables, on DEVICE."""
+def make_case(lengths, heads=2, dqk=16, dv=16, max_seq_len=80, num_buckets=64, seed=0, dtype=torch.float32):
+    """Jagged q, k, v of ragged sequences, sorted timestamps and both bias tables, on DEVICE (time
+    gaps up to 10^6 s span ~46 of the 64 log buckets of width 0.301)."""
     g = torch.Generator().manual_seed(seed)
     total = sum(lengths)
     tensors = dict(
