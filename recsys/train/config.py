@@ -112,6 +112,9 @@ class TrainerConfig:
         pipeline: ranking train step: "sparse_dist" (TorchRec's TrainPipelineSparseDist: the ids of
             the next batch travel to their ranks while this one trains), "none" (one batch at a
             time), or "auto" (sparse_dist on CUDA when the model's forward traces, none on CPU).
+        matmul_precision: float32 matmuls, as ``torch.set_float32_matmul_precision``: "highest"
+            (exact float32, PyTorch's default), "high" (TF32 tensor cores on GPUs that have them;
+            also lets evaluation use the Triton HSTU attention kernel) or "medium" (bf16 passes).
     """
 
     epochs: int = 1
@@ -128,6 +131,7 @@ class TrainerConfig:
     patience: int = 0
     eval_every: int = 1
     pipeline: Literal["auto", "sparse_dist", "none"] = "auto"
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
 
 
 @dataclass

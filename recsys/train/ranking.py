@@ -74,6 +74,7 @@ class RankingRecipe:
         self.lifelong = self._build_lifelong()
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
+        torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         self.heads = self._build_model()
         self.loader = self._loader(self.data.train, cfg.train.batch_size, shuffle=True)
         self.pipeline, pipeline_note = build_train_step(cfg.train.pipeline, self.model, self.optimizer, self.ctx.device)

@@ -56,6 +56,7 @@ class RetrievalRecipe:
         self._build_data()  # before the process group: a config or data error leaves nothing to tear down
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
+        torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
         self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse)
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)

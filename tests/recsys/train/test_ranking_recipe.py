@@ -102,3 +102,17 @@ def test_resume_refuses_a_corrupted_checkpoint(tmp_path):
     victim.write_bytes(victim.read_bytes()[:-7])
     with pytest.raises(CheckpointError, match="corrupt|size|sha256"):
         train_to_end(cfg, resume=True)
+
+
+def test_matmul_precision_is_set_from_the_config(tmp_path):
+    from recsys.errors import ConfigError
+
+    recipe = RankingRecipe(tiny_config(tmp_path, "train.matmul_precision=high"))
+    try:
+        recipe.setup(write_run_files=False)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        recipe.cleanup()
+        torch.set_float32_matmul_precision("highest")
+    with pytest.raises(ConfigError, match="matmul_precision"):
+        tiny_config(tmp_path, "train.matmul_precision=fast")
