@@ -11,7 +11,6 @@ of mean +- standard deviation and writes every run's metrics as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from recsys.atomic_files import write_json_atomic
 from recsys.cli import _quiet_library_noise
 from recsys.config import load_config
 from recsys.train.config import TrainConfig
@@ -77,13 +77,10 @@ def main() -> None:
     runs = [run_one(c, s, out.parent, args.overrides) for c in args.configs for s in args.seeds]
     rows = summarise(runs)
     print(format_table(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({
+    write_json_atomic(out, {
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "summary": rows, "runs": runs,
-    }, indent=2))
-    os.replace(tmp, out)
+    })
     print(f"wrote {out}")
 
 

@@ -21,12 +21,12 @@ compute exact float32 products).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from recsys.atomic_files import write_json_atomic
 from recsys.ops.hstu_attention import hstu_attention
 from recsys.ops.hstu_attention_layout import build_hstu_attention_layout
 
@@ -84,23 +84,28 @@ def time_ms(fn, device: str, repeats: int) -> float:
 
 def run(shapes, backends: list[str], dtype: torch.dtype, device: str, repeats: int) -> list[dict]:
     rows = []
-    for name, num_seqs, longest, heads, dim in shapes:
-        x, lengths = make_inputs(num_seqs, longest, heads, dim, dtype, device)
-        with torch.no_grad():
-            exact = {**x, **{n: x[n].float() for n in ("q", "k", "v")}}
-            want = hstu_attention(**exact, kernel="pytorch")
-            flops = useful_flops(lengths, heads, dim)
-            for backend in backends:
-                got = hstu_attention(**x, kernel=backend)
-                error = float((got.float() - want).abs().max())
-                ms = time_ms(lambda: hstu_attention(**x, kernel=backend), device, repeats)
-                tflops = flops / (ms * 1e-3) / 1e12
-                rows.append(dict(shape=name, sequences=num_seqs, longest=longest, tokens=int(lengths.sum()),
-                                 heads=heads, dim=dim, dtype=str(dtype).removeprefix("torch."), backend=backend,
-                                 ms=ms, tflops=tflops, peak_share=tflops / PEAK_TFLOPS, max_abs_error=error))
-        del x
+    for shape in shapes:
+        rows += run_shape(*shape, backends, dtype, device, repeats)
         if device == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # the shape's inputs are gone with run_shape's frame
+    return rows
+
+
+@torch.no_grad()
+def run_shape(name: str, num_seqs: int, longest: int, heads: int, dim: int, backends: list[str],
+              dtype: torch.dtype, device: str, repeats: int) -> list[dict]:
+    """One row per backend: time, TFLOP/s and the largest difference to the float32 reference."""
+    x, lengths = make_inputs(num_seqs, longest, heads, dim, dtype, device)
+    want = hstu_attention(**{**x, **{n: x[n].float() for n in ("q", "k", "v")}}, kernel="pytorch")
+    flops = useful_flops(lengths, heads, dim)
+    rows = []
+    for backend in backends:
+        error = float((hstu_attention(**x, kernel=backend).float() - want).abs().max())
+        ms = time_ms(lambda: hstu_attention(**x, kernel=backend), device, repeats)
+        tflops = flops / (ms * 1e-3) / 1e12
+        rows.append(dict(shape=name, sequences=num_seqs, longest=longest, tokens=int(lengths.sum()),
+                         heads=heads, dim=dim, dtype=str(dtype).removeprefix("torch."), backend=backend,
+                         ms=ms, tflops=tflops, peak_share=tflops / PEAK_TFLOPS, max_abs_error=error))
     return rows
 
 
@@ -133,10 +138,7 @@ def main() -> None:
     print(format_table(rows))
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "peak_tflops": PEAK_TFLOPS, "allow_tf32": args.tf32, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
 
 

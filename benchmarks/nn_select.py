@@ -18,13 +18,13 @@ not what the memory system carried. The op is compute- and latency-bound, so the
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from recsys.atomic_files import write_json_atomic
 from recsys.ops.int8_quantization import quantize_int8
 from recsys.ops.nn_select import nn_select
 
@@ -117,10 +117,7 @@ def main() -> None:
     print(format_table(rows))
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "hbm_gb_per_s": HBM_GBPS, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
 
 

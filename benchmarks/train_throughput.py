@@ -31,7 +31,6 @@ go to a temporary directory that is removed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from recsys.atomic_files import write_json_atomic
 from recsys.cli import _quiet_library_noise
 from recsys.config import load_config
 from recsys.env import check_environment
@@ -355,13 +355,6 @@ def format_table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -401,7 +394,7 @@ def run(args: argparse.Namespace) -> dict | None:
             recipe.cleanup()
     if report is not None:
         print(format_table([report]))
-        write_json(Path(args.out), report)
+        write_json_atomic(args.out, report)
         print(f"wrote {args.out}")
     return report
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from recsys.atomic_files import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = "configs/transact/transact_v2_synthetic.yaml"
 ROWS = (  # (row name, config whose model section the row trains)
@@ -232,9 +234,7 @@ def main() -> None:
         print(f"\nfailed runs (see their .log files in {folder}): {failed}")
     report = {"date": date.today().isoformat(), "suite": args.suite, "base_config": base_config, "seeds": args.seeds, "overrides": args.overrides,
               "data_build_seconds": build_seconds, "summary": rows, "paired_with_no_sequence": paired, "runs": runs}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, report)
     print(f"wrote {out}")
 
 

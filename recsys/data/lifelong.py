@@ -89,7 +89,7 @@ class LifelongConfig:
     impression_k: int = 32
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(LifelongConfig):  # these fields only (subclasses add others)
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ConfigError(f"LifelongConfig.{f.name}={value!r} must be an integer >= 0")

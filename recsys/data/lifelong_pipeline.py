@@ -55,43 +55,37 @@ from recsys.ops.int8_quantization import DEFAULT_SCALE
 SPLITS = ("train", "valid", "test")
 
 
-@dataclass
-class LifelongDataConfig:
+@dataclass(frozen=True)
+class LifelongDataConfig(LifelongConfig):
     """``data.lifelong``: build S_all for every row and train on lifelong batches.
 
     Args:
-        enabled: use lifelong batches (sequence models read S_all; TransAct V2 needs them).
         lifelong_max / realtime_max / impression_max / lifelong_k / realtime_recent / realtime_k /
-            impression_k: :class:`~recsys.data.lifelong.LifelongConfig`'s fields (the paper's
+            impression_k: inherited from :class:`~recsys.data.lifelong.LifelongConfig` (the paper's
             10^4 / 100 / 100 and 96 + 32 + 32 + 32 = 192 tokens by default).
+        enabled: use lifelong batches (sequence models read S_all; TransAct V2 needs them).
         scale: int8 scale of the stored content embeddings (the paper's 0.65).
         cache_dir: where store and sequences are cached; None = ``<output_dir>/lifelong``.
-        kernel: nearest-neighbour selection backend ("auto", "reference" or "triton").
+        kernel: nearest-neighbour selection backend ("auto", "pytorch" or "triton"; see
+            :func:`recsys.ops.nn_select.nn_select_kernels`).
         device: where the selection runs while building ("cpu" or "cuda").
         chunk_rows: rows selected per call while building.
     """
 
     enabled: bool = False
-    lifelong_max: int = 10_000
-    realtime_max: int = 100
-    impression_max: int = 100
-    lifelong_k: int = 96
-    realtime_recent: int = 32
-    realtime_k: int = 32
-    impression_k: int = 32
     scale: float = DEFAULT_SCALE
     cache_dir: str | None = None
-    kernel: Literal["auto", "reference", "triton"] = "auto"
+    kernel: Literal["auto", "pytorch", "triton"] = "auto"
     device: str = "cpu"
     chunk_rows: int = 4096
 
     def __post_init__(self) -> None:
-        self.sequence_config()  # checks the sequence fields
+        super().__post_init__()  # checks the sequence fields
         if self.chunk_rows < 1:
             raise ConfigError(f"data.lifelong.chunk_rows must be >= 1, got {self.chunk_rows}")
 
     def sequence_config(self) -> LifelongConfig:
-        """The :class:`LifelongConfig` these fields describe."""
+        """The plain :class:`LifelongConfig` of these fields (what the cached sequences are keyed by)."""
         names = [f.name for f in dataclasses.fields(LifelongConfig)]
         return LifelongConfig(**{name: getattr(self, name) for name in names})
 

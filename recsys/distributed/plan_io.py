@@ -24,11 +24,9 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 from torch import nn
 from torchrec.distributed.types import (
@@ -42,6 +40,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 
 from recsys.distributed.sharding import plan_to_dict
 from recsys.errors import ConfigError
+from recsys.atomic_files import write_json_atomic
 
 FORMAT = "recsys-sharding-plan"
 VERSION = 1
@@ -89,31 +88,9 @@ def plan_document(plan: ShardingPlan, world_size: int, compute_device: str) -> d
     }
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Runs ``write(temp_path)`` on a temp file beside `path`, then renames it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(temp))
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | Path, value: object) -> Path:
-    """Writes `value` as indented JSON, atomically (see :func:`write_atomic`)."""
-    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-    return write_atomic(path, lambda temp: temp.write_text(text))
-
-
 def save_plan(plan: ShardingPlan, path: str | Path, world_size: int, compute_device: str) -> Path:
     """Saves `plan` (made for `world_size` ranks computing on `compute_device`) as JSON, atomically."""
-    return write_json_atomic(path, plan_document(plan, world_size, compute_device))
+    return write_json_atomic(path, plan_document(plan, world_size, compute_device), sort_keys=True)
 
 
 def load_plan(path: str | Path) -> SavedShardingPlan:

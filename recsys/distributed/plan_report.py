@@ -34,7 +34,8 @@ from torchrec.distributed.planner.types import PlannerError, Stats
 from torchrec.distributed.types import ShardingPlan
 
 from recsys.data.features import FeatureSpec
-from recsys.distributed.plan_io import plan_document, write_atomic, write_json_atomic
+from recsys.atomic_files import write_atomic, write_json_atomic
+from recsys.distributed.plan_io import plan_document
 from recsys.distributed.sharding import ShardingConfig, default_sharders, planner_constraints
 from recsys.distributed.topology import GB, TopologyConfig
 from recsys.errors import ConfigError
@@ -113,7 +114,7 @@ class PlanReport:
         """Writes plan.json, plan.md and plan_ranks.png into `out_dir` (each atomically)."""
         out = Path(out_dir)
         paths = {"json": out / "plan.json", "markdown": out / "plan.md", "png": out / "plan_ranks.png"}
-        write_json_atomic(paths["json"], self.to_dict())
+        write_json_atomic(paths["json"], self.to_dict(), sort_keys=True)
         markdown = self.to_markdown()
         write_atomic(paths["markdown"], lambda temp: temp.write_text(markdown))
         plot_ranks(self, paths["png"])

@@ -58,6 +58,7 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
+from recsys.atomic_files import write_text_atomic
 from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict
 from recsys.errors import CheckpointError, ConfigError
@@ -112,12 +113,6 @@ def _library_versions() -> Dict[str, str]:
 def _plan_of(model: nn.Module) -> Optional[Dict[str, Any]]:
     plan = getattr(model, "plan", None)
     return plan_to_dict(plan) if plan is not None else None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
 
 
 def _flat_tensor_keys(tree: Any, prefix: str = "") -> Iterator[str]:
@@ -233,7 +228,7 @@ class CheckpointManager:
             if _rank() == 0:
                 self._write_manifest(temp, step, model)
                 self._move_into_place(temp, final)
-                _write_atomically(self.directory / LATEST, final.name + "\n")
+                write_text_atomic(self.directory / LATEST, final.name + "\n")
                 self._prune()
         except BaseException:  # DCP's CheckpointException derives from BaseException
             if _rank() == 0:
@@ -281,7 +276,7 @@ class CheckpointManager:
             "plan": _plan_of(model),
             "versions": _library_versions(),
         }
-        _write_atomically(temp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+        write_text_atomic(temp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
     def _move_into_place(self, temp: Path, final: Path) -> None:
         if final.exists():  # the same step saved again (e.g. after a resume): replace it

@@ -20,8 +20,6 @@
 from __future__ import annotations
 
 import gc
-import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +35,7 @@ from recsys.data.loader import make_dataloader
 from recsys.data.pipeline import RankingData, build_ranking_data, load_events
 from recsys.distributed.optimizers import build_optimizer
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
+from recsys.atomic_files import write_json_atomic
 from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict, shard_model
 from recsys.metrics.classification import HeadMetrics
@@ -136,7 +135,7 @@ class RankingRecipe:
 
     def _write_run_files(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.output_dir / "config.json", to_dict(self.cfg))
+        write_json_atomic(self.output_dir / "config.json", to_dict(self.cfg))
         save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
 
     # ------------------------------------------------------------------ checkpoints
@@ -317,12 +316,6 @@ def _with_hits(metrics: dict[str, dict], hits: dict[str, dict]) -> dict[str, dic
     return {head: {**m, HIT_NAME: hits[head][HIT_NAME], "requests": hits[head]["requests"]} for head, m in metrics.items()}
 
 
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def format_metrics_table(model_name: str, results: dict[str, dict[str, dict]]) -> str:
     """``results``: {"<model> valid": {head: {"auc", "ne", "hit@3", ...}}, ...} -> a text table.
 
@@ -354,7 +347,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict:
         results = _final_evaluation(recipe)
         results["train_seconds"] = time.time() - started
         if recipe.ctx.is_main:
-            _write_json(recipe.output_dir / "results.json", results)
+            write_json_atomic(recipe.output_dir / "results.json", results)
         return results
     finally:
         recipe.cleanup()

@@ -27,6 +27,7 @@ from recsys.data.pipeline import load_events
 from recsys.data.sequences import SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
 from recsys.distributed.optimizers import build_optimizer
+from recsys.atomic_files import write_json_atomic
 from recsys.distributed.plan_io import save_plan
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
 from recsys.distributed.sharding import shard_model
@@ -36,7 +37,6 @@ from recsys.models import get_model, model_config
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
 from recsys.train.early_stopping import EarlyStopping
-from recsys.train.ranking import _write_json
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
 
@@ -72,7 +72,7 @@ class RetrievalRecipe:
         self.run_log = RunLog(self.output_dir, rank=self.ctx.rank)
         if self.ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(self.output_dir / "config.json", to_dict(cfg))
+            write_json_atomic(self.output_dir / "config.json", to_dict(cfg))
             save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
             print(self.summary())
         if resume:
@@ -242,7 +242,7 @@ def run_retrieval_training(cfg: TrainConfig, resume: bool = False) -> dict:
         report = recipe.train()
         if recipe.ctx.is_main:
             print("\n" + format_retrieval_report(report))
-            _write_json(recipe.output_dir / "results.json", report)
+            write_json_atomic(recipe.output_dir / "results.json", report)
         return report
     finally:
         recipe.cleanup()

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from recsys.config import load_config
-from recsys.data.lifelong import SEQUENCE_KEYS, collate_lifelong
+from recsys.data.lifelong import SEQUENCE_KEYS, LifelongConfig, collate_lifelong
 from recsys.data.lifelong_pipeline import LifelongDataConfig, prepare_lifelong_data
 from recsys.data.loader import make_dataloader
 from recsys.data.pipeline import build_ranking_data
 from recsys.errors import ConfigError, DataError
+from recsys.ops.nn_select import nn_select_kernels
 from recsys.train.config import DataConfig, TrainConfig
 
 SMALL = dict(lifelong_max=200, realtime_max=20, impression_max=20, lifelong_k=8, realtime_recent=4, realtime_k=4,
@@ -90,3 +91,8 @@ def test_config_maps_onto_lifelong_config_and_is_checked():
         LifelongDataConfig(realtime_recent=200, realtime_max=100)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(TrainConfig, None, ["data.lifelong.lifelong_kk=4"])
+    assert type(sequence) is LifelongConfig  # the cache key: the sequence fields only
+    for name in nn_select_kernels():  # every selection backend is a valid data.lifelong.kernel
+        assert load_config(TrainConfig, None, [f"data.lifelong.kernel={name}"]).data.lifelong.kernel == name
+    with pytest.raises(ConfigError, match="kernel"):
+        load_config(TrainConfig, None, ["data.lifelong.kernel=reference"])
