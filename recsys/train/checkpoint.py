@@ -13,12 +13,18 @@ Layout of a checkpoint directory::
             manifest.json                 written last: files, sizes, sha256, plan, versions
 
 A save writes into a hidden `.tmp-step_<n>` directory; once every rank has finished, rank 0 writes
-the manifest, renames the directory into place, points `latest` at it (temp file + `os.replace`)
-and removes checkpoints beyond `keep_last`. A crash at any point leaves `latest` on the previous
-complete checkpoint and no partial `step_*` directory.
+the manifest, flushes every file and folder to disk (`fsync`), renames the directory into place,
+points `latest` at it (temp file + `os.replace`) and removes checkpoints beyond `keep_last`: only
+steps older than the one just saved, each renamed to a hidden `.trash-step_<n>` before it is
+deleted. A crash (or a host crash) at any point leaves complete `step_*` directories only.
+
+`resume_step()` is the step a resume continues from: the one `latest` names or, when `latest` is
+missing (a kill between the rename and writing `latest`), the newest `step_*` that verifies.
 
 A load checks the manifest first: a missing manifest means a partial save, a size or sha256 that
 differs means a corrupted file. Both raise `CheckpointError`; nothing is loaded silently.
+`extra.pt` is read with `torch.load(weights_only=True)`: tensors and plain Python values only, so
+a crafted checkpoint cannot run code (whoever can write it can rewrite the manifest too).
 
 Backends:
 
@@ -46,6 +52,7 @@ import json
 import logging
 import os
 import re
+import pickle
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -58,7 +65,9 @@ from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
-from recsys.atomic_files import write_text_atomic
+import numpy as np
+
+from recsys.atomic_files import fsync_dir, fsync_tree, write_text_atomic
 from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict
 from recsys.errors import CheckpointError, ConfigError
@@ -71,6 +80,7 @@ LATEST = "latest"
 EXTRA = "extra.pt"
 PLAN = "plan.json"
 _STEP_PATTERN = re.compile(r"^step_(\d{9})$")
+_TRASH_PREFIX = ".trash-"
 _HASH_CHUNK = 1 << 20
 _VERSIONED_PACKAGES = ("torch", "fbgemm-gpu-cpu", "fbgemm-gpu", "torchrec", "torchsnapshot")
 
@@ -198,6 +208,26 @@ class CheckpointManager:
     def path_of(self, step: int) -> Path:
         return self.directory / step_dir_name(step)
 
+    def resume_step(self) -> Optional[int]:
+        """The step a resume continues from: `latest`, else the newest step that verifies.
+
+        `latest` is written after the step directory's rename, so a job killed between the two
+        leaves a complete checkpoint and no `latest`; this finds it. None when nothing verifies.
+        """
+        latest = self.latest_step()
+        if latest is not None:
+            return latest
+        for step in reversed(self.steps()):
+            try:
+                self.verify(self.path_of(step))
+            except CheckpointError as error:
+                logger.warning("skipping checkpoint step %d: %s", step, error)
+                continue
+            logger.warning("%s is missing: resuming from the newest complete checkpoint, step %d",
+                           self.directory / LATEST, step)
+            return step
+        return None
+
     # ------------------------------------------------------------------ save
 
     def save(self, step: int, model: nn.Module, optimizer: Any, extra: Dict[str, Any]) -> Path:
@@ -222,14 +252,16 @@ class CheckpointManager:
         try:
             self._write_tensors(temp, model, optimizer)
             if _rank() == 0:
-                torch.save(extra, temp / EXTRA)
+                torch.save(_plain(extra, EXTRA), temp / EXTRA)
                 self._write_plan(temp, model)
             _barrier()
             if _rank() == 0:
                 self._write_manifest(temp, step, model)
+                fsync_tree(temp)  # the contents reach the disk before the name does
                 self._move_into_place(temp, final)
+                fsync_dir(self.directory)
                 write_text_atomic(self.directory / LATEST, final.name + "\n")
-                self._prune()
+                self._prune(step)
         except BaseException:  # DCP's CheckpointException derives from BaseException
             if _rank() == 0:
                 shutil.rmtree(temp, ignore_errors=True)
@@ -288,17 +320,27 @@ class CheckpointManager:
         else:
             os.replace(temp, final)
 
-    def _prune(self) -> None:
-        """Remove checkpoints beyond `keep_last` (never `latest`) and leftovers of killed saves."""
-        for leftover in self.directory.glob(".tmp-step_*"):
+    def _prune(self, saved: Optional[int] = None) -> None:
+        """Remove checkpoints beyond `keep_last` and leftovers of killed saves and prunes.
+
+        Only steps up to `saved` (the step just written) count and go: newer ones (left by a run
+        this one did not resume from) and the one `latest` names are never removed. A removal
+        first renames the directory to `.trash-step_<n>`, so a kill mid-way leaves no partial
+        `step_*` directory behind.
+        """
+        for leftover in [*self.directory.glob(".tmp-step_*"), *self.directory.glob(f"{_TRASH_PREFIX}step_*")]:
             shutil.rmtree(leftover, ignore_errors=True)
-        keep: Set[int] = set(self.steps()[-self.keep_last :])
+        candidates = [step for step in self.steps() if saved is None or step <= saved]
+        keep: Set[int] = set(candidates[-self.keep_last :])
         latest = self.latest_step()
         if latest is not None:
             keep.add(latest)
-        for step in self.steps():
+        for step in candidates:
             if step not in keep:
-                shutil.rmtree(self.path_of(step), ignore_errors=True)
+                trash = self.directory / f"{_TRASH_PREFIX}{step_dir_name(step)}"
+                os.replace(self.path_of(step), trash)
+                fsync_dir(self.directory)
+                shutil.rmtree(trash, ignore_errors=True)
 
     # ------------------------------------------------------------------ load
 
@@ -327,14 +369,14 @@ class CheckpointManager:
             self._load_dcp(path, model, optimizer)
         else:
             self._load_torchsnapshot(path, manifest, model, optimizer)
-        return torch.load(path / EXTRA, map_location="cpu", weights_only=False)
+        return _load_extra(path / EXTRA)
 
     def _resolve(self, step: Optional[int]) -> Path:
         if step is None:
-            step = self.latest_step()
+            step = self.resume_step()
             if step is None:
                 raise CheckpointError(
-                    f"no checkpoint in {self.directory} ({LATEST} is missing); "
+                    f"no checkpoint in {self.directory} ({LATEST} is missing and no step_* verifies); "
                     "train first, or pass the directory that holds the step_* checkpoints"
                 )
         path = self.path_of(step)
@@ -436,3 +478,37 @@ class CheckpointManager:
             )
         Snapshot(path=str(path / "model")).restore(app_state={"model": model})
         Snapshot(path=str(path / "optim")).restore(app_state={"optim": optimizer})
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` with NumPy arrays as tensors and NumPy scalars as Python numbers, recursively, so it
+    loads with `torch.load(weights_only=True)`; anything else that is not plain is refused."""
+    if isinstance(value, dict):
+        return {key: _plain(item, where) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item, where) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    raise CheckpointError(
+        f"{where} can hold tensors and plain Python values only, got {type(value).__name__}; "
+        "convert it (e.g. to a dict of numbers) before saving"
+    )
+
+
+def _load_extra(path: Path) -> Dict[str, Any]:
+    """The trainer state of a checkpoint, unpickled with `weights_only=True` (no code can run)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, and was refused: loading it "
+            f"could run code. Only load checkpoints you trust; delete this one or load an earlier step "
+            f"({str(error).splitlines()[0][:200]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path}: {error}; the checkpoint is corrupted: load an earlier step") from None

@@ -151,11 +151,12 @@ class RankingRecipe:
         self.checkpoints.save(self.step, self.model, self.optimizer, extra=self._trainer_state())
 
     def _resume(self) -> None:
-        if self.checkpoints.latest_step() is None:
+        step = self.checkpoints.resume_step()  # `latest`, else the newest step that verifies
+        if step is None:
             if self.ctx.is_main:
                 print(f"no checkpoint in {self.checkpoints.directory}; starting from scratch")
             return
-        state = self.checkpoints.load(self.model, self.optimizer)
+        state = self.checkpoints.load(self.model, self.optimizer, step=step)
         self.step, self.epoch = state["step"], state["epoch"]
         self.loader.load_state_dict(self._position_for_this_world(state["loader"]))
         restore_rng_state(state["rng"])

@@ -39,14 +39,18 @@ def seed_everything(seed: int) -> None:
 
 
 def capture_rng_state() -> Dict[str, Any]:
-    """The state of every random generator, as a dict `torch.save` can store.
+    """The state of every random generator, as tensors and plain Python values only, so a
+    checkpoint holding it loads with ``torch.load(weights_only=True)`` (no pickled objects).
 
     Returns:
-        dict: keys "python", "numpy", "torch" and, with CUDA, "cuda" (one state per device).
+        dict: keys "python" (``random.getstate()``: a tuple of ints), "numpy" (NumPy's MT19937
+        state as ``[name, key [624] int64 tensor, pos, has_gauss, cached_gaussian]``), "torch"
+        and, with CUDA, "cuda" (one state per device).
     """
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: Dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [str(name), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -65,8 +69,21 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
         raise CheckpointError(
             f"random generator state lacks {missing}; it must come from capture_rng_state()"
         )
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state(state: Any) -> tuple:
+    """``random.setstate`` needs tuples; a state that went through lists is turned back."""
+    version, internal, gauss = state
+    return int(version), tuple(int(x) for x in internal), gauss
+
+
+def _numpy_state(state: Any) -> tuple:
+    """NumPy's legacy state tuple from ours (key as a tensor) or NumPy's own (key as an array)."""
+    name, key, pos, has_gauss, cached = state
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    return str(name), key.astype(np.uint32), int(pos), int(has_gauss), float(cached)

@@ -119,9 +119,10 @@ class RetrievalRecipe:
         self.checkpoints.save(self.step, self.model, self.optimizer, extra=extra)
 
     def _resume(self) -> None:
-        if self.checkpoints.latest_step() is None:
+        step = self.checkpoints.resume_step()  # `latest`, else the newest step that verifies
+        if step is None:
             return
-        state = self.checkpoints.load(self.model, self.optimizer)
+        state = self.checkpoints.load(self.model, self.optimizer, step=step)
         self.step, self.epoch = state["step"], state["epoch"]
         self.loader.load_state_dict(state["loader"])
         self.stopper.load_state_dict(state["early_stopping"])

@@ -266,3 +266,129 @@ def test_saved_on_two_ranks_loads_on_one(ctx, tmp_path):
     dcp_to_torch_save(tmp_path / "step_000000001" / "state", tmp_path / "plain.pt")
     stored = torch.load(tmp_path / "plain.pt", weights_only=False)["model"]
     assert_same(full(dmp.state_dict()), {key: stored[key] for key in dmp.state_dict()})
+
+
+class _RunsCode:
+    """A pickled payload: unpickling it calls `marker.touch()` (stands for any command)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_extra_with_a_pickled_payload_is_refused_and_runs_nothing(ctx, tmp_path):
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path / "ckpt")
+    path = manager.save(1, dmp, optimizer, {"step": 1, "rng": capture_rng_state()})
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "payload": _RunsCode(marker)}, path / "extra.pt")
+    (path / "manifest.json").unlink()
+    manager._write_manifest(path, 1, dmp)  # the attacker rewrites the manifest too
+    with pytest.raises(CheckpointError, match="could run code"):
+        manager.load(dmp, optimizer)
+    assert not marker.exists()
+
+
+def test_rng_state_and_numpy_values_round_trip_through_weights_only_load(ctx, tmp_path):
+    import numpy as np
+
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path)
+    extra = {"step": 3, "rng": capture_rng_state(), "best": {"ndcg@10": np.float64(0.25)}, "ids": np.arange(3)}
+    manager.save(3, dmp, optimizer, extra)
+    expected = torch.rand(2)
+    loaded = manager.load(dmp, optimizer)
+    restore_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(2), expected)
+    assert loaded["best"] == {"ndcg@10": 0.25} and loaded["ids"].tolist() == [0, 1, 2]
+
+
+def test_missing_latest_resumes_from_the_newest_complete_step(ctx, tmp_path, monkeypatch):
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path)
+    for step in (10, 20):
+        manager.save(step, dmp, optimizer, {"step": step})
+    (tmp_path / "latest").unlink()  # killed between the step's rename and writing `latest`
+    (tmp_path / "step_000000020" / "manifest.json").unlink()  # and the newest one is damaged
+    assert manager.resume_step() == 10
+    assert manager.load(dmp, optimizer)["step"] == 10
+
+
+def test_kill_between_rename_and_latest_on_the_first_save_still_resumes(ctx, tmp_path, monkeypatch):
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path)
+
+    real_write = checkpoint_module.write_text_atomic
+
+    def killed(path, text):
+        if Path(path).name == "latest":
+            raise KeyboardInterrupt("killed")
+        return real_write(path, text)
+
+    monkeypatch.setattr(checkpoint_module, "write_text_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(5, dmp, optimizer, {"step": 5})
+    monkeypatch.undo()
+    assert manager.latest_step() is None
+    assert manager.load(dmp, optimizer)["step"] == 5
+
+
+def test_prune_never_removes_steps_newer_than_the_one_saved(ctx, tmp_path):
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20, 30):
+        manager.save(step, dmp, optimizer, {"step": step})
+    (tmp_path / "latest").unlink()
+    fresh = CheckpointManager(tmp_path, keep_last=1)  # a run that did not resume from them
+    fresh.save(5, dmp, optimizer, {"step": 5})
+    assert fresh.steps() == [5, 20, 30]
+
+
+def test_kill_during_pruning_leaves_no_partial_step_directory(ctx, tmp_path, monkeypatch):
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save(10, dmp, optimizer, {"step": 10})
+    real_rmtree = checkpoint_module.shutil.rmtree
+
+    def killed_halfway(path, ignore_errors=False):
+        path = Path(path)
+        if (path / "manifest.json").exists():
+            (path / "manifest.json").unlink()  # part of the directory is gone, then the kill
+            raise KeyboardInterrupt("killed")
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(20, dmp, optimizer, {"step": 20})
+    monkeypatch.undo()
+    for step in manager.steps():
+        manager.verify(manager.path_of(step))  # every step_* left is complete
+    assert manager.steps() == [20]
+    manager.save(30, dmp, optimizer, {"step": 30})  # the next prune clears the leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_000000030"]
+
+
+def test_files_and_directories_reach_the_disk_before_the_rename(ctx, tmp_path, monkeypatch):
+    dmp, optimizer = build(ctx)
+    manager = CheckpointManager(tmp_path / "ckpt")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    manager.save(1, dmp, optimizer, {"step": 1})
+    rename = events.index(("replace", str(tmp_path / "ckpt" / ".tmp-step_000000001")))
+    flushed = {path for kind, path in events[:rename] if kind == "fsync"}
+    temp = str(tmp_path / "ckpt" / ".tmp-step_000000001")
+    assert {f"{temp}/extra.pt", f"{temp}/manifest.json", temp, f"{temp}/state"} <= flushed
+    assert ("fsync", str(tmp_path / "ckpt")) in events[rename:]

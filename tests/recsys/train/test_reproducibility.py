@@ -27,7 +27,7 @@ def test_restored_state_replays_the_draws_after_a_save_and_load(tmp_path):
     torch.save(capture_rng_state(), tmp_path / "rng.pt")
     expected = _draw()
     _draw()
-    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=False))
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert _draw() == expected
 
 
