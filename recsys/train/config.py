@@ -19,6 +19,7 @@ from recsys.data.lifelong_pipeline import LifelongDataConfig
 from recsys.data.synthetic import SyntheticConfig
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig
 from recsys.distributed.sharding import ShardingConfig
+from recsys.errors import ConfigError
 
 
 @dataclass
@@ -43,7 +44,7 @@ class DataConfig:
         eval_negatives_per_target: the same for validation and test rows.
         train_rows: "all" events of the training split become rows, or only "engaged" ones
             (for logs whose events are all engagements plus sampled negatives this is the same).
-        max_history: most recent items per ``history_<action>`` feature.
+        max_history: most recent items per ``history_<action>`` feature (>= 0).
         stochastic_length_alpha: HSTU's stochastic length for long training sequences (alpha in
             (1, 2]); None keeps the most recent ``max_sequence`` tokens.
         max_sequence: most recent engaged events in ``sequence_features`` (the time-ordered history
@@ -70,6 +71,19 @@ class DataConfig:
     num_workers: int = 0
     lifelong: LifelongDataConfig = field(default_factory=LifelongDataConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("negatives_per_target", "eval_negatives_per_target", "max_history", "max_sequence", "num_workers"):
+            _check_at_least("data", name, getattr(self, name), 0)
+        for name in ("valid_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"data.{name}={value} must be in [0, 1); e.g. data.{name}=0.1")
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"data.valid_fraction + data.test_fraction = {self.valid_fraction + self.test_fraction} must be "
+                "below 1 (training needs events); lower one of them"
+            )
+
 
 @dataclass
 class LossConfig:
@@ -95,11 +109,11 @@ class TrainerConfig:
     """The loop.
 
     Args:
-        epochs: passes over the training rows.
+        epochs: passes over the training rows (>= 1).
         batch_size / eval_batch_size: rows per batch.
         seed: seeds model init, shuffling and negative sampling.
-        log_every: steps between JSONL/TensorBoard records.
-        checkpoint_every: steps between checkpoints (0 = only at the end).
+        log_every: steps between JSONL/TensorBoard records (>= 1).
+        checkpoint_every: steps between checkpoints (>= 0; 0 = only at the end).
         checkpoint_backend: "dcp" (torch.distributed.checkpoint, reshards) or "torchsnapshot"
             (same sharding plan only).
         keep_checkpoints: how many recent checkpoints to keep.
@@ -133,6 +147,12 @@ class TrainerConfig:
     pipeline: Literal["auto", "sparse_dist", "none"] = "auto"
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "eval_every"):
+            _check_at_least("train", name, getattr(self, name), 1)
+        for name in ("checkpoint_every", "patience"):
+            _check_at_least("train", name, getattr(self, name), 0)
+
 
 @dataclass
 class TrainConfig:
@@ -151,3 +171,9 @@ class TrainConfig:
     @property
     def model_overrides(self) -> dict:
         return {k: v for k, v in self.model.items() if k != "name"}
+
+
+def _check_at_least(section: str, name: str, value: int, minimum: int) -> None:
+    """Range check of an integer field: a ConfigError naming the field and the fix."""
+    if value < minimum:
+        raise ConfigError(f"{section}.{name}={value} must be >= {minimum}; set {section}.{name} to {minimum} or more")

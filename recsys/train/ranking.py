@@ -47,6 +47,7 @@ from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy, user_wei
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
 from recsys.train.fault_injection import fail_step, maybe_fail
+from recsys.train.guards import check_splits_not_empty
 from recsys.train.pipeline import build_train_step
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
@@ -70,6 +71,10 @@ class RankingRecipe:
     def setup(self, resume: bool = False, data: RankingData | None = None, write_run_files: bool = True) -> None:
         cfg = self.cfg
         self.data = data or self._build_data()  # before the process group: a data error leaves none behind
+        check_splits_not_empty(
+            {split: len(self.data.examples(split)) for split in ("train", "valid", "test")},
+            "Use more data, or change data.split / data.valid_fraction / data.test_fraction.",
+        )
         self.lifelong = self._build_lifelong()
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)

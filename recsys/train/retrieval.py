@@ -37,6 +37,7 @@ from recsys.models import get_model, model_config
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
 from recsys.train.early_stopping import EarlyStopping
+from recsys.train.guards import check_splits_not_empty
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
 
@@ -95,6 +96,10 @@ class RetrievalRecipe:
         )
         self.valid_rows = SequenceExamples.build(self.log, split, "valid", max_len)
         self.test_rows = SequenceExamples.build(self.log, split, "test", max_len)
+        check_splits_not_empty(
+            {"train": len(self.train_rows), "valid": len(self.valid_rows), "test": len(self.test_rows)},
+            "Leave-one-out needs users with at least 3 engaged events: use more data.",
+        )
 
     def summary(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
