@@ -60,7 +60,10 @@ def format_description(d: dict) -> str:
 
 
 def _iso_date(seconds) -> str:
-    return datetime.fromtimestamp(int(seconds), tz=timezone.utc).date().isoformat()
+    try:
+        return datetime.fromtimestamp(int(seconds), tz=timezone.utc).date().isoformat()
+    except (OverflowError, OSError, ValueError):  # beyond what dates hold: show the number
+        return f"{int(seconds)} s"
 
 
 def _percentiles(counts: np.ndarray) -> dict[str, int]:

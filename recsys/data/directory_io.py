@@ -77,9 +77,11 @@ def read_meta(path: Path, format_name: str, version: int, required: tuple[str, .
     if not meta_path.is_file():
         raise DataError(f"{meta_path} not found; {path} is not a {format_name} directory ({fix})")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{meta_path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}; {fix}")
     if meta.get("format") != format_name or meta.get("version") != version:
         raise DataError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
                         f"{format_name!r} version {version}; {fix} with this version")

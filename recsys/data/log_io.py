@@ -53,9 +53,22 @@ def read_log(path: str | Path) -> EventLog:
     """Reads a directory written by :func:`write_log` and validates it."""
     path = Path(path)
     meta = _read_meta(path)
+    try:
+        log = _log_from_files(path, meta)
+    except (ValueError, TypeError, AttributeError, OverflowError, pa.ArrowException) as exc:  # a column of the wrong type
+        raise DataError(f"{path}: a file does not hold what meta.json describes ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); write the log again with write_log") from None
+    try:
+        log.validate()
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    return log
+
+
+def _log_from_files(path: Path, meta: dict) -> EventLog:
     events = _read_parquet(path / EVENTS, [c for c in _EVENT_COLUMNS if c in meta["event_columns"]])
     columns = {c: events[c].to_numpy() for c in events.column_names}
-    log = EventLog(
+    return EventLog(
         user_id=columns["user_id"].astype(np.int64),
         item_id=columns["item_id"].astype(np.int64),
         timestamp=columns["timestamp"].astype(np.int64),
@@ -72,11 +85,6 @@ def read_log(path: str | Path) -> EventLog:
         rating=columns["rating"].astype(np.float32) if "rating" in columns else None,
         request_id=columns["request_id"].astype(np.int64) if "request_id" in columns else None,
     )
-    try:
-        log.validate()
-    except DataError as exc:
-        raise DataError(f"{path}: {exc}") from None
-    return log
 
 
 # ------------------------------------------------------------------ writing
@@ -119,7 +127,37 @@ def _items_table(items: ItemTable) -> pa.Table:
 def _read_meta(path: Path) -> dict:
     required = ("num_users", "num_items", "action_vocab", "surface_vocab", "event_columns", "has_items",
                 "attribute_cardinality", "has_raw_user_ids", "has_raw_item_ids")
-    return read_meta(path, FORMAT_NAME, FORMAT_VERSION, required, fix="convert the source again with write_log")
+    fix = "convert the source again with write_log"
+    meta = read_meta(path, FORMAT_NAME, FORMAT_VERSION, required, fix=fix)
+    _check_meta_types(meta, path / "meta.json", fix)
+    return meta
+
+
+def _check_meta_types(meta: dict, where: Path, fix: str) -> None:
+    """Each field of meta.json has the kind of value write_log writes, else a DataError naming it."""
+    def is_count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+    def is_names(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    checks = {
+        "num_users": (is_count, "a non-negative integer"),
+        "num_items": (is_count, "a non-negative integer"),
+        "action_vocab": (is_names, "a list of names"),
+        "surface_vocab": (is_names, "a list of names"),
+        "event_columns": (is_names, "a list of column names"),
+        "has_items": (lambda v: isinstance(v, bool), "true or false"),
+        "has_raw_user_ids": (lambda v: isinstance(v, bool), "true or false"),
+        "has_raw_item_ids": (lambda v: isinstance(v, bool), "true or false"),
+        "attribute_cardinality": (
+            lambda v: isinstance(v, dict) and all(is_count(c) and c > 0 for c in v.values()),
+            "a mapping of attribute name to a positive integer",
+        ),
+    }
+    for key, (ok, kind) in checks.items():
+        if not ok(meta[key]):
+            raise DataError(f"{where}: {key!r} is {meta[key]!r}, not {kind}; {fix}")
 
 
 def _read_parquet(file: Path, columns: list[str]) -> pa.Table:

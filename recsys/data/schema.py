@@ -48,6 +48,8 @@ def actions_to_multi_hot(actions: np.ndarray, num_actions: int) -> np.ndarray:
     return ((actions[:, None].astype(np.int64) >> bits) & 1).astype(bool)
 
 
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second dates can print
+
 @dataclass
 class ItemTable:
     """Item-side features.
@@ -93,7 +95,7 @@ class EventLog:
     Args:
         user_id: ``[N]`` int64, ``0..num_users-1``.
         item_id: ``[N]`` int64, ``0..num_items-1``.
-        timestamp: ``[N]`` int64 seconds since the epoch (non-negative).
+        timestamp: ``[N]`` int64 seconds since the epoch, in ``0..MAX_TIMESTAMP`` (year 9999).
         actions: ``[N]`` int32 multi-hot bit mask over ``action_vocab``.
         surface: ``[N]`` int64 index into ``surface_vocab``.
         impression: ``[N]`` bool, True when the item was shown by the system.
@@ -247,6 +249,10 @@ class EventLog:
         if n and self.timestamp.min() < 0:
             bad = int(np.argmin(self.timestamp))
             raise DataError(f"timestamp of event {bad} is negative ({self.timestamp[bad]}); timestamps are seconds since the epoch")
+        if n and self.timestamp.max() > MAX_TIMESTAMP:
+            bad = int(np.argmax(self.timestamp))
+            raise DataError(f"timestamp of event {bad} is {self.timestamp[bad]} s, after the year 9999 (at most "
+                            f"{MAX_TIMESTAMP}); timestamps are seconds since the epoch: check the unit (ms? us?)")
         if n and (self.actions.min() < 0 or self.actions.max() >= (1 << self.num_actions)):
             raise DataError(f"actions hold bits beyond the {self.num_actions}-action vocabulary {list(self.action_vocab)}")
         if n > 1:

@@ -68,3 +68,10 @@ def test_parse_overrides_nests_and_parses_values():
 
 def test_floats_written_without_a_dot_are_floats():
     assert load_config(Outer, None, ["inner.lr=1e-12"]).inner.lr == 1e-12
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"steps: 5\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(Outer, path)

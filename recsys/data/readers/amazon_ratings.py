@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from recsys.data.readers.common import (
+    reports_unreadable_input,
     first_duplicate,
     first_null,
     keep_first_occurrences,
@@ -71,6 +72,7 @@ _TYPES = {"user": pa.string(), "item": pa.string(), "rating": pa.float64(), "tim
 _FIX_FILE = "pass an Amazon ratings-only CSV (user,item,rating,timestamp per line, no header), e.g. ratings_Books.csv"
 
 
+@reports_unreadable_input("an Amazon ratings CSV (user,item,rating,timestamp)")
 def read_amazon_ratings(
     path: str | Path,
     min_user_interactions: int = 5,

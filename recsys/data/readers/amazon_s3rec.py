@@ -24,7 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from recsys.data.readers.common import first_values, l2_normalise_rows, line_of_row, remap_ids, require_file, to_numpy
+from recsys.data.readers.common import (
+    first_invalid_utf8_line, first_values, l2_normalise_rows, line_of_row, remap_ids, reports_unreadable_input,
+    require_file, to_numpy,
+)
 from recsys.data.schema import DEFAULT_CONTENT_DIM, EventLog, ItemTable
 from recsys.errors import DataError
 
@@ -32,6 +35,7 @@ PROJECTION_SEED = 0
 _NO_DELIMITER = "\x01"  # the whole line is one field; tokens are split on whitespace after
 
 
+@reports_unreadable_input("an S3-Rec sequence file")
 def read_amazon_s3rec(
     path_to_txt: str | Path,
     attributes_json: str | Path | None = "auto",
@@ -77,12 +81,21 @@ def read_amazon_s3rec(
 
 def _read_sequences(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[N]`` raw user ids, raw item ids and positions within the user, in file order."""
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=["line"]),
-        parse_options=pacsv.ParseOptions(delimiter=_NO_DELIMITER, quote_char=False),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}),
-    )
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=["line"]),
+            parse_options=pacsv.ParseOptions(delimiter=_NO_DELIMITER, quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}),
+        )
+    except pa.ArrowInvalid:
+        bad_line = first_invalid_utf8_line(path)  # scans the file only on this error path
+        if bad_line is None:
+            raise
+        raise DataError(f"{path} line {bad_line} is not valid UTF-8 text; the file must be UTF-8 "
+                        f"'user item1 item2 ...' lines: fix or delete the line") from None
+    if table.num_rows == 0:
+        raise DataError(f"{path} holds no 'user item1 item2 ...' lines; pass the <name>.txt file of the S3-Rec data")
     tokens = pc.utf8_split_whitespace(table["line"].combine_chunks())
     lengths = to_numpy(pc.list_value_length(tokens)).astype(np.int64)
     short = np.flatnonzero(lengths < 2)
@@ -111,6 +124,9 @@ def _non_numeric(path: Path) -> DataError:
                 if not token.lstrip("-").isdigit():
                     return DataError(f"{path} line {number}: {token!r} is not an integer id; "
                                      f"each line must be 'user item1 item2 ...' with integer ids")
+                if abs(int(token)) >= 2**63:
+                    return DataError(f"{path} line {number}: id {token} is beyond the 64-bit integer range; "
+                                     f"remap the ids to smaller integers")
     return DataError(f"{path} holds ids that are not integers; each line must be 'user item1 item2 ...'")
 
 

@@ -7,7 +7,10 @@ the file, which happens only on the error path.
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +19,12 @@ import pyarrow.compute as pc
 from recsys.errors import DataError
 
 DUPLICATE_POLICIES = ("error", "drop")
+F = TypeVar("F", bound=Callable)
+
+# What the parsing libraries raise on a file they cannot make sense of (bad encoding, a value that
+# overflows its type, broken JSON / CSV / Parquet). A reader names the line where it can; anything
+# left is reported for the file as a whole by `reports_unreadable_input`.
+PARSER_ERRORS = (UnicodeError, pa.ArrowException, OverflowError, json.JSONDecodeError)
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
@@ -154,3 +163,33 @@ def first_values(parents: np.ndarray, values: np.ndarray, num_rows: int, missing
         is_first = np.concatenate([[True], parents[1:] != parents[:-1]])
         out[parents[is_first]] = values[is_first]
     return out
+
+
+def first_invalid_utf8_line(path: Path) -> int | None:
+    """1-based number of the first line of ``path`` that is not valid UTF-8, or None."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def reports_unreadable_input(what: str) -> Callable[[F], F]:
+    """Decorator for a reader ``read(path, ...)``: a parser error that no check of the reader named
+    more precisely becomes a :class:`DataError` naming the file (never a raw pyarrow/codec error)."""
+
+    def wrap(read: F) -> F:
+        @functools.wraps(read)
+        def reader(path, *args, **kwargs):
+            try:
+                return read(path, *args, **kwargs)
+            except PARSER_ERRORS as error:
+                first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise DataError(f"{path} cannot be read as {what} ({type(error).__name__}: {first_line}); "
+                                "check that it is UTF-8 text (or Parquet) in that format") from None
+
+        return reader  # type: ignore[return-value]
+
+    return wrap

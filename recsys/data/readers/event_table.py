@@ -30,7 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recsys.data.readers.common import first_null, handle_duplicates, line_of_row, remap_ids, require_file, to_numpy
+from recsys.data.readers.common import (
+    first_null, handle_duplicates, line_of_row, remap_ids, reports_unreadable_input, require_file, to_numpy,
+)
 from recsys.data.schema import EventLog
 from recsys.errors import ConfigError, DataError
 
@@ -38,6 +40,7 @@ TIMESTAMP_UNITS = ("s", "ms", "iso8601")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".gz", ".bz2")
 _INTEGER = r"^\s*-?\d+\s*$"
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 Where = Callable[[int], str]  # row -> "file line L" / "file row R"
 
@@ -56,6 +59,7 @@ class ColumnMapping:
     request: str | None = None
 
 
+@reports_unreadable_input("an event table (CSV or Parquet)")
 def read_event_table(
     path: str | Path,
     columns: ColumnMapping | dict = ColumnMapping(),
@@ -166,13 +170,20 @@ def _integers(table: pa.Table, name: str, where: Where) -> np.ndarray:
     """``[N]`` int64 values of an integer column (integer, integral float or digit strings)."""
     column = _not_null(table, name, where)
     if pa.types.is_integer(column.type):
-        return to_numpy(column).astype(np.int64)
+        values = to_numpy(column)
+        if values.dtype == np.uint64 and len(values) and values.max() > _INT64_MAX:
+            row = int(np.argmax(values > _INT64_MAX))
+            raise _too_large(name, str(values[row]), where(row))
+        return values.astype(np.int64)
     if pa.types.is_floating(column.type):
         values = to_numpy(column)
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
         if len(bad):
             raise DataError(f"{where(int(bad[0]))}: column {name!r} holds {values[bad[0]]}, not an integer; "
                             f"fix the value")
+        huge = np.flatnonzero(np.abs(values) >= 2.0**63)
+        if len(huge):
+            raise _too_large(name, str(values[huge[0]]), where(int(huge[0])))
         return values.astype(np.int64)
     text = pc.cast(column, pa.string())
     ok = to_numpy(pc.match_substring_regex(text, _INTEGER)).astype(bool)
@@ -180,7 +191,17 @@ def _integers(table: pa.Table, name: str, where: Where) -> np.ndarray:
         row = int(np.flatnonzero(~ok)[0])
         raise DataError(f"{where(row)}: column {name!r} holds {text[row].as_py()!r}, not an integer; "
                         f"fix the value (ids, timestamps and request ids are integers)")
-    return to_numpy(pc.cast(pc.utf8_trim_whitespace(text), pa.int64())).astype(np.int64)
+    trimmed = pc.utf8_trim_whitespace(text)
+    try:
+        return to_numpy(pc.cast(trimmed, pa.int64())).astype(np.int64)
+    except pa.ArrowInvalid:  # digits, but more than int64 holds
+        row = next(r for r in range(len(trimmed)) if abs(int(trimmed[r].as_py())) > _INT64_MAX)
+        raise _too_large(name, trimmed[row].as_py(), where(row)) from None
+
+
+def _too_large(name: str, value: str, location: str) -> DataError:
+    return DataError(f"{location}: column {name!r} holds {value}, beyond the 64-bit integer range "
+                     f"(at most {_INT64_MAX}); remap the ids to smaller integers")
 
 
 # ------------------------------------------------------------------ timestamps

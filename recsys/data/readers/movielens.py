@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from recsys.data.readers.common import (
+    reports_unreadable_input,
     first_null,
     first_values,
     handle_duplicates,
@@ -91,6 +92,7 @@ class _Movies:
     year: np.ndarray  # -1 = unknown
 
 
+@reports_unreadable_input("a MovieLens folder")
 def read_movielens(
     path: str | Path,
     variant: str | None = None,

@@ -82,3 +82,17 @@ def test_bad_files(tmp_path):
         read_amazon_s3rec(txt, attributes_json=write(tmp_path / "bad.json", "{"))
     with pytest.raises(DataError, match=r"entry '2'"):
         read_amazon_s3rec(txt, attributes_json=write(tmp_path / "bad2.json", '{"2": ["a"]}'))
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "Toy.txt"
+    path.write_bytes(b"7 30 10\n3 1\xb30\n")
+    with pytest.raises(DataError, match=r"Toy\.txt line 2 is not valid UTF-8"):
+        read_amazon_s3rec(path, attributes_json=None)
+
+
+def test_empty_lines_only_and_huge_ids_are_refused(tmp_path):
+    with pytest.raises(DataError, match="holds no"):
+        read_amazon_s3rec(write(tmp_path / "A.txt", "\r"), attributes_json=None)
+    with pytest.raises(DataError, match="line 1: id 18446744073709551616 is beyond the 64-bit"):
+        read_amazon_s3rec(write(tmp_path / "B.txt", "7 18446744073709551616\n"), attributes_json=None)

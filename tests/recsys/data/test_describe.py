@@ -26,3 +26,10 @@ def test_describe_empty_log():
     d = describe_log(log)
     assert d["events"] == 0 and d["time_range"] == [None, None]
     assert "events" in format_description(d)
+
+
+def test_dates_beyond_the_calendar_print_as_seconds():
+    from recsys.data.describe import _iso_date
+
+    assert _iso_date(2**63 - 1) == f"{2**63 - 1} s"
+    assert _iso_date(0) == "1970-01-01"

@@ -137,3 +137,30 @@ def test_read_events_dispatch(tmp_path):
         read_events("kafka", str(path))
     with pytest.raises(ConfigError, match=r"takes no option\(s\) \['colums'\]"):
         read_events("events", str(path), colums=MAPPING)
+
+
+@pytest.mark.parametrize("value", ["18446744073709551616", "-9223372036854775809"])
+def test_ids_beyond_int64_name_the_line_and_column(tmp_path, value):
+    path = write(tmp_path / "e.csv", f"uid,iid,ts\n1,2,100\n{value},3,200\n")
+    with pytest.raises(DataError, match=rf"line 3: column 'uid' holds {value}, beyond the 64-bit integer range"):
+        read_event_table(path, ColumnMapping(user="uid", item="iid", timestamp="ts", actions=None))
+
+
+def test_unsigned_parquet_ids_beyond_int64_are_refused(tmp_path):
+    table = pa.table({"user_id": pa.array([1, 2**64 - 1], pa.uint64()), "item_id": [1, 2], "timestamp": [5, 6]})
+    pq.write_table(table, tmp_path / "e.parquet")
+    with pytest.raises(DataError, match="beyond the 64-bit integer range"):
+        read_event_table(tmp_path / "e.parquet", ColumnMapping(actions=None))
+
+
+def test_timestamps_past_year_9999_are_refused_with_the_unit_hint(tmp_path):
+    path = write(tmp_path / "e.csv", "uid,iid,ts\n1,2,100\n1,3,9223372036854775807\n")
+    with pytest.raises(DataError, match="after the year 9999.*check the unit"):
+        read_event_table(path, ColumnMapping(user="uid", item="iid", timestamp="ts", actions=None))
+
+
+def test_invalid_utf8_names_the_file(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_bytes(b"uid,iid,ts\xff\n1,2,100\n")
+    with pytest.raises(DataError, match=r"e\.csv cannot be read as an event table.*UTF-8"):
+        read_event_table(path, ColumnMapping(user="uid", item="iid", timestamp="ts", actions=None))

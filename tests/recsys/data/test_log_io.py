@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -80,3 +81,32 @@ def test_bad_directories(tmp_path):
     pq.write_table(pq.read_table(tmp_path / "log" / "events.parquet").drop(["surface"]), tmp_path / "log" / "events.parquet")
     with pytest.raises(DataError, match=r"lacks the column\(s\) \['surface'\]"):
         read_log(tmp_path / "log")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: {**meta, "num_users": "abc"}, "'num_users' is 'abc', not a non-negative integer"),
+    (lambda meta: {**meta, "action_vocab": 3}, "'action_vocab' is 3, not a list of names"),
+    (lambda meta: {**meta, "attribute_cardinality": {"genre": -1}}, "'attribute_cardinality'"),
+    (lambda meta: [meta], "must hold a JSON object"),
+])
+def test_bad_meta_json_values_name_the_field(tmp_path, edit, message):
+    path = write_log(EventLog.from_arrays(user_id=[0], item_id=[0], timestamp=[1], actions=[1]), tmp_path / "log")
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(DataError, match=message):
+        read_log(path)
+
+
+def test_meta_json_that_is_not_utf8_is_refused(tmp_path):
+    path = write_log(EventLog.from_arrays(user_id=[0], item_id=[0], timestamp=[1], actions=[1]), tmp_path / "log")
+    (path / "meta.json").write_bytes(b"{\"format\": \"\xff\"}")
+    with pytest.raises(DataError, match="meta.json is not valid JSON"):
+        read_log(path)
+
+
+def test_events_of_the_wrong_type_are_refused(tmp_path):
+    path = write_log(EventLog.from_arrays(user_id=[0], item_id=[0], timestamp=[1], actions=[1]), tmp_path / "log")
+    table = pq.read_table(path / "events.parquet")
+    pq.write_table(table.set_column(0, "user_id", pa.array(["x"])), path / "events.parquet")
+    with pytest.raises(DataError, match="does not hold what meta.json describes"):
+        read_log(path)
