@@ -13,6 +13,10 @@ many ids each row holds in ``lengths``::
 Every key must hold the same number of rows B. Values are int64 (weights float32); lengths are
 int32, the type FBGEMM's permute and pooling kernels expect.
 
+Given the table sizes (``num_ids``), every id is checked against its table: FBGEMM's lookups do not
+fail on an id outside ``0..rows-1`` (they read row 0 or garbage), so an out-of-vocabulary or
+negative id is a :class:`DataError` naming the feature, the id and the table size, here.
+
 Example::
 
     kjt = kjt_from_lists({"user_id": [[7], [2]], "history_click": [[3, 9], []]})
@@ -78,7 +82,7 @@ def kjt_from_lists(
     return kjt_from_jagged(weighted)
 
 
-def kjt_from_jagged(features: Mapping[str, tuple]) -> KeyedJaggedTensor:
+def kjt_from_jagged(features: Mapping[str, tuple], num_ids: Mapping[str, int] | None = None) -> KeyedJaggedTensor:
     """A KeyedJaggedTensor from per-key flat arrays, keys in dict order.
 
     Args:
@@ -86,6 +90,8 @@ def kjt_from_jagged(features: Mapping[str, tuple]) -> KeyedJaggedTensor:
             array or tensor: ``values [n_k]`` ints, ``lengths [B]`` non-negative ints summing to
             ``n_k``, ``weights [n_k]`` floats. All keys must have the same B, and either all keys
             or none carry weights.
+        num_ids: key -> rows of the table its ids index; the ids of those keys must lie in
+            ``0..rows-1`` (see :func:`check_ids`). Keys not named are not checked.
 
     Returns:
         KJT with int64 values, int32 lengths ``[F * B]``, float32 weights (or None).
@@ -104,6 +110,8 @@ def kjt_from_jagged(features: Mapping[str, tuple]) -> KeyedJaggedTensor:
         if batch_size is None:
             batch_size = n.numel()
         _check_jagged(key, v, n, batch_size)
+        if num_ids is not None and key in num_ids:
+            check_ids(key, v, num_ids[key])
         values.append(v)
         lengths.append(n)
         length_per_key.append(v.numel())
@@ -120,6 +128,19 @@ def kjt_from_jagged(features: Mapping[str, tuple]) -> KeyedJaggedTensor:
         stride=batch_size,
         length_per_key=length_per_key,
     )
+
+
+def check_ids(feature: str, ids: torch.Tensor, num_rows: int) -> None:
+    """Raises DataError unless every id of ``ids [n]`` indexes a row of a ``num_rows``-row table."""
+    if ids.numel() == 0:
+        return
+    bad = (ids < 0) | (ids >= num_rows)
+    if bool(bad.any()):
+        value = int(ids[bad][0])
+        raise DataError(
+            f"feature {feature!r} has id {value}, outside its table of {num_rows} rows (ids 0..{num_rows - 1}); "
+            "the data and the model's tables disagree: build both from the same log (FeatureSpec.from_log)"
+        )
 
 
 def _flatten(what: str, rows: Sequence[Sequence], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

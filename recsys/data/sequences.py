@@ -222,7 +222,8 @@ class SequenceExamples:
         index, lengths = self.token_index(rows, epoch)  # [T], [B]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [B + 1]
         item_ids = torch.from_numpy(self.item_id[index])
-        kjt = kjt_from_jagged({ITEM_KEY: (item_ids, torch.from_numpy(lengths).to(LENGTH_DTYPE))})
+        kjt = kjt_from_jagged({ITEM_KEY: (item_ids, torch.from_numpy(lengths).to(LENGTH_DTYPE))},
+                              num_ids={ITEM_KEY: self.num_items})
         is_eval = self.stage != "train"
         target = self.target[rows]
         return SequenceBatch(

@@ -96,3 +96,11 @@ def test_kjt_survives_pickling():
     assert torch.equal(back.values(), kjt.values())
     assert torch.equal(back.lengths(), kjt.lengths())
     assert torch.equal(back.weights(), kjt.weights())
+
+
+@pytest.mark.parametrize("bad", [5, 7, -1])
+def test_ids_outside_their_table_name_the_feature_id_and_size(bad):
+    features = {"user_id": (np.array([0, 1]), np.array([1, 1])), "item_id": (np.array([2, bad]), np.array([1, 1]))}
+    with pytest.raises(DataError, match=rf"feature 'item_id' has id {bad}, outside its table of 5 rows"):
+        kjt_from_jagged(features, num_ids={"user_id": 2, "item_id": 5})
+    kjt_from_jagged(features, num_ids={"user_id": 2})  # keys not named are not checked

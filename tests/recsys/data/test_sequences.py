@@ -184,3 +184,12 @@ def test_beauty_leave_one_out_sequences(shared_data):
     assert torch.equal(batch.target_item, torch.from_numpy(log.item_id[log.user_offsets()[1:257] - 1]))
     assert int(batch.lengths.max()) <= 50
     assert torch.equal(batch.seen_items.lengths().long(), torch.from_numpy(test.end[:256] - test.start[:256]))
+
+
+@pytest.mark.parametrize("bad", [10_000, -3])
+def test_sequence_ids_outside_the_item_table_are_refused(bad):
+    log = toy_log()
+    train = SequenceExamples.build(log, leave_one_out(log), "train", max_seq_len=50)
+    train.item_id[0] = bad
+    with pytest.raises(DataError, match=rf"feature 'item_id' has id {bad}, outside its table of {log.num_items} rows"):
+        train.collate(np.arange(len(train)))
