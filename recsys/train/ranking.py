@@ -165,6 +165,7 @@ class RankingRecipe:
         self.step, self.epoch = state["step"], state["epoch"]
         self.loader.load_state_dict(self._position_for_this_world(state["loader"]))
         restore_rng_state(state["rng"])
+        self.run_log.truncate_after(self.step)
         if self.ctx.is_main:
             print(f"resumed from step {self.step} (epoch {self.epoch}, batch {state['loader']['batches_consumed']})")
 

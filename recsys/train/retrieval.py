@@ -132,6 +132,7 @@ class RetrievalRecipe:
         self.loader.load_state_dict(state["loader"])
         self.stopper.load_state_dict(state["early_stopping"])
         restore_rng_state(state["rng"])
+        self.run_log.truncate_after(self.step)
 
     # ------------------------------------------------------------------ train
     def train(self) -> dict:

@@ -10,6 +10,9 @@ Example::
     log.log(step=100, values={"train/loss": 0.41, "train/lr": 1e-3})
     log.close()
 
+A resumed run calls `truncate_after(step)` with the step it resumed from, so the records of the
+steps it trains again are not in the file twice.
+
 `metrics.jsonl` line::
 
     {"step": 100, "time": 1763800000.1, "train/loss": 0.41, "train/lr": 0.001}
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Mapping, Optional
 
+from recsys.atomic_files import write_text_atomic
 from recsys.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -81,6 +85,25 @@ class RunLog:
             for name, value in scalars.items():
                 self._writer.add_scalar(name, value, global_step=int(step))
             self._writer.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after `step` from metrics.jsonl (a resume at `step` logs them again).
+
+        A last line cut short by a kill is dropped too; the file is rewritten atomically.
+        """
+        if self._jsonl is None:
+            return
+        self._jsonl.close()
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        write_text_atomic(self.metrics_path, "".join(kept))
+        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
 
     def close(self) -> None:
         """Flush and close the files; further `log` calls do nothing."""

@@ -72,6 +72,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, backend):
     for key in straight_weights:
         torch.testing.assert_close(resumed_weights[key], straight_weights[key], rtol=0, atol=0, msg=key)
     assert resumed_metrics == straight_metrics
+    assert _loss_steps(tmp_path / "killed") == _loss_steps(tmp_path / "straight")  # no step logged twice
+
+
+def _loss_steps(run_dir) -> list[int]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if "train/loss" in r]
 
 
 def test_training_beats_chance_and_writes_run_files(tmp_path):

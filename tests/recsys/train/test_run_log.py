@@ -47,3 +47,17 @@ def test_bad_values_are_named(tmp_path):
             log.log(step=1, values={"loss": "high"})
         with pytest.raises(ConfigError, match="reserved"):
             log.log(step=1, values={"step": 3.0})
+
+
+def test_truncate_after_drops_later_steps_and_a_cut_line(tmp_path):
+    with RunLog(tmp_path, rank=0, tensorboard=False) as log:
+        for step in (1, 2, 3, 4):
+            log.log(step, {"train/loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # killed mid-line
+    log = RunLog(tmp_path, rank=0, tensorboard=False)
+    log.truncate_after(2)
+    log.log(3, {"train/loss": 30.0})
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train/loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0)]
