@@ -3,7 +3,7 @@
 Same signature and result as :func:`recsys.ops.hstu_attention_reference.hstu_attention_reference`
 (read it for the semantics)::
 
-    O_i = sum_j SiLU(alpha q_i . k_j + rab_ij) * mask_ij * v_j / N_b        (paper Eq. 2)
+    O_i = sum_j SiLU(alpha q_i . k_j + rab_ij) * mask_ij * v_j / N_i        (paper Eq. 2)
 
 One program computes ``BLOCK_M`` query rows of one (sequence, head) pair: it reads its queries
 once, walks the sequence's keys and values in ``BLOCK_N`` tiles straight from the jagged
@@ -102,7 +102,8 @@ def _hstu_attention_forward_kernel(
                     mask=col_ok[:, None] & (dv[None, :] < dim_v), other=0.0)  # [BLOCK_N, BLOCK_DV]
         acc += tl.dot(weights.to(v.dtype), v, input_precision=INPUT_PRECISION)
 
-    out = acc / tl.load(normalizer_ptr + b).to(tl.float32)
+    norm = tl.load(normalizer_ptr + b.to(tl.int64) * num_query_slots + rows, mask=row_ok, other=1)  # [BLOCK_M]
+    out = acc / norm.to(tl.float32)[:, None]
     tl.store(out_ptr + (query_start + rows)[:, None] * stride_ot + h * stride_oh + dv[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (dv[None, :] < dim_v))
 
@@ -121,7 +122,7 @@ def hstu_attention_triton(
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_targets: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
     block_m: int | None = None,

@@ -17,7 +17,8 @@ Where this differs from the reference code (generative-recommenders), on purpose
 - both LayerNorms are affine (the research model's are not; the newer ``STULayer``'s are) and f1
   has a bias, as in ``STULayer``;
 - ``alpha`` defaults to ``1 / sqrt(Dqk)`` (``STULayer``); the research model used 1;
-- attention normalization defaults to the history length (``"max_len"`` reproduces theirs);
+- attention normalization defaults to theirs (``"max_len"``); ``"length"`` divides each query by
+  the number of keys it attends to instead (both causal);
 - dropout sits on f2's input, as in both reference models.
 
 KV cache (M-FALCON): history tokens never attend to targets, so their keys and values at every
@@ -78,7 +79,7 @@ class HSTULayer(nn.Module):
         linear_dim: int,
         max_seq_len: int,
         dropout: float = 0.0,
-        normalization: str = "length",
+        normalization: str = "max_len",
         use_position_bias: bool = True,
         use_time_bias: bool = True,
         num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
@@ -313,7 +314,7 @@ class HSTUEncoder(nn.Module):
         linear_dim: int,
         max_seq_len: int,
         dropout: float = 0.0,
-        normalization: str = "length",
+        normalization: str = "max_len",
         use_position_bias: bool = True,
         use_time_bias: bool = True,
         num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
@@ -424,7 +425,7 @@ class HSTUConfig:
     linear_dim: int
     max_seq_len: int
     dropout: float = 0.0
-    normalization: str = "length"
+    normalization: str = "max_len"
     use_position_bias: bool = True
     use_time_bias: bool = True
     num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS

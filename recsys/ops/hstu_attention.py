@@ -18,8 +18,9 @@ int64, ``seq_offsets[0] == 0``) marks where each sequence starts::
 
 Differences from the reference code (generative-recommenders), on purpose:
 
-- ``normalization="length"`` (default) divides by each user's history length rather than by
-  ``max_seq_len`` (available as ``"max_len"``);
+- ``normalization="length"`` (an option; the default ``"max_len"`` is the reference's division by
+  ``max_seq_len``) divides each query's output by the number of keys it attends to; both are
+  causal: no output depends on the tokens after it;
 - targets share one position for the position bias and never feed ``t_next`` of another token
   (see :mod:`recsys.modules.relative_bias`);
 - ``query_offsets`` lets a pass compute only the last tokens of each sequence against a cached
@@ -114,7 +115,7 @@ def hstu_attention(
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_targets: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     kernel: str = "auto",
     layout: HSTUAttentionLayout | None = None,
@@ -137,7 +138,8 @@ def hstu_attention(
         num_targets: ``[B]`` int64: the last ``num_targets[b]`` tokens of sequence ``b`` are
             targets, attending to the history and to themselves only.
         causal: hide keys after the query.
-        normalization: ``"length"`` (divide by the history length) or ``"max_len"``.
+        normalization: ``"length"`` (divide each query's output by the number of keys it attends
+            to) or ``"max_len"`` (by ``max_seq_len``).
         query_offsets: ``[B + 1]`` int64 offsets of ``q``; None when ``q`` covers every token.
         kernel: ``"auto"`` or one of :func:`hstu_attention_kernels`.
         layout: from :func:`recsys.ops.hstu_attention_layout.build_hstu_attention_layout` on these

@@ -50,7 +50,7 @@ class HSTUAttentionLayout:
         query_row_slots: ``[Tq]`` flat index ``b * M + row`` of every query row.
         query_slots: ``[B, M]`` position of each padded query in its sequence.
         mask: ``[B, M, N]`` bool, as :func:`recsys.ops.hstu_attention_reference.attention_mask`.
-        normalizer: ``[B]`` int64 divisor of each sequence's output.
+        normalizer: ``[B, M]`` int64 divisor of each query's output.
         padded_timestamps: ``[B, N]`` int64, or None.
     """
 
@@ -103,7 +103,7 @@ def build_hstu_attention_layout(
     num_targets: torch.Tensor | None = None,
     timestamps: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
 ) -> HSTUAttentionLayout:
     """Validate the jagged arguments of :func:`recsys.ops.hstu_attention.hstu_attention` and lay them out.
@@ -128,6 +128,7 @@ def build_hstu_attention_layout(
     query_offsets = seq_offsets if query_offsets is None else query_offsets
     query_slots = ((lengths - query_lengths).view(-1, 1) + torch.arange(m, device=lengths.device)).clamp(max=max(n - 1, 0))
     key_slots = jagged_slots(seq_offsets, n, num_rows)  # [T]
+    mask = attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal)  # [B, M, N]
     return HSTUAttentionLayout(
         seq_offsets=seq_offsets, query_offsets=query_offsets, num_targets=num_targets, timestamps=timestamps,
         max_seq_len=max_seq_len, causal=causal, normalization=normalization,
@@ -135,8 +136,8 @@ def build_hstu_attention_layout(
         key_slots=key_slots,
         query_row_slots=key_slots if query_offsets is seq_offsets else jagged_slots(query_offsets, m, num_queries),
         query_slots=query_slots,  # [B, M]; padding rows point at a real slot
-        mask=attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal),  # [B, M, N]
-        normalizer=normalizer(lengths, num_targets, max_seq_len, normalization),  # [B]
+        mask=mask,  # [B, M, N]
+        normalizer=normalizer(mask, max_seq_len, normalization),  # [B, M]
         padded_timestamps=None if timestamps is None else _pad_timestamps(timestamps, key_slots, lengths.numel(), n),
     )
 
@@ -196,11 +197,17 @@ def attention_mask(
     return mask
 
 
-def normalizer(lengths: torch.Tensor, num_targets: torch.Tensor | None, max_seq_len: int, normalization: str) -> torch.Tensor:
-    """``[B]`` divisor N_b of each sequence's attention output."""
+def normalizer(mask: torch.Tensor, max_seq_len: int, normalization: str) -> torch.Tensor:
+    """``[B, M]`` int64 divisor N of each query's output, from the ``[B, M, N]`` attention mask.
+
+    ``"length"``: the number of keys the query attends to (at least 1): ``i + 1`` for history
+    position ``i`` of a causal pass, ``h_b + 1`` for a target. ``"max_len"``: ``max_seq_len``, as
+    the reference code. Both are causal: a query's divisor never depends on the keys it cannot see,
+    so appending tokens leaves every earlier output as it was.
+    """
     if normalization == "max_len":
-        return torch.full_like(lengths, max_seq_len)
-    return history_lengths(lengths, num_targets).clamp(min=1)
+        return torch.full(mask.shape[:2], max_seq_len, dtype=torch.int64, device=mask.device)
+    return mask.sum(dim=2).clamp(min=1)
 
 
 def check_offsets(name: str, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -3,15 +3,17 @@
 For each sequence ``b`` of length ``n_b`` with ``h_b = n_b - num_targets[b]`` history tokens::
 
     A = SiLU(alpha * Q K^T + rab^{p,t}) * mask        # [n_b, n_b], paper Eq. 2
-    O = A V / N_b                                     # [n_b, Dv]
+    O_i = (A V)_i / N_i                               # [n_b, Dv]
 
 - ``mask[i, j]``: key ``j`` is a real token, ``j <= i`` when causal, and two different targets
   never see each other (a target sees the history and itself).
-- ``N_b = max(h_b, 1)`` for ``normalization="length"`` (the user's true history length; equals
-  ``n_b`` without targets) or ``max_seq_len`` for ``"max_len"`` (what the reference code does).
-  Excluding targets from ``N_b`` is deliberate: it keeps history outputs independent of the
-  targets appended after it and a target's output independent of how many other targets share
-  its pass, which M-FALCON's caching and micro-batching rely on.
+- ``N_i`` per query: for ``normalization="length"`` the number of keys query ``i`` attends to
+  (``sum_j mask[i, j]``, at least 1: ``i + 1`` for a causal history token, ``h_b + 1`` for a
+  target); ``max_seq_len`` for ``"max_len"`` (what the reference code does). Both are causal: no
+  output depends on a token it cannot see (in training, position ``i`` never learns how long its
+  future is), history outputs do not depend on the targets appended after it, and a target's output
+  does not depend on how many other targets share its pass, which M-FALCON's caching and
+  micro-batching rely on.
 - ``rab`` comes from :func:`recsys.modules.relative_bias.relative_attention_bias`.
 
 The computation pads to ``[B, n_max, H, D]``: through ``torch.ops.fbgemm.jagged_to_padded_dense``
@@ -107,7 +109,7 @@ def hstu_attention_reference(
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_targets: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
 ) -> torch.Tensor:
@@ -139,7 +141,7 @@ def hstu_attention_reference(
         scores = scores + bias.unsqueeze(1).to(scores.dtype)
     weights = F.silu(scores) * layout.mask.unsqueeze(1)  # [B, H, M, N]
     out = torch.einsum("bhmn,bnhd->bmhd", weights, padded_v)  # [B, M, H, Dv]
-    out = out / layout.normalizer.view(-1, 1, 1, 1).to(out.dtype)
+    out = out / layout.normalizer.view(*layout.normalizer.shape, 1, 1).to(out.dtype)  # [B, M, H, Dv] / [B, M, 1, 1]
     return padded_to_jagged(out, layout.query_offsets, slots=layout.query_row_slots, num_rows=num_queries)  # [Tq, H, Dv]
 
 
