@@ -125,6 +125,7 @@ def hstu_attention_triton(
     normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
+    next_timestamp: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
@@ -144,6 +145,7 @@ def hstu_attention_triton(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
     num_queries, num_heads, dim_qk = q.shape
     dim_v = v.size(2)

@@ -115,11 +115,14 @@ class HSTULayer(nn.Module):
         u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=1)
         return u, q.view(-1, h, dqk), k.view(-1, h, dqk), v.view(-1, h, dv)
 
-    def attend(self, q, k, v, seq_offsets, timestamps, num_targets, query_offsets=None, layout=None) -> torch.Tensor:
+    def attend(
+        self, q, k, v, seq_offsets, timestamps, num_targets, query_offsets=None, layout=None, next_timestamp=None
+    ) -> torch.Tensor:
         """Eq. 2 through :func:`hstu_attention`: ``[Tq, H, Dqk]`` queries -> ``[Tq, H * Dv]``.
 
         ``layout``: an :class:`HSTUAttentionLayout` of these arguments shared by the layers of a
-        pass (see :meth:`attention_layout`), or None to build one here.
+        pass (see :meth:`attention_layout`), or None to build one here. ``next_timestamp``: ``[B]``
+        time of the event after each history (see :func:`hstu_attention`), or None.
         """
         bias_kwargs = self.relative_bias.op_kwargs() if self.relative_bias is not None else {}
         if bias_kwargs.get("time_bias") is not None and timestamps is None:
@@ -128,7 +131,7 @@ class HSTULayer(nn.Module):
             q, k, v, seq_offsets, self.max_seq_len,
             alpha=self.alpha, timestamps=timestamps, num_targets=num_targets, causal=self.causal,
             normalization=self.normalization, query_offsets=query_offsets, kernel=self.kernel, layout=layout,
-            **bias_kwargs,
+            next_timestamp=next_timestamp, **bias_kwargs,
         )  # [Tq, H, Dv]
         return out.flatten(1, 2)  # [Tq, H * Dv]
 
@@ -140,17 +143,19 @@ class HSTULayer(nn.Module):
         num_targets: torch.Tensor | None = None,
         query_offsets: torch.Tensor | None = None,
         num_queries: int | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> HSTUAttentionLayout:
         """The validated :class:`HSTUAttentionLayout` of a pass, reusable by every layer with this one's settings.
 
         Args:
             seq_offsets: ``[B + 1]`` int64 offsets of the ``num_rows`` keys.
-            timestamps, num_targets, query_offsets: as :meth:`attend`.
+            timestamps, num_targets, query_offsets, next_timestamp: as :meth:`attend`.
             num_queries: rows of q with ``query_offsets``; default ``num_rows``.
         """
         return build_hstu_attention_layout(
             seq_offsets, self.max_seq_len, num_rows=num_rows, num_queries=num_queries, num_targets=num_targets,
             timestamps=timestamps, causal=self.causal, normalization=self.normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
 
     def output(self, x: torch.Tensor, attn: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -164,10 +169,11 @@ class HSTULayer(nn.Module):
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
         layout: HSTUAttentionLayout | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward`, also returning this layer's K ``[T, H, Dqk]`` and V ``[T, H, Dv]``."""
         u, q, k, v = self.project(x)
-        attn = self.attend(q, k, v, seq_offsets, timestamps, num_targets, layout=layout)
+        attn = self.attend(q, k, v, seq_offsets, timestamps, num_targets, layout=layout, next_timestamp=next_timestamp)
         return self.output(x, attn, u), k, v
 
     def forward(
@@ -177,6 +183,7 @@ class HSTULayer(nn.Module):
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
         layout: HSTUAttentionLayout | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[T, D]`` jagged tokens -> ``[T, D]``.
 
@@ -186,8 +193,10 @@ class HSTULayer(nn.Module):
             timestamps: ``[T]`` int64, required with a time bias.
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
             layout: :meth:`attention_layout` of these arguments, shared across layers; None builds one.
+            next_timestamp: ``[B]`` int64 time of the event after each history, or None (see
+                :func:`recsys.modules.relative_bias.next_timestamps`).
         """
-        return self.forward_with_kv(x, seq_offsets, timestamps, num_targets, layout)[0]
+        return self.forward_with_kv(x, seq_offsets, timestamps, num_targets, layout, next_timestamp)[0]
 
     def forward_targets(
         self,
@@ -343,6 +352,7 @@ class HSTUEncoder(nn.Module):
         seq_offsets: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[T, D]`` jagged tokens -> ``[T, D]``.
 
@@ -351,12 +361,17 @@ class HSTUEncoder(nn.Module):
             seq_offsets: ``[B + 1]`` int64.
             timestamps: ``[T]`` int64 (required with a time bias).
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
+            next_timestamp: ``[B]`` int64 time of the event after each sequence's history (at
+                evaluation, the held-out target's), so that the last history token's time bias is
+                the one training gave it; None uses its own timestamp.
         """
         self._check_input(values)
-        layout = self.layers[0].attention_layout(seq_offsets, values.size(0), timestamps, num_targets)
+        layout = self.layers[0].attention_layout(
+            seq_offsets, values.size(0), timestamps, num_targets, next_timestamp=next_timestamp
+        )
         x = values
         for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets, layout)
+            x = layer(x, seq_offsets, timestamps, num_targets, layout, next_timestamp)
         return self.final_norm(x)
 
     def encode_history(

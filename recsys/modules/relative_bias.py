@@ -18,7 +18,12 @@ long before the next action did the user see item j". Targets (the last ``num_ta
 tokens of sequence ``b``, see :mod:`recsys.ops.hstu_attention`) are handled so that history
 never depends on them and a target never depends on another target:
 
-- a history token whose next token is a target (or that ends the sequence) uses its own
+- the last history token uses ``next_timestamp[b]`` when it is given: the time of the event that
+  follows the sequence, i.e. the request time of the prediction made after it. Retrieval
+  evaluation passes the held-out target's timestamp, so the query token gets the same bias it was
+  trained with (in training its next token's time), as the reference does by writing the
+  target's timestamp into the slot after the history;
+- otherwise a history token whose next token is a target (or that ends the sequence) uses its own
   timestamp; the reference code uses the next padded slot's timestamp instead, which makes the
   last history token depend on the first target (or on the padding value);
 - a target query uses its own timestamp;
@@ -63,19 +68,29 @@ def effective_positions(lengths: torch.Tensor, num_targets: torch.Tensor | None,
     return torch.minimum(positions, history_lengths(lengths, num_targets).view(-1, 1))
 
 
-def next_timestamps(padded_timestamps: torch.Tensor, lengths: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
-    """``[B, N]`` ``t_next`` of every slot: the next history token's timestamp, else its own.
+def next_timestamps(
+    padded_timestamps: torch.Tensor,
+    lengths: torch.Tensor,
+    num_targets: torch.Tensor | None,
+    next_timestamp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[B, N]`` ``t_next`` of every slot: the next history token's timestamp; for the last
+    history token ``next_timestamp[b]`` when given; else the slot's own timestamp.
 
     Args:
         padded_timestamps: ``[B, N]`` int64 timestamps, any value in padding.
         lengths: ``[B]`` sequence lengths.
         num_targets: ``[B]`` targets at the end of each sequence, or None.
+        next_timestamp: ``[B]`` int64 time of the event after each sequence's history, or None.
     """
     n = padded_timestamps.size(1)
     shifted = torch.cat([padded_timestamps[:, 1:], padded_timestamps[:, -1:]], dim=1)  # [B, N]
     slots = torch.arange(n, device=padded_timestamps.device).view(1, n)
-    next_is_history = slots + 1 < history_lengths(lengths, num_targets).view(-1, 1)  # [B, N]
-    return torch.where(next_is_history, shifted, padded_timestamps)
+    history = history_lengths(lengths, num_targets).view(-1, 1)  # [B, 1]
+    t_next = torch.where(slots + 1 < history, shifted, padded_timestamps)  # [B, N]
+    if next_timestamp is not None:
+        t_next = torch.where(slots + 1 == history, next_timestamp.view(-1, 1).to(t_next.dtype), t_next)
+    return t_next
 
 
 def relative_attention_bias(
@@ -87,6 +102,7 @@ def relative_attention_bias(
     time_bias: torch.Tensor | None = None,
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_slots: int | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense bias ``[B, M, N]`` between the query slots and every key slot of a padded batch.
 
@@ -100,6 +116,7 @@ def relative_attention_bias(
         time_bias: ``[num_buckets + 1]`` table indexed by :func:`time_buckets`.
         time_bucket_base: see :func:`time_buckets`.
         num_slots: N, needed when ``padded_timestamps`` is None.
+        next_timestamp: ``[B]`` int64 ``t_next`` of each last history token (see :func:`next_timestamps`), or None.
 
     Returns:
         ``[B, M, N]`` bias in the tables' dtype (zeros when both tables are None). Padding slots
@@ -114,7 +131,7 @@ def relative_attention_bias(
         raise ValueError("time_bias needs padded_timestamps")
     index = relative_bias_index(
         query_slots, lengths, num_targets, padded_timestamps,
-        num_position_entries(position_bias), num_time_entries(time_bias), time_bucket_base, n,
+        num_position_entries(position_bias), num_time_entries(time_bias), time_bucket_base, n, next_timestamp,
     )  # [B, M, N]
     return gather_relative_bias(index, position_bias, time_bias)
 
@@ -127,11 +144,13 @@ def padded_relative_bias(
     position_bias: torch.Tensor | None = None,
     time_bias: torch.Tensor | None = None,
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense bias ``[B, N, N]`` of a padded batch, every slot a query (see :func:`relative_attention_bias`)."""
     slots = torch.arange(num_slots, device=lengths.device).expand(lengths.numel(), num_slots)  # [B, N]
     return relative_attention_bias(
-        slots, lengths, num_targets, padded_timestamps, position_bias, time_bias, time_bucket_base, num_slots
+        slots, lengths, num_targets, padded_timestamps, position_bias, time_bias, time_bucket_base, num_slots,
+        next_timestamp,
     )
 
 
@@ -154,6 +173,7 @@ def relative_bias_index(
     time_entries: int | None,
     time_bucket_base: float,
     num_slots: int,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, M, N]`` int64 index of each (query, key) pair into :func:`combined_bias_table`.
 
@@ -167,12 +187,15 @@ def relative_bias_index(
         time_entries: ``num_buckets + 1``, or None without a time table (then
             ``padded_timestamps`` may be None).
         num_slots: N.
+        next_timestamp: ``[B]`` ``t_next`` of each last history token, or None (see :func:`next_timestamps`).
     """
     index = None
     if position_entries is not None:
         index = _position_index(query_slots, lengths, num_targets, position_entries, num_slots)
     if time_entries is not None:
-        buckets = _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, time_bucket_base)
+        buckets = _time_index(
+            query_slots, lengths, num_targets, padded_timestamps, time_entries, time_bucket_base, next_timestamp
+        )
         index = buckets if index is None else index * time_entries + buckets
     if index is None:
         raise ValueError("relative_bias_index needs a position table, a time table or both")
@@ -208,8 +231,8 @@ def _position_index(query_slots, lengths, num_targets, position_entries, n) -> t
     return distance.clamp(-max_distance, max_distance) + max_distance
 
 
-def _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, base) -> torch.Tensor:
-    query_times = next_timestamps(padded_timestamps, lengths, num_targets).gather(1, query_slots)  # [B, M]
+def _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, base, next_timestamp) -> torch.Tensor:
+    query_times = next_timestamps(padded_timestamps, lengths, num_targets, next_timestamp).gather(1, query_slots)  # [B, M]
     dt = query_times.unsqueeze(2) - padded_timestamps.unsqueeze(1)  # [B, M, N]
     return time_buckets(dt, time_entries - 1, base)  # [B, M, N]
 
@@ -266,9 +289,10 @@ class RelativeAttentionBias(nn.Module):
         num_slots: int,
         num_targets: torch.Tensor | None = None,
         padded_timestamps: torch.Tensor | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, N, N]`` dense bias of a padded batch (for inspection and tests)."""
         return padded_relative_bias(
             lengths, num_slots, num_targets, padded_timestamps,
-            self.position_weights, self.time_weights, self.time_bucket_base,
+            self.position_weights, self.time_weights, self.time_bucket_base, next_timestamp,
         )

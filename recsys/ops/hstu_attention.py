@@ -119,6 +119,7 @@ def hstu_attention(
     query_offsets: torch.Tensor | None = None,
     kernel: str = "auto",
     layout: HSTUAttentionLayout | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention ``SiLU(alpha Q K^T + rab) V / N`` with causal and target masks.
 
@@ -145,6 +146,9 @@ def hstu_attention(
         layout: from :func:`recsys.ops.hstu_attention_layout.build_hstu_attention_layout` on these
             same ``seq_offsets``, ``query_offsets``, ``num_targets`` and ``timestamps`` tensors;
             its checks then stand and are not repeated. Default: built (and checked) here.
+        next_timestamp: ``[B]`` int64 time of the event after each sequence's history (e.g. the
+            held-out target's at evaluation): ``t_next`` of the last history token for the time
+            bias; None uses that token's own timestamp.
 
     Returns:
         ``[Tq, H, Dv]`` attention output per query token.
@@ -160,15 +164,17 @@ def hstu_attention(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
     else:
-        _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization)
+        _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization,
+                      next_timestamp)
     backend = _select_backend(kernel, q, _needs_grad(q, k, v, position_bias, time_bias))
     return backend.fn(
         q, k, v, seq_offsets, max_seq_len,
         alpha=alpha, timestamps=timestamps, position_bias=position_bias, time_bias=time_bias,
         time_bucket_base=time_bucket_base, num_targets=num_targets, causal=causal,
-        normalization=normalization, query_offsets=query_offsets, layout=layout,
+        normalization=normalization, query_offsets=query_offsets, layout=layout, next_timestamp=next_timestamp,
     )
 
 
@@ -210,11 +216,15 @@ def _check_shapes(q, k, v, timestamps, position_bias, time_bias) -> None:
         raise DataError(f"hstu_attention: time_bias must be [num_buckets + 1]; got {tuple(time_bias.shape)}")
 
 
-def _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization) -> None:
+def _check_layout(
+    layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp
+) -> None:
     """A given layout must describe these very arguments (tensor identity, no host sync)."""
-    if not layout.matches(seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization):
+    if not layout.matches(seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization,
+                          next_timestamp):
         raise DataError(
-            "hstu_attention: layout was built for other seq_offsets / query_offsets / num_targets / timestamps or "
+            "hstu_attention: layout was built for other seq_offsets / query_offsets / num_targets / timestamps / "
+            "next_timestamp or "
             "settings; build it with build_hstu_attention_layout from the tensors passed here"
         )
     if layout.key_slots.numel() != k.size(0) or layout.query_row_slots.numel() != q.size(0):

@@ -39,6 +39,7 @@ class HSTUAttentionLayout:
         query_offsets: ``[B + 1]`` int64 query offsets (``seq_offsets`` itself when every token queries).
         num_targets: ``[B]`` int64, or None.
         timestamps: ``[T]`` int64, or None.
+        next_timestamp: ``[B]`` int64 ``t_next`` of each sequence's last history token, or None.
         max_seq_len: the bound the input was checked against.
         causal: whether later keys are hidden.
         normalization: ``"length"`` or ``"max_len"``.
@@ -58,6 +59,7 @@ class HSTUAttentionLayout:
     query_offsets: torch.Tensor
     num_targets: torch.Tensor | None
     timestamps: torch.Tensor | None
+    next_timestamp: torch.Tensor | None
     max_seq_len: int
     causal: bool
     normalization: str
@@ -79,17 +81,20 @@ class HSTUAttentionLayout:
         if key not in self._bias_indices:
             self._bias_indices[key] = relative_bias_index(
                 self.query_slots, self.lengths, self.num_targets, self.padded_timestamps,
-                position_entries, time_entries, time_bucket_base, self.num_slots,
+                position_entries, time_entries, time_bucket_base, self.num_slots, self.next_timestamp,
             )
         return self._bias_indices[key]
 
-    def matches(self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization) -> bool:
+    def matches(
+        self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp=None
+    ) -> bool:
         """Whether this layout was built for these arguments (same tensors, same settings)."""
         return (
             seq_offsets is self.seq_offsets
             and (query_offsets if query_offsets is not None else seq_offsets) is self.query_offsets
             and num_targets is self.num_targets
             and timestamps is self.timestamps
+            and next_timestamp is self.next_timestamp
             and (max_seq_len, causal, normalization) == (self.max_seq_len, self.causal, self.normalization)
         )
 
@@ -105,12 +110,13 @@ def build_hstu_attention_layout(
     causal: bool = True,
     normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> HSTUAttentionLayout:
     """Validate the jagged arguments of :func:`recsys.ops.hstu_attention.hstu_attention` and lay them out.
 
     Args:
-        seq_offsets, max_seq_len, num_targets, timestamps, causal, normalization, query_offsets:
-            as :func:`recsys.ops.hstu_attention.hstu_attention`.
+        seq_offsets, max_seq_len, num_targets, timestamps, causal, normalization, query_offsets,
+        next_timestamp: as :func:`recsys.ops.hstu_attention.hstu_attention`.
         num_rows: T, the rows of k and v.
         num_queries: Tq, the rows of q; default T.
 
@@ -123,6 +129,8 @@ def build_hstu_attention_layout(
     lengths = check_offsets("seq_offsets", seq_offsets, num_rows)  # [B]
     query_lengths = _check_queries(query_offsets, lengths, num_queries, num_rows)  # [B]
     _check_sequences(lengths, max_seq_len, timestamps, num_targets, num_rows)
+    if next_timestamp is not None and next_timestamp.shape != lengths.shape:
+        raise DataError(f"hstu_attention: next_timestamp must be [B] = [{lengths.numel()}]; got {tuple(next_timestamp.shape)}")
     n = _padded_width(lengths, max_seq_len)
     m = n if query_offsets is None else _padded_width(query_lengths, max_seq_len)
     query_offsets = seq_offsets if query_offsets is None else query_offsets
@@ -131,7 +139,7 @@ def build_hstu_attention_layout(
     mask = attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal)  # [B, M, N]
     return HSTUAttentionLayout(
         seq_offsets=seq_offsets, query_offsets=query_offsets, num_targets=num_targets, timestamps=timestamps,
-        max_seq_len=max_seq_len, causal=causal, normalization=normalization,
+        next_timestamp=next_timestamp, max_seq_len=max_seq_len, causal=causal, normalization=normalization,
         lengths=lengths, query_lengths=query_lengths, num_slots=n, num_query_slots=m,
         key_slots=key_slots,
         query_row_slots=key_slots if query_offsets is seq_offsets else jagged_slots(query_offsets, m, num_queries),

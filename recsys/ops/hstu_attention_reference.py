@@ -112,6 +112,7 @@ def hstu_attention_reference(
     normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention; arguments as :func:`recsys.ops.hstu_attention.hstu_attention`.
 
@@ -123,6 +124,7 @@ def hstu_attention_reference(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
     num_queries, num_heads, _ = q.shape
     n, m = layout.num_slots, layout.num_query_slots

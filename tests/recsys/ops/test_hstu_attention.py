@@ -101,6 +101,28 @@ def test_appending_tokens_never_changes_earlier_outputs(normalization):
     torch.testing.assert_close(prefix, full[rows], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_a_prefix_with_its_next_timestamp_equals_the_full_pass(normalization):
+    """Evaluation reads a history without its target: given the target's time as next_timestamp,
+    every history output, time bias included, equals the training pass over history + target."""
+    x = make_inputs([6, 8, 3])
+    keep = [5, 7, 2]
+    offsets = x["seq_offsets"]
+    rows = torch.cat([torch.arange(int(offsets[b]), int(offsets[b]) + n) for b, n in enumerate(keep)])
+    after = x["timestamps"][offsets[:-1] + torch.tensor(keep)]  # [B] time of the token after each prefix
+    bias = dict(position_bias=x["position_bias"], time_bias=x["time_bias"], normalization=normalization)
+    full = hstu_attention(x["q"], x["k"], x["v"], offsets, 8, timestamps=x["timestamps"], **bias)
+    prefix = hstu_attention(
+        x["q"][rows], x["k"][rows], x["v"][rows], torch.tensor([0] + keep).cumsum(0), 8,
+        timestamps=x["timestamps"][rows], next_timestamp=after, **bias,
+    )
+    torch.testing.assert_close(prefix, full[rows], rtol=0, atol=1e-12)
+    without = hstu_attention(
+        x["q"][rows], x["k"][rows], x["v"][rows], torch.tensor([0] + keep).cumsum(0), 8, timestamps=x["timestamps"][rows], **bias,
+    )
+    assert not torch.allclose(without, full[rows])  # the last token's own time gives another bias
+
+
 @pytest.mark.parametrize("with_targets", [False, True])
 def test_non_causal_matches_naive_loop(with_targets):
     x = make_inputs([5, 2, 6])
