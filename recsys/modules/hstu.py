@@ -21,9 +21,10 @@ Where this differs from the reference code (generative-recommenders), on purpose
   the number of keys it attends to instead (both causal);
 - dropout sits on f2's input, as in both reference models.
 
-KV cache (M-FALCON): history tokens never attend to targets, so their keys and values at every
-layer are the same with or without targets appended. :meth:`HSTUEncoder.encode_history` keeps
-them; :meth:`HSTUEncoder.forward_targets` runs only the targets against them.
+KV cache (M-FALCON): in a causal encoder history tokens never attend to targets, so their keys
+and values at every layer are the same with or without targets appended.
+:meth:`HSTUEncoder.encode_history` keeps them; :meth:`HSTUEncoder.forward_targets` runs only the
+targets against them. A non-causal encoder's history reads the targets, so both refuse it.
 
 Shared layout: every layer of a pass attends over the same sequences, so the encoder validates
 the jagged input and builds the padding indices, masks and bias indices once
@@ -336,7 +337,7 @@ class HSTUEncoder(nn.Module):
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"HSTUEncoder: num_layers={num_layers}; use at least 1")
-        self.embedding_dim, self.max_seq_len = embedding_dim, max_seq_len
+        self.embedding_dim, self.max_seq_len, self.causal = embedding_dim, max_seq_len, causal
         self.layers = nn.ModuleList(
             HSTULayer(
                 embedding_dim, num_heads, attention_dim, linear_dim, max_seq_len, dropout, normalization,
@@ -377,7 +378,12 @@ class HSTUEncoder(nn.Module):
     def encode_history(
         self, values: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, HSTUKVCache]:
-        """Encode histories (no targets) and keep every layer's K/V: ``([Th, D], cache)``."""
+        """Encode histories (no targets) and keep every layer's K/V: ``([Th, D], cache)``.
+
+        Causal encoders only: a non-causal history attends to the targets appended after it, so its
+        keys and values depend on them and cannot be cached (:class:`ConfigError`).
+        """
+        self._check_causal("encode_history")
         self._check_input(values)
         layout = self.layers[0].attention_layout(seq_offsets, values.size(0), timestamps)
         keys, vals, x = [], [], values
@@ -403,6 +409,7 @@ class HSTUEncoder(nn.Module):
             cache: from :meth:`encode_history` on the same B sequences.
             target_timestamps: ``[Tc]`` int64 (required with a time bias).
         """
+        self._check_causal("forward_targets")
         self._check_input(target_values)
         if target_offsets.numel() != cache.seq_offsets.numel():
             raise DataError(
@@ -419,6 +426,14 @@ class HSTUEncoder(nn.Module):
                 x, target_offsets, k, v, cache.seq_offsets, cache.timestamps, target_timestamps, layout=layout
             )
         return self.final_norm(x)
+
+    def _check_causal(self, method: str) -> None:
+        if not self.causal:
+            raise ConfigError(
+                f"HSTUEncoder.{method}: the KV cache is exact for causal encoders only (causal=False lets history "
+                "attend to the targets appended after it); build the encoder with causal=True, or score each target "
+                "in its own full pass (recsys.modules.mfalcon.score_candidates with cache=False, microbatch_size=1)"
+            )
 
     def _check_input(self, values: torch.Tensor) -> None:
         if values.dim() != 2 or values.size(1) != self.embedding_dim:
