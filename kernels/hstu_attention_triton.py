@@ -12,7 +12,7 @@ accumulates ``SiLU(S) V`` in float32. HSTU has no softmax, so there is no runnin
 rescaling: each tile's contribution is final. The mask (real keys, causal, targets that do not see
 each other) is computed in the kernel from the lengths; the relative bias is read through the
 layout's ``[B, M, N]`` index into the combined position x time table, so the bias semantics are
-exactly the reference's (:func:`recsys.modules.relative_bias.relative_bias_index`).
+exactly the reference's (:func:`recsys.ops.relative_bias_index.relative_bias_index`).
 
 float32 inputs follow PyTorch's matmul setting: TF32 tensor cores when
 ``torch.backends.cuda.matmul.allow_tf32`` is on, exact IEEE products (and no speed-up over the
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from recsys.errors import ConfigError
-from recsys.modules.relative_bias import (
+from recsys.ops.relative_bias_index import (
     DEFAULT_TIME_BUCKET_BASE,
     combined_bias_table,
     num_position_entries,

@@ -22,7 +22,7 @@ Differences from the reference code (generative-recommenders), on purpose:
   ``max_seq_len``) divides each query's output by the number of keys it attends to; both are
   causal: no output depends on the tokens after it;
 - targets share one position for the position bias and never feed ``t_next`` of another token
-  (see :mod:`recsys.modules.relative_bias`);
+  (see :mod:`recsys.ops.relative_bias_index`);
 - ``query_offsets`` lets a pass compute only the last tokens of each sequence against a cached
   history (M-FALCON), with jagged rather than fixed per-sequence query counts.
 
@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 
 from recsys.errors import ConfigError, DataError
-from recsys.modules.relative_bias import DEFAULT_TIME_BUCKET_BASE
+from recsys.ops.relative_bias_index import DEFAULT_TIME_BUCKET_BASE
 from recsys.ops.hstu_attention_layout import HSTUAttentionLayout, build_hstu_attention_layout
 from recsys.ops.hstu_attention_reference import hstu_attention_reference
 from recsys.ops.triton_kernels import load_kernel, triton_interpret_requested
@@ -135,7 +135,7 @@ def hstu_attention(
         timestamps: ``[T]`` int64 token timestamps; required with ``time_bias``.
         position_bias: ``[2L - 1]`` bias per relative position ``j - i`` (index ``j - i + L - 1``).
         time_bias: ``[num_buckets + 1]`` bias per log time bucket of ``t_next(i) - t_j``.
-        time_bucket_base: bucket width (see :func:`recsys.modules.relative_bias.time_buckets`).
+        time_bucket_base: bucket width (see :func:`recsys.ops.relative_bias_index.time_buckets`).
         num_targets: ``[B]`` int64: the last ``num_targets[b]`` tokens of sequence ``b`` are
             targets, attending to the history and to themselves only.
         causal: hide keys after the query.

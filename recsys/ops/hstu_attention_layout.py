@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recsys.errors import DataError
-from recsys.modules.relative_bias import history_lengths, relative_bias_index
+from recsys.ops.relative_bias_index import history_lengths, relative_bias_index
 
 CHECK_INPUTS = True
 """Check offset, length and target values (host syncs) when a layout is built; shapes are always checked."""

@@ -14,7 +14,7 @@ For each sequence ``b`` of length ``n_b`` with ``h_b = n_b - num_targets[b]`` hi
   future is), history outputs do not depend on the targets appended after it, and a target's output
   does not depend on how many other targets share its pass, which M-FALCON's caching and
   micro-batching rely on.
-- ``rab`` comes from :func:`recsys.modules.relative_bias.relative_attention_bias`.
+- ``rab`` is gathered through :func:`recsys.ops.relative_bias_index.relative_bias_index`.
 
 The computation pads to ``[B, n_max, H, D]``: through ``torch.ops.fbgemm.jagged_to_padded_dense``
 / ``dense_to_jagged`` for float32, through index arithmetic otherwise (fbgemm's CPU build lacks
@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recsys.modules.relative_bias import (
+from recsys.ops.relative_bias_index import (
     DEFAULT_TIME_BUCKET_BASE,
     gather_relative_bias,
     num_position_entries,
