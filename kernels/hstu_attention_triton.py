@@ -3,7 +3,7 @@
 Same signature and result as :func:`recsys.ops.hstu_attention_reference.hstu_attention_reference`
 (read it for the semantics)::
 
-    O_i = sum_j SiLU(alpha q_i . k_j + rab_ij) * mask_ij * v_j / N_b        (paper Eq. 2)
+    O_i = sum_j SiLU(alpha q_i . k_j + rab_ij) * mask_ij * v_j / N_i        (paper Eq. 2)
 
 One program computes ``BLOCK_M`` query rows of one (sequence, head) pair: it reads its queries
 once, walks the sequence's keys and values in ``BLOCK_N`` tiles straight from the jagged
@@ -12,7 +12,7 @@ accumulates ``SiLU(S) V`` in float32. HSTU has no softmax, so there is no runnin
 rescaling: each tile's contribution is final. The mask (real keys, causal, targets that do not see
 each other) is computed in the kernel from the lengths; the relative bias is read through the
 layout's ``[B, M, N]`` index into the combined position x time table, so the bias semantics are
-exactly the reference's (:func:`recsys.modules.relative_bias.relative_bias_index`).
+exactly the reference's (:func:`recsys.ops.relative_bias_index.relative_bias_index`).
 
 float32 inputs follow PyTorch's matmul setting: TF32 tensor cores when
 ``torch.backends.cuda.matmul.allow_tf32`` is on, exact IEEE products (and no speed-up over the
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from recsys.errors import ConfigError
-from recsys.modules.relative_bias import (
+from recsys.ops.relative_bias_index import (
     DEFAULT_TIME_BUCKET_BASE,
     combined_bias_table,
     num_position_entries,
@@ -102,7 +102,8 @@ def _hstu_attention_forward_kernel(
                     mask=col_ok[:, None] & (dv[None, :] < dim_v), other=0.0)  # [BLOCK_N, BLOCK_DV]
         acc += tl.dot(weights.to(v.dtype), v, input_precision=INPUT_PRECISION)
 
-    out = acc / tl.load(normalizer_ptr + b).to(tl.float32)
+    norm = tl.load(normalizer_ptr + b.to(tl.int64) * num_query_slots + rows, mask=row_ok, other=1)  # [BLOCK_M]
+    out = acc / norm.to(tl.float32)[:, None]
     tl.store(out_ptr + (query_start + rows)[:, None] * stride_ot + h * stride_oh + dv[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (dv[None, :] < dim_v))
 
@@ -121,9 +122,10 @@ def hstu_attention_triton(
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_targets: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
+    next_timestamp: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
@@ -143,6 +145,7 @@ def hstu_attention_triton(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
     num_queries, num_heads, dim_qk = q.shape
     dim_v = v.size(2)

@@ -1,15 +1,28 @@
 """Full-ranking retrieval evaluation: every user's target is ranked against ALL items.
 
 The protocol of the sequential-recommendation literature (SASRec, S3-Rec, HSTU): score every item
-``<user vector, item vector>``; the items of the user's history are excluded (their score set to
--inf), the target never is; the target's rank is the number of items scoring above it (0 = top).
-With one relevant item per user, per user::
+``<user vector, item vector>``, remove the user's seen items from the candidates (their score set
+to -inf), and take the target's rank: the number of candidates scoring above it (0 = top). With one
+relevant item per user, per user::
 
     HR@K   = 1[rank < K]
     NDCG@K = 1[rank < K] / log2(rank + 2)
     MRR    = 1 / (rank + 1)
 
 and each metric is the mean over users.
+
+Which seen items leave the candidates is the *protocol* (``eval.exclude_seen``, see
+:func:`excluded_items`); it is decided from the history alone, never from the target:
+
+- ``"last_n"`` (default, the reference's ``data/eval.py``): the last N history items, the ones the
+  model reads (N = the history length, ``data.max_sequence``);
+- ``"all"``: the user's whole history, however long;
+- ``"none"``: nothing; every item is a candidate.
+
+A target that is itself among the excluded items (a repeat of a recent item) is no candidate: the
+row counts as a miss (rank :data:`MISSED`, 0 in every metric), as in the reference, where the
+masked target never enters the top K. So HR@K cannot reach 1 on data with repeats. Excluding more
+history is not stricter: it removes competitors of every other target.
 
 Ties: by default an item ties with the target does not count (``ties="optimistic"``, the rank is
 the number of items with a strictly higher score), as in the common protocol. Beware that a model
@@ -21,7 +34,8 @@ large the corpus.
 
 Example::
 
-    ranks = rank_of_targets(user_vectors, item_table, batch.target_item, exclude=batch.seen_items)
+    exclude = excluded_items("last_n", batch.item_ids["item_id"], batch.seen_items)
+    ranks = rank_of_targets(user_vectors, item_table, batch.target_item, exclude=exclude)
     metrics = RetrievalMetrics()
     metrics.update(ranks)
     metrics.compute()   # {"hr@1": ..., "hr@10": ..., "ndcg@10": ..., "mrr": ...}
@@ -40,7 +54,43 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 from recsys.errors import ConfigError, DataError
 
 TIE_RULES = ("optimistic", "pessimistic")
+EXCLUDE_SEEN = ("last_n", "all", "none")
 DEFAULT_CHUNK_SIZE = 65536
+MISSED = torch.iinfo(torch.int64).max
+"""Rank of a target that is no candidate (it was excluded): a miss in every metric."""
+
+
+def excluded_items(
+    protocol: str, last_n: JaggedTensor | None, whole_history: JaggedTensor | None
+) -> JaggedTensor | None:
+    """The items each row removes from the candidates under ``protocol`` (see the module docstring).
+
+    Args:
+        protocol: one of :data:`EXCLUDE_SEEN`.
+        last_n: per row, the last N history items (the sequence the model reads), B rows.
+        whole_history: per row, the whole history before the target, B rows (needed by ``"all"``).
+
+    Returns:
+        A JaggedTensor of B rows for :func:`rank_of_targets`, or None (``"none"``).
+    """
+    if protocol not in EXCLUDE_SEEN:
+        raise ConfigError(f"eval.exclude_seen={protocol!r}; use one of {EXCLUDE_SEEN}")
+    chosen = {"last_n": last_n, "all": whole_history, "none": None}[protocol]
+    if protocol != "none" and chosen is None:
+        raise DataError(f"eval.exclude_seen={protocol!r} needs the rows' "
+                        f"{'history sequences' if protocol == 'last_n' else 'whole histories (batch.seen_items)'}")
+    return chosen
+
+
+def describe_protocol(protocol: str, n: int) -> str:
+    """One line naming ``protocol`` for reports, e.g. ``"exclude_seen=last_n: the last 50 history
+    items are no candidates (a target among them is a miss)"``; ``n``: N of ``"last_n"``."""
+    if protocol not in EXCLUDE_SEEN:
+        raise ConfigError(f"eval.exclude_seen={protocol!r}; use one of {EXCLUDE_SEEN}")
+    if protocol == "none":
+        return "exclude_seen=none: every item is a candidate"
+    excluded = f"the last {n} history items are" if protocol == "last_n" else "the whole history is"
+    return f"exclude_seen={protocol}: {excluded} no candidates (a target among them is a miss)"
 
 
 @torch.no_grad()
@@ -52,19 +102,21 @@ def rank_of_targets(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     ties: str = "optimistic",
 ) -> torch.Tensor:
-    """Rank of each target among all items (0 = top), history excluded.
+    """Rank of each target among the candidates (0 = top): all items less ``exclude``.
 
     Args:
         user_vectors: ``[B, D]``.
         item_embeddings: ``[I, D]``, row i the vector of item i.
         targets: ``[B]`` int64 target item of each user.
-        exclude: per-user item ids to exclude (B rows, H ids in all); a row's own target is never
-            excluded. None excludes nothing.
+        exclude: per-user item ids that are no candidates (B rows, H ids in all), e.g. from
+            :func:`excluded_items`. A row whose target is among them is a miss (rank
+            :data:`MISSED`): the target's presence never changes the candidate set. None
+            excludes nothing.
         chunk_size: items scored at once.
         ties: "optimistic" (items tied with the target do not count) or "pessimistic" (they do).
 
     Returns:
-        ``[B]`` int64 ranks.
+        ``[B]`` int64 ranks, :data:`MISSED` for an excluded target.
     """
     _check_scoring_inputs(user_vectors, item_embeddings, exclude, chunk_size)
     if ties not in TIE_RULES:
@@ -78,18 +130,20 @@ def rank_of_targets(
     rows, ids = _exclusion_pairs(exclude, user_vectors.shape[0], user_vectors.device)
     target_vectors = item_embeddings[targets]  # [B, D]
     ranks = torch.zeros(user_vectors.shape[0], dtype=torch.long, device=user_vectors.device)
+    missed = torch.zeros(user_vectors.shape[0], dtype=torch.bool, device=user_vectors.device)
+    missed[rows[ids == targets[rows]]] = True  # [B] the target is excluded: no candidate
     for lo in range(0, num_items, chunk_size):
         hi = min(lo + chunk_size, num_items)
         # The target's score comes out of the same matrix product as the chunk's scores, so items
         # with the target's exact vector tie with it exactly.
         both = user_vectors @ torch.cat([item_embeddings[lo:hi], target_vectors]).T  # [B, C + B]
         scores, target_score = both[:, :hi - lo], both[:, hi - lo:].diagonal()  # [B, C], [B]
-        _mask(scores, rows, ids, lo, hi, targets)
+        _mask(scores, rows, ids, lo, hi)
         own = (targets >= lo) & (targets < hi)
         scores[own, targets[own] - lo] = float("-inf")  # the target is not above itself
         above = scores >= target_score[:, None] if ties == "pessimistic" else scores > target_score[:, None]
         ranks += above.sum(dim=1)
-    return ranks
+    return ranks.masked_fill(missed, MISSED)
 
 
 @torch.no_grad()
@@ -123,7 +177,7 @@ def topk_items(
     for lo in range(0, num_items, chunk_size):
         hi = min(lo + chunk_size, num_items)
         scores = user_vectors @ item_embeddings[lo:hi].T  # [B, C]
-        _mask(scores, rows, ids, lo, hi, targets=None)
+        _mask(scores, rows, ids, lo, hi)
         chunk_ids = torch.arange(lo, hi, device=scores.device).expand_as(scores)
         merged_scores = torch.cat([best_scores, scores], dim=1)
         merged_ids = torch.cat([best_ids, chunk_ids], dim=1)
@@ -162,16 +216,18 @@ class RetrievalMetrics:
         self._count = 0
 
     def update(self, ranks: torch.Tensor) -> None:
-        """Adds ``[B]`` int ranks (0 = top), e.g. from :func:`rank_of_targets`."""
+        """Adds ``[B]`` int ranks (0 = top; :data:`MISSED` a miss), e.g. from :func:`rank_of_targets`."""
         if ranks.ndim != 1 or ranks.is_floating_point():
             raise DataError(f"ranks must be a 1-D integer tensor, got {ranks.dtype} {tuple(ranks.shape)}")
         if ranks.numel() and int(ranks.min()) < 0:
             raise DataError("ranks must be >= 0 (0 = the top item)")
-        r = ranks.detach().cpu().double()  # [B]
+        ranks = ranks.detach().cpu()
+        found = ranks != MISSED  # [B]
+        r = ranks.double()  # [B]
         discount = 1.0 / torch.log2(r + 2.0)  # [B]
-        columns = [(r < k).double() for k in self.ks_hr]
-        columns += [torch.where(r < k, discount, torch.zeros_like(r)) for k in self.ks_ndcg]
-        columns.append(1.0 / (r + 1.0))
+        columns = [(found & (r < k)).double() for k in self.ks_hr]
+        columns += [torch.where(found & (r < k), discount, torch.zeros_like(r)) for k in self.ks_ndcg]
+        columns.append(torch.where(found, 1.0 / (r + 1.0), torch.zeros_like(r)))
         self._sums += torch.stack(columns).sum(dim=1)
         self._count += int(r.numel())
 
@@ -234,10 +290,7 @@ def _exclusion_pairs(exclude: JaggedTensor | None, num_rows: int, device) -> tup
     return rows, exclude.values().to(device=device, dtype=torch.long)
 
 
-def _mask(scores, rows, ids, lo: int, hi: int, targets: torch.Tensor | None) -> None:
-    """Sets the excluded items of chunk ``[lo, hi)`` to -inf in ``scores [B, hi - lo]``, in place,
-    except a row's own target."""
+def _mask(scores, rows, ids, lo: int, hi: int) -> None:
+    """Sets the excluded items of chunk ``[lo, hi)`` to -inf in ``scores [B, hi - lo]``, in place."""
     keep = (ids >= lo) & (ids < hi)
-    if targets is not None:
-        keep &= ids != targets[rows]
     scores[rows[keep], ids[keep] - lo] = float("-inf")

@@ -29,8 +29,8 @@ class HSTURetrievalConfig:
         max_seq_len: longest history (tokens) the model reads.
         dropout: dropout inside the HSTU layers.
         input_dropout: dropout on the input embeddings.
-        normalization: "length" (each user's true length) or "max_len" (the padded length, as the
-            reference code does).
+        normalization: "max_len" (attention output divided by max_seq_len, as the reference code
+            does) or "length" (each query's output divided by the number of keys it attends to).
         use_position_bias / use_time_bias: the relative attention bias rab^{p,t}.
         position_embedding: also add a learned absolute position embedding to the input.
         final_norm: LayerNorm the encoder's output before the L2 normalisation (the reference
@@ -47,7 +47,7 @@ class HSTURetrievalConfig:
     max_seq_len: int = 50
     dropout: float = 0.5
     input_dropout: float = 0.5
-    normalization: str = "length"
+    normalization: str = "max_len"
     use_position_bias: bool = True
     use_time_bias: bool = True
     position_embedding: bool = True

@@ -29,8 +29,9 @@ Serving (M-FALCON, :mod:`recsys.modules.mfalcon`): :meth:`HSTURanking.score_cand
 every user's history once and scores many candidates against its cached keys and values, in
 micro-batches; a candidate's score equals its :meth:`HSTURanking.forward` score alone. For that
 the encoder is built for ``2 * max_sequence + max_candidates_per_pass`` tokens (training uses
-``2 * max_sequence + 1`` of them; targets share one position for the position bias, so the extra
-room changes nothing under the default ``normalization="length"``).
+``2 * max_sequence + 1`` of them; targets share one position for the position bias, and both
+normalizations are the same in training and serving: ``"max_len"`` divides by the encoder's fixed
+length, ``"length"`` by the keys a query attends to).
 
 Shape letters: B rows (users), n history events of a row, Th history events of the batch,
 Tc candidates, D embedding dimension, A actions, H heads.
@@ -76,7 +77,8 @@ class HSTURankingConfig:
             (or 50 when the FeatureSpec has none).
         max_candidates_per_pass: most candidates per user that :meth:`HSTURanking.score_candidates`
             scores in one pass (its ``microbatch_size`` limit).
-        normalization: attention normalization, ``"length"`` or ``"max_len"``.
+        normalization: attention normalization, ``"max_len"`` (the reference's) or ``"length"``
+            (see :func:`recsys.ops.hstu_attention.hstu_attention`).
         over_arch_layers: widths of the MLP between the candidate's output and the heads.
         use_dense_features: add a projection of the candidate's dense features to its token.
         heads: action names to predict, one logit each; None = every action of the FeatureSpec.
@@ -90,7 +92,7 @@ class HSTURankingConfig:
     dropout: float = 0.1
     max_sequence: int | None = None
     max_candidates_per_pass: int = 64
-    normalization: str = "length"
+    normalization: str = "max_len"
     over_arch_layers: list[int] = field(default_factory=lambda: [64])
     use_dense_features: bool = True
     heads: list[str] | None = None

@@ -124,17 +124,31 @@ class SequentialRetrieval(nn.Module):
         return F.normalize(torch.cat(chunks), dim=-1)
 
     # ------------------------------------------------------------------ encoder
-    def encode(self, batch: SequenceBatch) -> torch.Tensor:
-        """``[T, D]`` L2-normalised user vector after each token of every sequence."""
+    def encode(self, batch: SequenceBatch, next_timestamp: torch.Tensor | None = None) -> torch.Tensor:
+        """``[T, D]`` L2-normalised user vector after each token of every sequence.
+
+        ``next_timestamp``: ``[B]`` time of the event each sequence's last token predicts, for the
+        encoder's time bias (training gives every other token its next token's time); None uses
+        the last token's own time.
+        """
         x = self._lookup(batch.item_ids) * self.input_scale  # [T, D]
         if self.positions is not None:
             x = x + self.positions(_positions_in_sequence(batch.seq_offsets).clamp(max=self.max_seq_len - 1))
-        h = self.encoder(self.input_dropout(x), batch.seq_offsets, timestamps=batch.timestamps)  # [T, D]
+        h = self.encoder(self.input_dropout(x), batch.seq_offsets, timestamps=batch.timestamps,
+                         next_timestamp=next_timestamp)  # [T, D]
         return F.normalize(h, dim=-1)
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
-        """``[B, D]`` the user vector after each sequence's last token (rows need >= 1 token)."""
-        return self.encode(batch)[batch.seq_offsets[1:] - 1]
+        """``[B, D]`` the user vector after each sequence's last token (rows need >= 1 token).
+
+        The last token's time bias reads the held-out target's timestamp (``batch.target_timestamp``),
+        the time of the event it predicts, as every token's did in training; rows without a
+        target (training batches) use the last token's own time.
+        """
+        last = batch.seq_offsets[1:] - 1  # [B]
+        has_target = batch.target_item >= 0  # [B]
+        next_timestamp = torch.where(has_target, batch.target_timestamp, batch.timestamps[last])  # [B]
+        return self.encode(batch, next_timestamp)[last]
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: SequenceBatch) -> torch.Tensor:

@@ -17,12 +17,14 @@ Where this differs from the reference code (generative-recommenders), on purpose
 - both LayerNorms are affine (the research model's are not; the newer ``STULayer``'s are) and f1
   has a bias, as in ``STULayer``;
 - ``alpha`` defaults to ``1 / sqrt(Dqk)`` (``STULayer``); the research model used 1;
-- attention normalization defaults to the history length (``"max_len"`` reproduces theirs);
+- attention normalization defaults to theirs (``"max_len"``); ``"length"`` divides each query by
+  the number of keys it attends to instead (both causal);
 - dropout sits on f2's input, as in both reference models.
 
-KV cache (M-FALCON): history tokens never attend to targets, so their keys and values at every
-layer are the same with or without targets appended. :meth:`HSTUEncoder.encode_history` keeps
-them; :meth:`HSTUEncoder.forward_targets` runs only the targets against them.
+KV cache (M-FALCON): in a causal encoder history tokens never attend to targets, so their keys
+and values at every layer are the same with or without targets appended.
+:meth:`HSTUEncoder.encode_history` keeps them; :meth:`HSTUEncoder.forward_targets` runs only the
+targets against them. A non-causal encoder's history reads the targets, so both refuse it.
 
 Shared layout: every layer of a pass attends over the same sequences, so the encoder validates
 the jagged input and builds the padding indices, masks and bias indices once
@@ -78,7 +80,7 @@ class HSTULayer(nn.Module):
         linear_dim: int,
         max_seq_len: int,
         dropout: float = 0.0,
-        normalization: str = "length",
+        normalization: str = "max_len",
         use_position_bias: bool = True,
         use_time_bias: bool = True,
         num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
@@ -114,11 +116,14 @@ class HSTULayer(nn.Module):
         u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=1)
         return u, q.view(-1, h, dqk), k.view(-1, h, dqk), v.view(-1, h, dv)
 
-    def attend(self, q, k, v, seq_offsets, timestamps, num_targets, query_offsets=None, layout=None) -> torch.Tensor:
+    def attend(
+        self, q, k, v, seq_offsets, timestamps, num_targets, query_offsets=None, layout=None, next_timestamp=None
+    ) -> torch.Tensor:
         """Eq. 2 through :func:`hstu_attention`: ``[Tq, H, Dqk]`` queries -> ``[Tq, H * Dv]``.
 
         ``layout``: an :class:`HSTUAttentionLayout` of these arguments shared by the layers of a
-        pass (see :meth:`attention_layout`), or None to build one here.
+        pass (see :meth:`attention_layout`), or None to build one here. ``next_timestamp``: ``[B]``
+        time of the event after each history (see :func:`hstu_attention`), or None.
         """
         bias_kwargs = self.relative_bias.op_kwargs() if self.relative_bias is not None else {}
         if bias_kwargs.get("time_bias") is not None and timestamps is None:
@@ -127,7 +132,7 @@ class HSTULayer(nn.Module):
             q, k, v, seq_offsets, self.max_seq_len,
             alpha=self.alpha, timestamps=timestamps, num_targets=num_targets, causal=self.causal,
             normalization=self.normalization, query_offsets=query_offsets, kernel=self.kernel, layout=layout,
-            **bias_kwargs,
+            next_timestamp=next_timestamp, **bias_kwargs,
         )  # [Tq, H, Dv]
         return out.flatten(1, 2)  # [Tq, H * Dv]
 
@@ -139,17 +144,19 @@ class HSTULayer(nn.Module):
         num_targets: torch.Tensor | None = None,
         query_offsets: torch.Tensor | None = None,
         num_queries: int | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> HSTUAttentionLayout:
         """The validated :class:`HSTUAttentionLayout` of a pass, reusable by every layer with this one's settings.
 
         Args:
             seq_offsets: ``[B + 1]`` int64 offsets of the ``num_rows`` keys.
-            timestamps, num_targets, query_offsets: as :meth:`attend`.
+            timestamps, num_targets, query_offsets, next_timestamp: as :meth:`attend`.
             num_queries: rows of q with ``query_offsets``; default ``num_rows``.
         """
         return build_hstu_attention_layout(
             seq_offsets, self.max_seq_len, num_rows=num_rows, num_queries=num_queries, num_targets=num_targets,
             timestamps=timestamps, causal=self.causal, normalization=self.normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
 
     def output(self, x: torch.Tensor, attn: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -163,10 +170,11 @@ class HSTULayer(nn.Module):
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
         layout: HSTUAttentionLayout | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward`, also returning this layer's K ``[T, H, Dqk]`` and V ``[T, H, Dv]``."""
         u, q, k, v = self.project(x)
-        attn = self.attend(q, k, v, seq_offsets, timestamps, num_targets, layout=layout)
+        attn = self.attend(q, k, v, seq_offsets, timestamps, num_targets, layout=layout, next_timestamp=next_timestamp)
         return self.output(x, attn, u), k, v
 
     def forward(
@@ -176,6 +184,7 @@ class HSTULayer(nn.Module):
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
         layout: HSTUAttentionLayout | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[T, D]`` jagged tokens -> ``[T, D]``.
 
@@ -185,8 +194,10 @@ class HSTULayer(nn.Module):
             timestamps: ``[T]`` int64, required with a time bias.
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
             layout: :meth:`attention_layout` of these arguments, shared across layers; None builds one.
+            next_timestamp: ``[B]`` int64 time of the event after each history, or None (see
+                :func:`recsys.modules.relative_bias.next_timestamps`).
         """
-        return self.forward_with_kv(x, seq_offsets, timestamps, num_targets, layout)[0]
+        return self.forward_with_kv(x, seq_offsets, timestamps, num_targets, layout, next_timestamp)[0]
 
     def forward_targets(
         self,
@@ -313,7 +324,7 @@ class HSTUEncoder(nn.Module):
         linear_dim: int,
         max_seq_len: int,
         dropout: float = 0.0,
-        normalization: str = "length",
+        normalization: str = "max_len",
         use_position_bias: bool = True,
         use_time_bias: bool = True,
         num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS,
@@ -326,7 +337,7 @@ class HSTUEncoder(nn.Module):
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"HSTUEncoder: num_layers={num_layers}; use at least 1")
-        self.embedding_dim, self.max_seq_len = embedding_dim, max_seq_len
+        self.embedding_dim, self.max_seq_len, self.causal = embedding_dim, max_seq_len, causal
         self.layers = nn.ModuleList(
             HSTULayer(
                 embedding_dim, num_heads, attention_dim, linear_dim, max_seq_len, dropout, normalization,
@@ -342,6 +353,7 @@ class HSTUEncoder(nn.Module):
         seq_offsets: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[T, D]`` jagged tokens -> ``[T, D]``.
 
@@ -350,18 +362,28 @@ class HSTUEncoder(nn.Module):
             seq_offsets: ``[B + 1]`` int64.
             timestamps: ``[T]`` int64 (required with a time bias).
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
+            next_timestamp: ``[B]`` int64 time of the event after each sequence's history (at
+                evaluation, the held-out target's), so that the last history token's time bias is
+                the one training gave it; None uses its own timestamp.
         """
         self._check_input(values)
-        layout = self.layers[0].attention_layout(seq_offsets, values.size(0), timestamps, num_targets)
+        layout = self.layers[0].attention_layout(
+            seq_offsets, values.size(0), timestamps, num_targets, next_timestamp=next_timestamp
+        )
         x = values
         for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets, layout)
+            x = layer(x, seq_offsets, timestamps, num_targets, layout, next_timestamp)
         return self.final_norm(x)
 
     def encode_history(
         self, values: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, HSTUKVCache]:
-        """Encode histories (no targets) and keep every layer's K/V: ``([Th, D], cache)``."""
+        """Encode histories (no targets) and keep every layer's K/V: ``([Th, D], cache)``.
+
+        Causal encoders only: a non-causal history attends to the targets appended after it, so its
+        keys and values depend on them and cannot be cached (:class:`ConfigError`).
+        """
+        self._check_causal("encode_history")
         self._check_input(values)
         layout = self.layers[0].attention_layout(seq_offsets, values.size(0), timestamps)
         keys, vals, x = [], [], values
@@ -387,6 +409,7 @@ class HSTUEncoder(nn.Module):
             cache: from :meth:`encode_history` on the same B sequences.
             target_timestamps: ``[Tc]`` int64 (required with a time bias).
         """
+        self._check_causal("forward_targets")
         self._check_input(target_values)
         if target_offsets.numel() != cache.seq_offsets.numel():
             raise DataError(
@@ -403,6 +426,14 @@ class HSTUEncoder(nn.Module):
                 x, target_offsets, k, v, cache.seq_offsets, cache.timestamps, target_timestamps, layout=layout
             )
         return self.final_norm(x)
+
+    def _check_causal(self, method: str) -> None:
+        if not self.causal:
+            raise ConfigError(
+                f"HSTUEncoder.{method}: the KV cache is exact for causal encoders only (causal=False lets history "
+                "attend to the targets appended after it); build the encoder with causal=True, or score each target "
+                "in its own full pass (recsys.modules.mfalcon.score_candidates with cache=False, microbatch_size=1)"
+            )
 
     def _check_input(self, values: torch.Tensor) -> None:
         if values.dim() != 2 or values.size(1) != self.embedding_dim:
@@ -424,7 +455,7 @@ class HSTUConfig:
     linear_dim: int
     max_seq_len: int
     dropout: float = 0.0
-    normalization: str = "length"
+    normalization: str = "max_len"
     use_position_bias: bool = True
     use_time_bias: bool = True
     num_time_buckets: int = DEFAULT_NUM_TIME_BUCKETS

@@ -12,6 +12,11 @@ attends to them. Hence:
 Candidates are split per user into micro-batches of at most ``microbatch_size``: micro-batch
 ``r`` holds candidates ``r * m .. (r + 1) * m - 1`` of every user that has them.
 
+Both properties need a causal encoder. In a non-causal one (``causal=False``) history tokens attend
+to the candidates after them, so the cache would be wrong and candidates sharing a pass would see
+each other through the history. Such an encoder is scored exactly only one candidate per pass
+without the cache (``cache=False, microbatch_size=1``); anything else is a :class:`ConfigError`.
+
 Shape letters: B users, Th history tokens, Tc candidates, D embedding dim.
 """
 
@@ -37,7 +42,7 @@ def score_candidates(
     """The encoder's output for every candidate appended to its user's history.
 
     Args:
-        encoder: a causal :class:`HSTUEncoder`.
+        encoder: an :class:`HSTUEncoder`; a non-causal one needs ``cache=False, microbatch_size=1``.
         history_values: ``[Th, D]`` history token embeddings, jagged by ``seq_offsets`` ``[B + 1]``.
         seq_offsets: ``[B + 1]`` int64 history offsets.
         candidate_values: ``[Tc, D]`` candidate embeddings, jagged by ``candidate_offsets`` ``[B + 1]``.
@@ -58,6 +63,12 @@ def score_candidates(
         out = score_candidates(enc, hist, torch.tensor([0, 3, 5]), cands, torch.tensor([0, 4, 6]), microbatch_size=2)
     """
     _check(encoder, history_values, seq_offsets, candidate_values, candidate_offsets, microbatch_size)
+    if not encoder.causal and (cache or microbatch_size > 1):
+        raise ConfigError(
+            f"score_candidates: the encoder is not causal (its history attends to the candidates), so cache={cache} "
+            f"and microbatch_size={microbatch_size} would give wrong scores; pass cache=False, microbatch_size=1 "
+            "(each candidate alone with its history: exact) or use a causal encoder"
+        )
     if timestamps is not None and candidate_timestamps is None:
         candidate_timestamps = _default_candidate_timestamps(timestamps, seq_offsets, candidate_offsets)
     history_cache = encoder.encode_history(history_values, seq_offsets, timestamps)[1] if cache else None

@@ -1,30 +1,9 @@
-"""HSTU's relative attention bias: one learned scalar per relative position and per time bucket.
+"""HSTU's relative attention bias: the learned tables of one layer, and the dense bias for inspection.
 
-HSTU adds ``rab^{p,t}`` to every attention score before its SiLU (paper, Eq. 2)::
-
-    rab[i, j] = position_bias[pos(j) - pos(i) + L - 1] + time_bias[bucket(t_next(i) - t_j)]
-
-for query token ``i`` and key token ``j`` of one sequence, with ``L`` the largest sequence length
-the tables are built for (``position_bias`` has ``2L - 1`` entries, ``time_bias`` has
-``num_buckets + 1``).
-
-Time buckets: ``bucket(dt) = floor(ln(max(|dt|, 1)) / base)`` clipped to ``[0, num_buckets]``,
-with ``base = 0.301`` and ``num_buckets = 128`` by default. These are the reference code's values
-(natural log divided by 0.301 ~ log10(2): buckets grow by a factor ``e^0.301 ~ 1.35``, not 2).
-Timestamps are integers in any unit (seconds in the public data sets).
-
-``t_next(i)`` is the timestamp of the token after query ``i``; it makes the bias describe "how
-long before the next action did the user see item j". Targets (the last ``num_targets[b]``
-tokens of sequence ``b``, see :mod:`recsys.ops.hstu_attention`) are handled so that history
-never depends on them and a target never depends on another target:
-
-- a history token whose next token is a target (or that ends the sequence) uses its own
-  timestamp; the reference code uses the next padded slot's timestamp instead, which makes the
-  last history token depend on the first target (or on the padding value);
-- a target query uses its own timestamp;
-- every target sits at position ``h_b`` (the history length of its sequence) for the position
-  bias, so a candidate's bias does not depend on its rank among the candidates (the reference's
-  attention mask clamps target positions the same way).
+The semantics (``rab[i, j] = position_bias[...] + time_bias[bucket(t_next(i) - t_j)]``, paper
+Eq. 2, with the targets' and ``t_next`` rules) and the index arithmetic live in
+:mod:`recsys.ops.relative_bias_index`, shared with the attention op and its kernels; its names are
+re-exported here.
 
 Shape letters: B sequences, N padded length, M queries per sequence, L table length.
 """
@@ -34,48 +13,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-DEFAULT_NUM_TIME_BUCKETS = 128
-DEFAULT_TIME_BUCKET_BASE = 0.301
-
-
-def time_buckets(dt: torch.Tensor, num_buckets: int, base: float = DEFAULT_TIME_BUCKET_BASE) -> torch.Tensor:
-    """``floor(ln(max(|dt|, 1)) / base)`` clipped to ``[0, num_buckets]``, as int64.
-
-    Args:
-        dt: integer time differences, any shape.
-        num_buckets: the largest bucket index (the table has ``num_buckets + 1`` rows).
-        base: width of one bucket in natural-log units.
-    """
-    magnitude = dt.abs().clamp(min=1).to(torch.float64)
-    return torch.floor(torch.log(magnitude) / base).to(torch.int64).clamp(0, num_buckets)
-
-
-def history_lengths(lengths: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
-    """``[B]`` number of non-target tokens per sequence (``lengths - num_targets``)."""
-    if num_targets is None:
-        return lengths
-    return lengths - num_targets.to(lengths.dtype)
-
-
-def effective_positions(lengths: torch.Tensor, num_targets: torch.Tensor | None, n: int) -> torch.Tensor:
-    """``[B, n]`` position of each padded slot for the position bias: targets (and padding) sit at ``h_b``."""
-    positions = torch.arange(n, device=lengths.device).expand(lengths.numel(), n)  # [B, n]
-    return torch.minimum(positions, history_lengths(lengths, num_targets).view(-1, 1))
-
-
-def next_timestamps(padded_timestamps: torch.Tensor, lengths: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
-    """``[B, N]`` ``t_next`` of every slot: the next history token's timestamp, else its own.
-
-    Args:
-        padded_timestamps: ``[B, N]`` int64 timestamps, any value in padding.
-        lengths: ``[B]`` sequence lengths.
-        num_targets: ``[B]`` targets at the end of each sequence, or None.
-    """
-    n = padded_timestamps.size(1)
-    shifted = torch.cat([padded_timestamps[:, 1:], padded_timestamps[:, -1:]], dim=1)  # [B, N]
-    slots = torch.arange(n, device=padded_timestamps.device).view(1, n)
-    next_is_history = slots + 1 < history_lengths(lengths, num_targets).view(-1, 1)  # [B, N]
-    return torch.where(next_is_history, shifted, padded_timestamps)
+from recsys.ops.relative_bias_index import (  # noqa: F401  (re-exported)
+    DEFAULT_NUM_TIME_BUCKETS,
+    DEFAULT_TIME_BUCKET_BASE,
+    combined_bias_table,
+    effective_positions,
+    gather_relative_bias,
+    history_lengths,
+    next_timestamps,
+    num_position_entries,
+    num_time_entries,
+    relative_bias_index,
+    time_buckets,
+)
 
 
 def relative_attention_bias(
@@ -87,6 +37,7 @@ def relative_attention_bias(
     time_bias: torch.Tensor | None = None,
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_slots: int | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense bias ``[B, M, N]`` between the query slots and every key slot of a padded batch.
 
@@ -100,6 +51,7 @@ def relative_attention_bias(
         time_bias: ``[num_buckets + 1]`` table indexed by :func:`time_buckets`.
         time_bucket_base: see :func:`time_buckets`.
         num_slots: N, needed when ``padded_timestamps`` is None.
+        next_timestamp: ``[B]`` int64 ``t_next`` of each last history token (see :func:`next_timestamps`), or None.
 
     Returns:
         ``[B, M, N]`` bias in the tables' dtype (zeros when both tables are None). Padding slots
@@ -114,7 +66,7 @@ def relative_attention_bias(
         raise ValueError("time_bias needs padded_timestamps")
     index = relative_bias_index(
         query_slots, lengths, num_targets, padded_timestamps,
-        num_position_entries(position_bias), num_time_entries(time_bias), time_bucket_base, n,
+        num_position_entries(position_bias), num_time_entries(time_bias), time_bucket_base, n, next_timestamp,
     )  # [B, M, N]
     return gather_relative_bias(index, position_bias, time_bias)
 
@@ -127,91 +79,14 @@ def padded_relative_bias(
     position_bias: torch.Tensor | None = None,
     time_bias: torch.Tensor | None = None,
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense bias ``[B, N, N]`` of a padded batch, every slot a query (see :func:`relative_attention_bias`)."""
     slots = torch.arange(num_slots, device=lengths.device).expand(lengths.numel(), num_slots)  # [B, N]
     return relative_attention_bias(
-        slots, lengths, num_targets, padded_timestamps, position_bias, time_bias, time_bucket_base, num_slots
+        slots, lengths, num_targets, padded_timestamps, position_bias, time_bias, time_bucket_base, num_slots,
+        next_timestamp,
     )
-
-
-def num_position_entries(position_bias: torch.Tensor | None) -> int | None:
-    """``2L - 1`` rows of a position table, None without one."""
-    return None if position_bias is None else position_bias.numel()
-
-
-def num_time_entries(time_bias: torch.Tensor | None) -> int | None:
-    """``num_buckets + 1`` rows of a time table, None without one."""
-    return None if time_bias is None else time_bias.numel()
-
-
-def relative_bias_index(
-    query_slots: torch.Tensor,
-    lengths: torch.Tensor,
-    num_targets: torch.Tensor | None,
-    padded_timestamps: torch.Tensor | None,
-    position_entries: int | None,
-    time_entries: int | None,
-    time_bucket_base: float,
-    num_slots: int,
-) -> torch.Tensor:
-    """``[B, M, N]`` int64 index of each (query, key) pair into :func:`combined_bias_table`.
-
-    The index depends on the sequences and on the table sizes only, not on the learned values,
-    so an encoder computes it once and every layer gathers its own tables with it.
-
-    Args:
-        query_slots, lengths, num_targets, padded_timestamps, time_bucket_base: as
-            :func:`relative_attention_bias`.
-        position_entries: ``2L - 1``, or None without a position table.
-        time_entries: ``num_buckets + 1``, or None without a time table (then
-            ``padded_timestamps`` may be None).
-        num_slots: N.
-    """
-    index = None
-    if position_entries is not None:
-        index = _position_index(query_slots, lengths, num_targets, position_entries, num_slots)
-    if time_entries is not None:
-        buckets = _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, time_bucket_base)
-        index = buckets if index is None else index * time_entries + buckets
-    if index is None:
-        raise ValueError("relative_bias_index needs a position table, a time table or both")
-    return index
-
-
-def combined_bias_table(position_bias: torch.Tensor | None, time_bias: torch.Tensor | None) -> torch.Tensor:
-    """``[P * Tt]`` flat table ``position_bias[p] + time_bias[t]`` at ``p * Tt + t`` (one table alone as is)."""
-    if position_bias is None:
-        return time_bias
-    if time_bias is None:
-        return position_bias
-    return (position_bias.unsqueeze(1) + time_bias.unsqueeze(0)).flatten()  # [P * Tt]
-
-
-def gather_relative_bias(
-    index: torch.Tensor, position_bias: torch.Tensor | None, time_bias: torch.Tensor | None
-) -> torch.Tensor:
-    """Bias ``[*S]`` of the pairs named by :func:`relative_bias_index`'s ``[*S]`` index: one gather.
-
-    ``index_select`` rather than advanced indexing: its backward is an ``index_add`` into the
-    small combined table, much cheaper than the sorting ``index_put`` of ``table[index]``.
-    """
-    table = combined_bias_table(position_bias, time_bias)
-    return table.index_select(0, index.flatten()).view(index.shape)
-
-
-def _position_index(query_slots, lengths, num_targets, position_entries, n) -> torch.Tensor:
-    max_distance = (position_entries - 1) // 2  # L - 1
-    positions = effective_positions(lengths, num_targets, n)  # [B, N]
-    query_positions = positions.gather(1, query_slots)  # [B, M]
-    distance = positions.unsqueeze(1) - query_positions.unsqueeze(2)  # [B, M, N]
-    return distance.clamp(-max_distance, max_distance) + max_distance
-
-
-def _time_index(query_slots, lengths, num_targets, padded_timestamps, time_entries, base) -> torch.Tensor:
-    query_times = next_timestamps(padded_timestamps, lengths, num_targets).gather(1, query_slots)  # [B, M]
-    dt = query_times.unsqueeze(2) - padded_timestamps.unsqueeze(1)  # [B, M, N]
-    return time_buckets(dt, time_entries - 1, base)  # [B, M, N]
 
 
 class RelativeAttentionBias(nn.Module):
@@ -266,9 +141,10 @@ class RelativeAttentionBias(nn.Module):
         num_slots: int,
         num_targets: torch.Tensor | None = None,
         padded_timestamps: torch.Tensor | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, N, N]`` dense bias of a padded batch (for inspection and tests)."""
         return padded_relative_bias(
             lengths, num_slots, num_targets, padded_timestamps,
-            self.position_weights, self.time_weights, self.time_bucket_base,
+            self.position_weights, self.time_weights, self.time_bucket_base, next_timestamp,
         )

@@ -137,6 +137,7 @@ class SASRecEncoder(nn.Module):
         seq_offsets: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         num_targets: torch.Tensor | None = None,
+        next_timestamp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[T, D]`` jagged tokens -> ``[T, D]``.
 
@@ -144,6 +145,7 @@ class SASRecEncoder(nn.Module):
             values: ``[T, D]`` item embeddings, all sequences back to back.
             seq_offsets: ``[B + 1]`` int64 where each sequence starts.
             timestamps: ``[T]``, ignored (SASRec knows only the order of events).
+            next_timestamp: ``[B]``, ignored likewise.
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
         """
         lengths = self._check_input(values, seq_offsets, num_targets)  # [B]

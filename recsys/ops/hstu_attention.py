@@ -18,10 +18,11 @@ int64, ``seq_offsets[0] == 0``) marks where each sequence starts::
 
 Differences from the reference code (generative-recommenders), on purpose:
 
-- ``normalization="length"`` (default) divides by each user's history length rather than by
-  ``max_seq_len`` (available as ``"max_len"``);
+- ``normalization="length"`` (an option; the default ``"max_len"`` is the reference's division by
+  ``max_seq_len``) divides each query's output by the number of keys it attends to; both are
+  causal: no output depends on the tokens after it;
 - targets share one position for the position bias and never feed ``t_next`` of another token
-  (see :mod:`recsys.modules.relative_bias`);
+  (see :mod:`recsys.ops.relative_bias_index`);
 - ``query_offsets`` lets a pass compute only the last tokens of each sequence against a cached
   history (M-FALCON), with jagged rather than fixed per-sequence query counts.
 
@@ -36,7 +37,7 @@ from typing import Callable
 import torch
 
 from recsys.errors import ConfigError, DataError
-from recsys.modules.relative_bias import DEFAULT_TIME_BUCKET_BASE
+from recsys.ops.relative_bias_index import DEFAULT_TIME_BUCKET_BASE
 from recsys.ops.hstu_attention_layout import HSTUAttentionLayout, build_hstu_attention_layout
 from recsys.ops.hstu_attention_reference import hstu_attention_reference
 from recsys.ops.triton_kernels import load_kernel, triton_interpret_requested
@@ -114,10 +115,11 @@ def hstu_attention(
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_targets: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     kernel: str = "auto",
     layout: HSTUAttentionLayout | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention ``SiLU(alpha Q K^T + rab) V / N`` with causal and target masks.
 
@@ -133,16 +135,20 @@ def hstu_attention(
         timestamps: ``[T]`` int64 token timestamps; required with ``time_bias``.
         position_bias: ``[2L - 1]`` bias per relative position ``j - i`` (index ``j - i + L - 1``).
         time_bias: ``[num_buckets + 1]`` bias per log time bucket of ``t_next(i) - t_j``.
-        time_bucket_base: bucket width (see :func:`recsys.modules.relative_bias.time_buckets`).
+        time_bucket_base: bucket width (see :func:`recsys.ops.relative_bias_index.time_buckets`).
         num_targets: ``[B]`` int64: the last ``num_targets[b]`` tokens of sequence ``b`` are
             targets, attending to the history and to themselves only.
         causal: hide keys after the query.
-        normalization: ``"length"`` (divide by the history length) or ``"max_len"``.
+        normalization: ``"length"`` (divide each query's output by the number of keys it attends
+            to) or ``"max_len"`` (by ``max_seq_len``).
         query_offsets: ``[B + 1]`` int64 offsets of ``q``; None when ``q`` covers every token.
         kernel: ``"auto"`` or one of :func:`hstu_attention_kernels`.
         layout: from :func:`recsys.ops.hstu_attention_layout.build_hstu_attention_layout` on these
             same ``seq_offsets``, ``query_offsets``, ``num_targets`` and ``timestamps`` tensors;
             its checks then stand and are not repeated. Default: built (and checked) here.
+        next_timestamp: ``[B]`` int64 time of the event after each sequence's history (e.g. the
+            held-out target's at evaluation): ``t_next`` of the last history token for the time
+            bias; None uses that token's own timestamp.
 
     Returns:
         ``[Tq, H, Dv]`` attention output per query token.
@@ -158,15 +164,17 @@ def hstu_attention(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
     else:
-        _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization)
+        _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization,
+                      next_timestamp)
     backend = _select_backend(kernel, q, _needs_grad(q, k, v, position_bias, time_bias))
     return backend.fn(
         q, k, v, seq_offsets, max_seq_len,
         alpha=alpha, timestamps=timestamps, position_bias=position_bias, time_bias=time_bias,
         time_bucket_base=time_bucket_base, num_targets=num_targets, causal=causal,
-        normalization=normalization, query_offsets=query_offsets, layout=layout,
+        normalization=normalization, query_offsets=query_offsets, layout=layout, next_timestamp=next_timestamp,
     )
 
 
@@ -208,11 +216,15 @@ def _check_shapes(q, k, v, timestamps, position_bias, time_bias) -> None:
         raise DataError(f"hstu_attention: time_bias must be [num_buckets + 1]; got {tuple(time_bias.shape)}")
 
 
-def _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization) -> None:
+def _check_layout(
+    layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp
+) -> None:
     """A given layout must describe these very arguments (tensor identity, no host sync)."""
-    if not layout.matches(seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization):
+    if not layout.matches(seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization,
+                          next_timestamp):
         raise DataError(
-            "hstu_attention: layout was built for other seq_offsets / query_offsets / num_targets / timestamps or "
+            "hstu_attention: layout was built for other seq_offsets / query_offsets / num_targets / timestamps / "
+            "next_timestamp or "
             "settings; build it with build_hstu_attention_layout from the tensors passed here"
         )
     if layout.key_slots.numel() != k.size(0) or layout.query_row_slots.numel() != q.size(0):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recsys.errors import DataError
-from recsys.modules.relative_bias import history_lengths, relative_bias_index
+from recsys.ops.relative_bias_index import history_lengths, relative_bias_index
 
 CHECK_INPUTS = True
 """Check offset, length and target values (host syncs) when a layout is built; shapes are always checked."""
@@ -39,6 +39,7 @@ class HSTUAttentionLayout:
         query_offsets: ``[B + 1]`` int64 query offsets (``seq_offsets`` itself when every token queries).
         num_targets: ``[B]`` int64, or None.
         timestamps: ``[T]`` int64, or None.
+        next_timestamp: ``[B]`` int64 ``t_next`` of each sequence's last history token, or None.
         max_seq_len: the bound the input was checked against.
         causal: whether later keys are hidden.
         normalization: ``"length"`` or ``"max_len"``.
@@ -50,7 +51,7 @@ class HSTUAttentionLayout:
         query_row_slots: ``[Tq]`` flat index ``b * M + row`` of every query row.
         query_slots: ``[B, M]`` position of each padded query in its sequence.
         mask: ``[B, M, N]`` bool, as :func:`recsys.ops.hstu_attention_reference.attention_mask`.
-        normalizer: ``[B]`` int64 divisor of each sequence's output.
+        normalizer: ``[B, M]`` int64 divisor of each query's output.
         padded_timestamps: ``[B, N]`` int64, or None.
     """
 
@@ -58,6 +59,7 @@ class HSTUAttentionLayout:
     query_offsets: torch.Tensor
     num_targets: torch.Tensor | None
     timestamps: torch.Tensor | None
+    next_timestamp: torch.Tensor | None
     max_seq_len: int
     causal: bool
     normalization: str
@@ -79,17 +81,20 @@ class HSTUAttentionLayout:
         if key not in self._bias_indices:
             self._bias_indices[key] = relative_bias_index(
                 self.query_slots, self.lengths, self.num_targets, self.padded_timestamps,
-                position_entries, time_entries, time_bucket_base, self.num_slots,
+                position_entries, time_entries, time_bucket_base, self.num_slots, self.next_timestamp,
             )
         return self._bias_indices[key]
 
-    def matches(self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization) -> bool:
+    def matches(
+        self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp=None
+    ) -> bool:
         """Whether this layout was built for these arguments (same tensors, same settings)."""
         return (
             seq_offsets is self.seq_offsets
             and (query_offsets if query_offsets is not None else seq_offsets) is self.query_offsets
             and num_targets is self.num_targets
             and timestamps is self.timestamps
+            and next_timestamp is self.next_timestamp
             and (max_seq_len, causal, normalization) == (self.max_seq_len, self.causal, self.normalization)
         )
 
@@ -103,14 +108,15 @@ def build_hstu_attention_layout(
     num_targets: torch.Tensor | None = None,
     timestamps: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> HSTUAttentionLayout:
     """Validate the jagged arguments of :func:`recsys.ops.hstu_attention.hstu_attention` and lay them out.
 
     Args:
-        seq_offsets, max_seq_len, num_targets, timestamps, causal, normalization, query_offsets:
-            as :func:`recsys.ops.hstu_attention.hstu_attention`.
+        seq_offsets, max_seq_len, num_targets, timestamps, causal, normalization, query_offsets,
+        next_timestamp: as :func:`recsys.ops.hstu_attention.hstu_attention`.
         num_rows: T, the rows of k and v.
         num_queries: Tq, the rows of q; default T.
 
@@ -123,20 +129,23 @@ def build_hstu_attention_layout(
     lengths = check_offsets("seq_offsets", seq_offsets, num_rows)  # [B]
     query_lengths = _check_queries(query_offsets, lengths, num_queries, num_rows)  # [B]
     _check_sequences(lengths, max_seq_len, timestamps, num_targets, num_rows)
+    if next_timestamp is not None and next_timestamp.shape != lengths.shape:
+        raise DataError(f"hstu_attention: next_timestamp must be [B] = [{lengths.numel()}]; got {tuple(next_timestamp.shape)}")
     n = _padded_width(lengths, max_seq_len)
     m = n if query_offsets is None else _padded_width(query_lengths, max_seq_len)
     query_offsets = seq_offsets if query_offsets is None else query_offsets
     query_slots = ((lengths - query_lengths).view(-1, 1) + torch.arange(m, device=lengths.device)).clamp(max=max(n - 1, 0))
     key_slots = jagged_slots(seq_offsets, n, num_rows)  # [T]
+    mask = attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal)  # [B, M, N]
     return HSTUAttentionLayout(
         seq_offsets=seq_offsets, query_offsets=query_offsets, num_targets=num_targets, timestamps=timestamps,
-        max_seq_len=max_seq_len, causal=causal, normalization=normalization,
+        next_timestamp=next_timestamp, max_seq_len=max_seq_len, causal=causal, normalization=normalization,
         lengths=lengths, query_lengths=query_lengths, num_slots=n, num_query_slots=m,
         key_slots=key_slots,
         query_row_slots=key_slots if query_offsets is seq_offsets else jagged_slots(query_offsets, m, num_queries),
         query_slots=query_slots,  # [B, M]; padding rows point at a real slot
-        mask=attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal),  # [B, M, N]
-        normalizer=normalizer(lengths, num_targets, max_seq_len, normalization),  # [B]
+        mask=mask,  # [B, M, N]
+        normalizer=normalizer(mask, max_seq_len, normalization),  # [B, M]
         padded_timestamps=None if timestamps is None else _pad_timestamps(timestamps, key_slots, lengths.numel(), n),
     )
 
@@ -196,11 +205,17 @@ def attention_mask(
     return mask
 
 
-def normalizer(lengths: torch.Tensor, num_targets: torch.Tensor | None, max_seq_len: int, normalization: str) -> torch.Tensor:
-    """``[B]`` divisor N_b of each sequence's attention output."""
+def normalizer(mask: torch.Tensor, max_seq_len: int, normalization: str) -> torch.Tensor:
+    """``[B, M]`` int64 divisor N of each query's output, from the ``[B, M, N]`` attention mask.
+
+    ``"length"``: the number of keys the query attends to (at least 1): ``i + 1`` for history
+    position ``i`` of a causal pass, ``h_b + 1`` for a target. ``"max_len"``: ``max_seq_len``, as
+    the reference code. Both are causal: a query's divisor never depends on the keys it cannot see,
+    so appending tokens leaves every earlier output as it was.
+    """
     if normalization == "max_len":
-        return torch.full_like(lengths, max_seq_len)
-    return history_lengths(lengths, num_targets).clamp(min=1)
+        return torch.full(mask.shape[:2], max_seq_len, dtype=torch.int64, device=mask.device)
+    return mask.sum(dim=2).clamp(min=1)
 
 
 def check_offsets(name: str, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -3,16 +3,18 @@
 For each sequence ``b`` of length ``n_b`` with ``h_b = n_b - num_targets[b]`` history tokens::
 
     A = SiLU(alpha * Q K^T + rab^{p,t}) * mask        # [n_b, n_b], paper Eq. 2
-    O = A V / N_b                                     # [n_b, Dv]
+    O_i = (A V)_i / N_i                               # [n_b, Dv]
 
 - ``mask[i, j]``: key ``j`` is a real token, ``j <= i`` when causal, and two different targets
   never see each other (a target sees the history and itself).
-- ``N_b = max(h_b, 1)`` for ``normalization="length"`` (the user's true history length; equals
-  ``n_b`` without targets) or ``max_seq_len`` for ``"max_len"`` (what the reference code does).
-  Excluding targets from ``N_b`` is deliberate: it keeps history outputs independent of the
-  targets appended after it and a target's output independent of how many other targets share
-  its pass, which M-FALCON's caching and micro-batching rely on.
-- ``rab`` comes from :func:`recsys.modules.relative_bias.relative_attention_bias`.
+- ``N_i`` per query: for ``normalization="length"`` the number of keys query ``i`` attends to
+  (``sum_j mask[i, j]``, at least 1: ``i + 1`` for a causal history token, ``h_b + 1`` for a
+  target); ``max_seq_len`` for ``"max_len"`` (what the reference code does). Both are causal: no
+  output depends on a token it cannot see (in training, position ``i`` never learns how long its
+  future is), history outputs do not depend on the targets appended after it, and a target's output
+  does not depend on how many other targets share its pass, which M-FALCON's caching and
+  micro-batching rely on.
+- ``rab`` is gathered through :func:`recsys.ops.relative_bias_index.relative_bias_index`.
 
 The computation pads to ``[B, n_max, H, D]``: through ``torch.ops.fbgemm.jagged_to_padded_dense``
 / ``dense_to_jagged`` for float32, through index arithmetic otherwise (fbgemm's CPU build lacks
@@ -34,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recsys.modules.relative_bias import (
+from recsys.ops.relative_bias_index import (
     DEFAULT_TIME_BUCKET_BASE,
     gather_relative_bias,
     num_position_entries,
@@ -107,9 +109,10 @@ def hstu_attention_reference(
     time_bucket_base: float = DEFAULT_TIME_BUCKET_BASE,
     num_targets: torch.Tensor | None = None,
     causal: bool = True,
-    normalization: str = "length",
+    normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
+    next_timestamp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention; arguments as :func:`recsys.ops.hstu_attention.hstu_attention`.
 
@@ -121,6 +124,7 @@ def hstu_attention_reference(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
+            next_timestamp=next_timestamp,
         )
     num_queries, num_heads, _ = q.shape
     n, m = layout.num_slots, layout.num_query_slots
@@ -139,7 +143,7 @@ def hstu_attention_reference(
         scores = scores + bias.unsqueeze(1).to(scores.dtype)
     weights = F.silu(scores) * layout.mask.unsqueeze(1)  # [B, H, M, N]
     out = torch.einsum("bhmn,bnhd->bmhd", weights, padded_v)  # [B, M, H, Dv]
-    out = out / layout.normalizer.view(-1, 1, 1, 1).to(out.dtype)
+    out = out / layout.normalizer.view(*layout.normalizer.shape, 1, 1).to(out.dtype)  # [B, M, H, Dv] / [B, M, 1, 1]
     return padded_to_jagged(out, layout.query_offsets, slots=layout.query_row_slots, num_rows=num_queries)  # [Tq, H, Dv]
 
 

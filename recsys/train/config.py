@@ -8,6 +8,7 @@ Sections::
     optim:     dense optimizer (Adam, ...) and the fused optimizer of the embedding tables
     sharding:  per-table sharding constraints for the planner
     train:     epochs, batch size, seed, logging, checkpoints
+    eval:      the retrieval evaluation protocol (which seen items leave the candidates)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from recsys.data.synthetic import SyntheticConfig
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig
 from recsys.distributed.sharding import ShardingConfig
 from recsys.errors import ConfigError
+from recsys.metrics.retrieval import EXCLUDE_SEEN
 
 
 @dataclass
@@ -155,6 +157,24 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Full-ranking retrieval evaluation (:mod:`recsys.metrics.retrieval`).
+
+    Args:
+        exclude_seen: which of the user's seen items are no candidates, decided from the history
+            alone (never from the target): "last_n" (default, the reference protocol: the last
+            N = ``data.max_sequence`` history items, those the model reads), "all" (the whole
+            history) or "none". A target among the excluded items counts as a miss.
+    """
+
+    exclude_seen: Literal["last_n", "all", "none"] = "last_n"
+
+    def __post_init__(self) -> None:
+        if self.exclude_seen not in EXCLUDE_SEEN:
+            raise ConfigError(f"eval.exclude_seen={self.exclude_seen!r}; use one of {list(EXCLUDE_SEEN)}")
+
+
+@dataclass
 class TrainConfig:
     model: dict = field(default_factory=lambda: {"name": "dlrm"})
     data: DataConfig = field(default_factory=DataConfig)
@@ -162,6 +182,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/dlrm-synthetic"
 
     @property

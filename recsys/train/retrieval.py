@@ -2,8 +2,10 @@
 
 ``RetrievalRecipe(cfg)`` -> ``setup(resume)`` -> ``train()`` -> ``cleanup()``. The protocol is the
 literature's: leave-one-out with a validation target; every ``eval_every`` epochs the validation
-targets are ranked against ALL items with the user's history excluded (HR@K, NDCG@K, MRR); when
-validation improves, the test split is evaluated and kept; the run reports test at the best
+targets are ranked against ALL items less the seen items ``eval.exclude_seen`` removes (default
+``last_n``, the reference's: the history the model reads; a target among them is a miss), giving
+HR@K, NDCG@K and MRR; the protocol is printed with every result and stored in ``results.json`` and
+``metrics.jsonl``. When validation improves, the test split is evaluated and kept; the run reports test at the best
 validation epoch and never selects on test. ``patience`` stops the run early.
 
 As in the ranking recipe, the model is built on the meta device and wrapped in
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from recsys.config import to_dict
 from recsys.data.features import FeatureSpec
 from recsys.data.pipeline import load_events
-from recsys.data.sequences import SequenceExamples, make_sequence_dataloader
+from recsys.data.sequences import ITEM_KEY, SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
 from recsys.distributed.optimizers import build_optimizer
 from recsys.atomic_files import write_json_atomic
@@ -32,7 +34,7 @@ from recsys.distributed.plan_io import save_plan
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
 from recsys.distributed.sharding import shard_model
 from recsys.errors import ConfigError
-from recsys.metrics.retrieval import RetrievalMetrics, rank_of_targets
+from recsys.metrics.retrieval import RetrievalMetrics, describe_protocol, excluded_items, rank_of_targets
 from recsys.models import get_model, model_config
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
@@ -107,10 +109,15 @@ class RetrievalRecipe:
             f"data: {self.cfg.data.source}, {len(self.log):,} events, {self.log.num_users:,} users, "
             f"{self.log.num_items:,} items; leave-one-out",
             f"rows: train {len(self.train_rows):,}, valid {len(self.valid_rows):,}, test {len(self.test_rows):,} "
-            f"(ranked against all {self.log.num_items:,} items, history excluded)",
+            f"(ranked against all {self.log.num_items:,} items; {self.protocol})",
             f"model: {self.cfg.model_name}, {params:,} parameters on this rank; world size {self.ctx.world_size} ({self.ctx.backend})",
             f"output: {self.output_dir}",
         ])
+
+    @property
+    def protocol(self) -> str:
+        """The evaluation protocol in words, printed and stored with every result."""
+        return describe_protocol(self.cfg.eval.exclude_seen, self.cfg.data.max_sequence)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
@@ -187,7 +194,8 @@ class RetrievalRecipe:
             best = self.stopper.best_epoch
             print(f"epoch {self.epoch}: valid {self.cfg.train.select_metric} {valid[self.cfg.train.select_metric]:.4f}"
                   f" (best {self.stopper.best_value:.4f} at epoch {best}) [train {train_seconds:.1f} s, "
-                  f"{len(self.train_rows) / train_seconds:,.0f} sequences/s; evaluation {time.time() - eval_started:.1f} s]")
+                  f"{len(self.train_rows) / train_seconds:,.0f} sequences/s; evaluation {time.time() - eval_started:.1f} s]"
+                  f" [{self.protocol}]")
 
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
@@ -206,7 +214,8 @@ class RetrievalRecipe:
         for batch in loader:
             batch = batch.to(self.ctx.device)
             users = module.user_vectors(batch)  # [B, D]
-            metrics.update(rank_of_targets(users, items, batch.target_item, exclude=batch.seen_items))
+            exclude = excluded_items(self.cfg.eval.exclude_seen, batch.item_ids[ITEM_KEY], batch.seen_items)
+            metrics.update(rank_of_targets(users, items, batch.target_item, exclude=exclude))
         module.train(was_training)
         if self.ctx.world_size > 1:
             states = [None] * self.ctx.world_size
@@ -218,6 +227,8 @@ class RetrievalRecipe:
         stopper = self.stopper
         return {
             "model": self.cfg.model_name,
+            "protocol": self.protocol,
+            "exclude_seen": self.cfg.eval.exclude_seen,
             "best_epoch": stopper.best_epoch,
             "valid": stopper.best_metrics,
             "test": stopper.best_test_metrics,
@@ -238,6 +249,7 @@ def format_retrieval_report(report: dict) -> str:
     lines = [f"{'metric':<10}{'valid':>10}{'test':>10}   (best validation epoch {report['best_epoch']}, {report['epochs_run']} epochs run)"]
     for name in names:
         lines.append(f"{name:<10}{report['valid'][name]:>10.4f}{report['test'][name]:>10.4f}")
+    lines.append(f"protocol: full ranking, {report['protocol']}")
     return "\n".join(lines)
 
 

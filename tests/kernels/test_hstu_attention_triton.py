@@ -62,6 +62,19 @@ def test_with_position_and_time_bias_and_targets(lengths, causal):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("normalization", ["length", "max_len"])
+def test_next_timestamp_of_the_last_history_token(normalization):
+    """Evaluation's time bias (t_next of the last token = the held-out event's time) and both
+    normalizations, as the reference computes them."""
+    lengths = [5, 0, 37, 1]
+    case = make_case(lengths, seed=11)
+    next_timestamp = torch.tensor([10**6 + 7, 0, 2 * 10**6, 10**6], device=DEVICE)
+    want, got = both(case, next_timestamp=next_timestamp, normalization=normalization)
+    assert_close(got, want)
+    plain, _ = both(case, normalization=normalization)
+    assert not torch.allclose(plain, want)  # the bias did change
+
+
 @pytest.mark.parametrize("bias", ["none", "position", "time"])
 @pytest.mark.parametrize("normalization", ["length", "max_len"])
 def test_each_bias_and_normalization_without_targets(bias, normalization):

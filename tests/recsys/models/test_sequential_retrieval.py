@@ -145,6 +145,28 @@ def test_training_lowers_the_loss_and_ranks_the_next_item_first(name):
     assert (scores.argmax(dim=1) == next_items).float().mean() >= 0.75  # chance: 1 / 20
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_evaluation_user_vector_equals_the_training_pass_at_the_same_position(name):
+    """The user vector after a history, at evaluation (target held out), is the one training
+    computed at that position to predict the same target: same inputs, same time bias (the
+    query's t_next is the target's timestamp, read from ``batch.target_timestamp``)."""
+    model = tiny_model(name).eval()
+    train = sequence_batch(SEQUENCES)
+    train.timestamps = 1_700_000_000 + 37 * train.timestamps.sub(1_700_000_000) ** 2  # irregular gaps
+    histories = [s[:-1] for s in SEQUENCES if len(s) > 1]
+    evaluation = sequence_batch(histories)
+    starts = train.seq_offsets[:-1][[len(s) > 1 for s in SEQUENCES]]  # [B'] first token of each kept sequence
+    lengths = torch.tensor([len(h) for h in histories])
+    rows = torch.cat([torch.arange(int(a), int(a) + int(n)) for a, n in zip(starts, lengths)])  # history tokens
+    evaluation.timestamps = train.timestamps[rows]
+    evaluation.target_item = torch.tensor([s[-1] for s in SEQUENCES if len(s) > 1])
+    evaluation.target_timestamp = train.timestamps[starts + lengths]  # the held-out event's time
+    with torch.no_grad():
+        want = model.encode(train)[starts + lengths - 1]  # [B', D] training: position n - 2 predicts s[-1]
+        got = model.user_vectors(evaluation)
+    torch.testing.assert_close(got, want)
+
+
 def test_config_errors():
     encoder = SASRecEncoder(num_layers=1, embedding_dim=D, num_heads=1, max_seq_len=MAX_LEN, ffn_dim=8)
     with pytest.raises(ConfigError, match="num_items=1"):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from recsys.errors import ConfigError, DataError
 from recsys.modules.hstu import HSTU_PRESETS, HSTUEncoder, HSTULayer, append_jagged
 from recsys.modules.relative_bias import padded_relative_bias
+from recsys.ops.hstu_attention import NORMALIZATIONS
 
 D, H, DQK, DV, L = 6, 2, 3, 4, 10
 
@@ -30,7 +31,7 @@ def pad(values, lengths, n):
     return out
 
 
-def padded_layer(layer, x, lengths, ts, num_targets):
+def padded_layer(layer, x, lengths, ts, num_targets, normalization="max_len"):
     """The layer's equations on a padded [B, N, D] batch, mask built pair by pair."""
     b, n, _ = x.shape
     uvqk = F.silu(layer.f1(layer.input_norm(x)))  # [B, N, ...]
@@ -42,15 +43,14 @@ def padded_layer(layer, x, lengths, ts, num_targets):
         torch.tensor(lengths), n, num_targets, ts, rab["position_bias"], rab["time_bias"]
     ).unsqueeze(1)
     mask = torch.zeros(b, n, n, dtype=x.dtype)
-    norms = []
     for s, m in enumerate(lengths):
         history = m - int(num_targets[s])
-        norms.append(max(history, 1))
         for i in range(m):
             for j in range(i + 1):
                 mask[s, i, j] = float(not (i >= history and j >= history and i != j))
+    norms = mask.sum(dim=2).clamp(min=1) if normalization == "length" else torch.full((b, n), float(L), dtype=x.dtype)
     attn = torch.einsum("bhij,bjhd->bihd", F.silu(scores) * mask.unsqueeze(1), v)
-    attn = attn / torch.tensor(norms, dtype=x.dtype).view(-1, 1, 1, 1)
+    attn = attn / norms.view(b, n, 1, 1)
     return x + layer.f2(layer.output_norm(attn.flatten(2)) * u)
 
 
@@ -59,16 +59,17 @@ def small_layer(**kwargs):
     return HSTULayer(D, H, DQK, DV, max_seq_len=L, **kwargs).double()
 
 
-def test_layer_on_jagged_equals_layer_on_padded():
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_layer_on_jagged_equals_layer_on_padded(normalization):
     lengths = [4, 1, 0, 7]
     num_targets = torch.tensor([1, 0, 0, 3])
-    layer = small_layer()
+    layer = small_layer(normalization=normalization)
     with torch.no_grad():  # non-trivial norm parameters, so the test sees them
         layer.input_norm.weight.uniform_(0.5, 1.5)
         layer.output_norm.bias.uniform_(-0.1, 0.1)
     x, offsets, ts = jagged_batch(lengths)
     jagged = layer(x, offsets, ts, num_targets)
-    padded = padded_layer(layer, pad(x, lengths, 7), lengths, pad(ts, lengths, 7), num_targets)
+    padded = padded_layer(layer, pad(x, lengths, 7), lengths, pad(ts, lengths, 7), num_targets, normalization)
     want = torch.cat([padded[b, :m] for b, m in enumerate(lengths)])
     torch.testing.assert_close(jagged, want)
 
@@ -105,6 +106,20 @@ def test_encoder_is_causal():
     torch.testing.assert_close(after[:5], before[:5])
     torch.testing.assert_close(after[8:], before[8:])
     assert not torch.allclose(after[5:8], before[5:8])
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_appending_tokens_never_changes_earlier_outputs_in_training(normalization):
+    """Causality of a training pass (every token a query, no targets): the outputs of a sequence's
+    first tokens are the same whether or not later tokens follow, whatever the normalization."""
+    encoder = HSTUEncoder(2, D, H, DQK, DV, max_seq_len=L, normalization=normalization, use_time_bias=False).double()
+    encoder.train()
+    x, offsets, ts = jagged_batch([7, 3, 9], seed=4)
+    full = encoder(x, offsets, ts)
+    keep = [4, 1, 9]  # the first tokens of each sequence
+    rows = torch.cat([torch.arange(int(offsets[b]), int(offsets[b]) + n) for b, n in enumerate(keep)])
+    prefix = encoder(x[rows], torch.tensor([0] + keep).cumsum(0), ts[rows])
+    torch.testing.assert_close(prefix, full[rows], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("normalization", ["length", "max_len"])

@@ -73,3 +73,36 @@ def test_default_candidate_time_and_limits():
         score_candidates(short, *args, microbatch_size=4, **times)
     with pytest.raises(ConfigError, match="microbatch_size"):
         score_candidates(encoder, *args, microbatch_size=0, **times)
+
+
+def non_causal_setup():
+    encoder, args, times = setup()
+    torch.manual_seed(0)
+    encoder = HSTUEncoder(2, D, 2, 3, 4, max_seq_len=12, causal=False).double().eval()
+    return encoder, args, times
+
+
+def test_a_non_causal_encoder_is_refused_with_the_cache_or_shared_passes():
+    """The cache and shared micro-batches are exact for causal encoders only; a non-causal one
+    would silently get scores that depend on the other candidates."""
+    encoder, args, times = non_causal_setup()
+    for cache, size in ((True, 1), (True, 3), (False, 3)):
+        with pytest.raises(ConfigError, match="not causal.*cache=False, microbatch_size=1"):
+            score_candidates(encoder, *args, microbatch_size=size, cache=cache, **times)
+    history, offsets = args[0], args[1]
+    with pytest.raises(ConfigError, match="causal encoders only"):
+        encoder.encode_history(history, offsets, times["timestamps"])
+
+
+def test_a_non_causal_encoder_scored_one_candidate_per_pass_is_exact():
+    """Exact: each candidate's output equals the encoder's on its history plus that candidate alone."""
+    encoder, (history, offsets, candidates, candidate_offsets), times = non_causal_setup()
+    got = score_candidates(encoder, history, offsets, candidates, candidate_offsets, microbatch_size=1, cache=False, **times)
+    history_ts, candidate_ts = times["timestamps"], times["candidate_timestamps"]
+    for user in range(3):
+        h = slice(int(offsets[user]), int(offsets[user + 1]))
+        for c in range(int(candidate_offsets[user]), int(candidate_offsets[user + 1])):
+            tokens = torch.cat([history[h], candidates[c : c + 1]])
+            alone = encoder(tokens, torch.tensor([0, len(tokens)]), torch.cat([history_ts[h], candidate_ts[c : c + 1]]),
+                            num_targets=torch.tensor([1]))
+            torch.testing.assert_close(got[c], alone[-1])

@@ -68,3 +68,11 @@ def test_module_tables_and_dense_bias():
     torch.testing.assert_close(dense[1, 0, 3], rab.position_weights[6] + rab.time_weights[2])
     position_only = RelativeAttentionBias(max_seq_len=4, use_time=False)
     assert position_only.op_kwargs()["time_bias"] is None
+
+
+def test_next_timestamp_is_the_last_history_tokens_t_next():
+    ts = torch.tensor([[10, 20, 30, 40], [5, 6, 0, 0]])
+    lengths, num_targets = torch.tensor([4, 2]), torch.tensor([1, 0])
+    after = torch.tensor([99, 77])  # the events after each history
+    assert next_timestamps(ts, lengths, num_targets, after).tolist() == [[20, 30, 99, 40], [6, 77, 0, 0]]
+    assert next_timestamps(ts, lengths, num_targets).tolist() == [[20, 30, 30, 40], [6, 6, 0, 0]]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys.errors import ConfigError, DataError
-from recsys.ops.hstu_attention import hstu_attention, hstu_attention_kernels
+from recsys.ops.hstu_attention import NORMALIZATIONS, hstu_attention, hstu_attention_kernels
 
 BASE = 0.301
 
@@ -20,16 +20,19 @@ def naive_hstu_attention(q, k, v, offsets, max_seq_len, timestamps, position_bia
         start, n = int(offsets[b]), int(offsets[b + 1] - offsets[b])
         n_targets = 0 if num_targets is None else int(num_targets[b])
         history = n - n_targets
-        norm = max(history, 1) if normalization == "length" else max_seq_len
         pos = [min(i, history) for i in range(n)]
+
+        def sees(i, j):  # the attention mask
+            return not (causal and j > i) and not (i >= history and j >= history and i != j)
+
         for i in range(n):
+            # "length": the keys query i attends to; "max_len": the reference's constant
+            norm = max(sum(sees(i, j) for j in range(n)), 1) if normalization == "length" else max_seq_len
             t_next = None
             if timestamps is not None:
                 t_next = int(timestamps[start + i + 1]) if i + 1 < history else int(timestamps[start + i])
             for j in range(n):
-                if causal and j > i:
-                    continue
-                if i >= history and j >= history and i != j:
+                if not sees(i, j):
                     continue
                 score = (q[start + i] * k[start + j]).sum(-1) * alpha  # [H]
                 if position_bias is not None:
@@ -83,13 +86,50 @@ def test_matches_naive_loop(lengths, normalization, bias, with_targets):
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_appending_tokens_never_changes_earlier_outputs(normalization):
+    """A causal training pass: the first tokens' outputs do not depend on the tokens after them
+    (their count included), for every normalization."""
+    x = make_inputs([6, 8, 3])
+    keep = [2, 8, 1]
+    rows = torch.cat([torch.arange(int(x["seq_offsets"][b]), int(x["seq_offsets"][b]) + n) for b, n in enumerate(keep)])
+    full = hstu_attention(x["q"], x["k"], x["v"], x["seq_offsets"], 8, position_bias=x["position_bias"], normalization=normalization)
+    prefix = hstu_attention(
+        x["q"][rows], x["k"][rows], x["v"][rows], torch.tensor([0] + keep).cumsum(0), 8,
+        position_bias=x["position_bias"], normalization=normalization,
+    )
+    torch.testing.assert_close(prefix, full[rows], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_a_prefix_with_its_next_timestamp_equals_the_full_pass(normalization):
+    """Evaluation reads a history without its target: given the target's time as next_timestamp,
+    every history output, time bias included, equals the training pass over history + target."""
+    x = make_inputs([6, 8, 3])
+    keep = [5, 7, 2]
+    offsets = x["seq_offsets"]
+    rows = torch.cat([torch.arange(int(offsets[b]), int(offsets[b]) + n) for b, n in enumerate(keep)])
+    after = x["timestamps"][offsets[:-1] + torch.tensor(keep)]  # [B] time of the token after each prefix
+    bias = dict(position_bias=x["position_bias"], time_bias=x["time_bias"], normalization=normalization)
+    full = hstu_attention(x["q"], x["k"], x["v"], offsets, 8, timestamps=x["timestamps"], **bias)
+    prefix = hstu_attention(
+        x["q"][rows], x["k"][rows], x["v"][rows], torch.tensor([0] + keep).cumsum(0), 8,
+        timestamps=x["timestamps"][rows], next_timestamp=after, **bias,
+    )
+    torch.testing.assert_close(prefix, full[rows], rtol=0, atol=1e-12)
+    without = hstu_attention(
+        x["q"][rows], x["k"][rows], x["v"][rows], torch.tensor([0] + keep).cumsum(0), 8, timestamps=x["timestamps"][rows], **bias,
+    )
+    assert not torch.allclose(without, full[rows])  # the last token's own time gives another bias
+
+
 @pytest.mark.parametrize("with_targets", [False, True])
 def test_non_causal_matches_naive_loop(with_targets):
     x = make_inputs([5, 2, 6])
     num_targets = torch.tensor([2, 0, 3]) if with_targets else None
     got = hstu_attention(
         x["q"], x["k"], x["v"], x["seq_offsets"], 8, timestamps=x["timestamps"], position_bias=x["position_bias"],
-        time_bias=x["time_bias"], num_targets=num_targets, causal=False, kernel="pytorch",
+        time_bias=x["time_bias"], num_targets=num_targets, causal=False, kernel="pytorch", normalization="length",
     )
     want = naive_hstu_attention(
         x["q"], x["k"], x["v"], x["seq_offsets"], 8, x["timestamps"], x["position_bias"], x["time_bias"],

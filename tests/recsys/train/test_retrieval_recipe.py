@@ -85,9 +85,18 @@ def without_time(report: dict) -> dict:
 
 
 @pytest.mark.parametrize("model", ["hstu", "sasrec"])
-def test_trains_end_to_end_far_above_chance_and_writes_run_files(tmp_path, model):
+def test_trains_end_to_end_far_above_chance_and_writes_run_files(tmp_path, model, capsys):
     cfg = retrieval_config(tmp_path / "run", model, write_walks(tmp_path / "walks.csv"))
     report = run_retrieval_training(cfg)
+
+    # The protocol (the reference's by default) is stored and printed with every result.
+    protocol = "exclude_seen=last_n: the last 20 history items are no candidates"
+    assert report["exclude_seen"] == "last_n" and report["protocol"].startswith(protocol)
+    printed = capsys.readouterr().out.splitlines()
+    epochs = [line for line in printed if line.startswith("epoch ")]
+    assert len(epochs) == 3 and all(protocol in line for line in epochs), epochs
+    assert any(line.startswith("rows:") and protocol in line for line in printed)
+    assert f"protocol: full ranking, {report['protocol']}" in printed  # under the final table
 
     assert report["model"] == model and report["epochs_run"] == 3 and 1 <= report["best_epoch"] <= 3
     for split in ("valid", "test"):
