@@ -50,7 +50,7 @@ class RankingBatch(TensorDataclass):
         user_id: ``[B]`` int64.
         item_id: ``[B]`` int64 candidate item.
         request_id: ``[B]`` int64: rows with one id were shown together (ranking metrics group by it).
-        timestamp: ``[B]`` int64 time of the candidate event.
+        timestamp: ``[B]`` int64 start time of the candidate's request (every feature predates it).
         sequence_features: KJT of the full history (``seq_*`` keys), or None.
         sequence_content: ``[S_T, C]`` float32 content embedding of every ``sequence_features``
             token (S_T = its number of values), or None (no sequence or no content embeddings).

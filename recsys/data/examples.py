@@ -10,9 +10,16 @@ history and request as the target::
     e17: u3 i8 click    i8 [1,0,0,0] r0 | i40 [0,0,0,0] r0 | i2 [0,0,0,0] r0     (2 negatives)
     e21: u3 i5 save     i5 [0,1,0,0] r1 | ...
 
-A row's history is the user's engaged events (``actions != 0``) at positions strictly before the
-target event in the user's time-ordered log: position, not timestamp, so events with equal
-timestamps are ordered as the log orders them.
+Everything a row knows predates its *request*. A row's request time is the earliest timestamp of
+the events of its request (the log's ``request_id``, per user; a row of a log without request ids
+is a request of its own, at its target's timestamp). The row's history is the user's engaged
+events (``actions != 0``) with a timestamp strictly before the request time, and every time
+feature (hour, weekday, seconds since the last engagement) and ``RankingBatch.timestamp`` is the
+request time: an earlier slot of the same feed page, an event tied with the request's start, or
+the slot's own later impression time never leaks into a row::
+
+    user 3, request r1 at t=100:  e4 t=90 click | e5 t=100 (r1 slot 0) click | e6 t=104 (r1 slot 1)
+    row of e6: history [e4], time features of t=100 (not e5, which the page showed at the same time)
 
 Rows live in numpy arrays; :meth:`RankingExamples.collate` turns any set of them into a
 :class:`~recsys.data.batch.RankingBatch` with vectorised numpy (searchsorted on per-action event
@@ -53,6 +60,8 @@ class RankingExamples:
         request_id: ``[R]`` int64 request of the row.
         sampled_negative: ``[R]`` bool, True for rows drawn as negatives.
         user_weights: ``[num_users]`` float32 loss weight per user.
+        request_time: ``[R]`` int64 start of the row's request (see the module docstring); None =
+            computed from the log.
     """
 
     log: EventLog
@@ -63,8 +72,13 @@ class RankingExamples:
     request_id: np.ndarray
     sampled_negative: np.ndarray
     user_weights: np.ndarray
+    request_time: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.request_time is None:
+            self.request_time = request_start_times(self.log, self.event)
+        # History ends at the user's first event at or after the request time: log[start:end].
+        self._history_end = first_position_at_or_after(self.log, self.log.user_id[self.event], self.request_time)
         # Per-user event ranges and the positions of the events of each kind, so a row's history
         # is a searchsorted away: user u's events are log[offsets[u]:offsets[u + 1]].
         self._user_offsets = self.log.user_offsets()
@@ -97,7 +111,8 @@ class RankingExamples:
 
         Returns:
             ``T * (1 + negatives_per_target)`` rows: each target followed by its negatives.
-            ``request_id`` is the log's request id when it has one, else the target's ordinal.
+            ``request_id`` is the log's request id when it has one, else the target's ordinal;
+            ``request_time`` the request's start (its earliest event, or the target's time).
         """
         log.validate()
         _check_spec_matches_log(spec, log)
@@ -135,8 +150,9 @@ class RankingExamples:
 
         Returns:
             RankingBatch with ``sparse_features`` keyed by ``spec.sparse_features``,
-            ``dense_features [B, C + T]``, ``labels [B, A]``, ``weights [B]``, and
-            ``sequence_features`` keyed by ``spec.sequence_features`` (None when S == 0).
+            ``dense_features [B, C + T]``, ``labels [B, A]``, ``weights [B]``, ``timestamp [B]``
+            (the request time), and ``sequence_features`` keyed by ``spec.sequence_features``
+            (None when S == 0). Every feature holds only events before the request time.
         """
         rows = _as_index_array(row_indices, len(self), "row_indices", "row numbers of the examples")
         if len(rows) == 0:
@@ -144,22 +160,24 @@ class RankingExamples:
         log = self.log
         event, item = self.event[rows], self.item[rows]  # [B], [B]
         user = log.user_id[event]  # [B]
-        start = self._user_offsets[user]  # [B] first event of the user; history is log[start:event]
+        start = self._user_offsets[user]  # [B] first event of the user; history is log[start:end]
+        end = self._history_end[rows]  # [B] first event of the user at or after the request time
+        time = self.request_time[rows]  # [B]
 
-        engaged, num_engaged = _recent_events(self._engaged_events, start, event, 1)
+        engaged, num_engaged = _recent_events(self._engaged_events, start, end, 1)
         return RankingBatch(
-            sparse_features=kjt_from_jagged(self._sparse(event, item, user, start)),
-            dense_features=torch.from_numpy(self._dense(item, log.timestamp[event], engaged, num_engaged)),
+            sparse_features=kjt_from_jagged(self._sparse(event, item, user, start, end)),
+            dense_features=torch.from_numpy(self._dense(item, time, engaged, num_engaged)),
             labels=torch.from_numpy(_multi_hot(self.label_bits[rows], self.spec.num_actions)),
             weights=torch.from_numpy(self.user_weights[user]),
             user_id=torch.from_numpy(user),
             item_id=torch.from_numpy(item),
             request_id=torch.from_numpy(self.request_id[rows]),
-            timestamp=torch.from_numpy(log.timestamp[event]),
-            **self._sequence(start, event),
+            timestamp=torch.from_numpy(time.copy()),
+            **self._sequence(start, end),
         )
 
-    def _sparse(self, event, item, user, start) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _sparse(self, event, item, user, start, end) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """KJT key -> (values, lengths [B]) in ``spec.sparse_features`` order."""
         log, spec = self.log, self.spec
         one = np.ones(len(event), dtype=np.int32)
@@ -167,7 +185,7 @@ class RankingExamples:
         for name in spec.item_attributes:
             features[f"item_{name}"] = (log.items.attributes[name][item], one)
         for key, positions in zip(spec.history_features, self._action_events):
-            recent, _ = _recent_events(positions, start, event, spec.max_history)
+            recent, _ = _recent_events(positions, start, end, spec.max_history)
             features[key] = (log.item_id[recent.values], recent.lengths)
             _check_ids(key, features[key][0], spec.num_items, "num_items")
         return features
@@ -184,13 +202,13 @@ class RankingExamples:
         context = context_features(timestamp, num_engaged, since)  # [B, T]
         return np.concatenate([content, context], axis=1).astype(np.float32)
 
-    def _sequence(self, start, event) -> dict:
+    def _sequence(self, start, end) -> dict:
         """``sequence_features``: KJT of the last S engaged history events (``seq_*`` keys, equal
         lengths), and ``sequence_content``: ``[S_T, C]`` their content embeddings; empty without S."""
         if self.spec.max_sequence <= 0:
             return {}
         log = self.log
-        recent, _ = _recent_events(self._engaged_events, start, event, self.spec.max_sequence)
+        recent, _ = _recent_events(self._engaged_events, start, end, self.spec.max_sequence)
         pos, lengths = recent.values, recent.lengths
         _check_ids("seq_item_id", log.item_id[pos], self.spec.num_items, "num_items")
         _check_ids("seq_surface", log.surface[pos], len(self.spec.surface_vocab), "len(surface_vocab)")
@@ -237,11 +255,39 @@ def _recent_events(positions: np.ndarray, start: np.ndarray, end: np.ndarray, li
     return _Jagged(positions[flat], lengths.astype(np.int32)), count
 
 
+def request_start_times(log: EventLog, event: np.ndarray) -> np.ndarray:
+    """``[R]`` int64 start of the request of each target ``event``: the earliest timestamp among the
+    log's events of the same user and ``request_id``; the event's own timestamp when the log has no
+    request ids (each row is then a request of its own)."""
+    if log.request_id is None:
+        return log.timestamp[event].astype(np.int64)
+    order = np.lexsort((log.request_id, log.user_id))  # [N] events grouped by (user, request)
+    user, request = log.user_id[order], log.request_id[order]
+    first = np.r_[True, (user[1:] != user[:-1]) | (request[1:] != request[:-1])] if len(order) else np.zeros(0, bool)
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(first) - 1  # [N] request group of every event
+    start = np.minimum.reduceat(log.timestamp[order], np.flatnonzero(first)) if len(order) else log.timestamp[:0]
+    return start[group[event]].astype(np.int64)
+
+
+def first_position_at_or_after(log: EventLog, user: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """``[R]`` log position of ``user``'s first event with timestamp ``>= time`` (one past the user's
+    last event when none): the user's events strictly before ``time`` are ``log[offsets[user]:that]``.
+
+    The log is sorted by (user, timestamp), so ``(user, dense rank of timestamp)`` is a sorted key.
+    """
+    times = np.unique(log.timestamp)  # [M] sorted distinct timestamps
+    width = len(times) + 1
+    keys = log.user_id * width + np.searchsorted(times, log.timestamp)  # [N] non-decreasing
+    query = np.asarray(user, dtype=np.int64) * width + np.searchsorted(times, time, side="left")  # [R]
+    return np.searchsorted(keys, query, side="left").astype(np.int64)
+
+
 def context_features(timestamp: np.ndarray, history_length: np.ndarray, seconds_since_last: np.ndarray) -> np.ndarray:
     """``[B, T]`` float32 ``CONTEXT_FEATURES`` of candidates.
 
     Args:
-        timestamp: ``[B]`` candidate time, seconds since the epoch (UTC).
+        timestamp: ``[B]`` request time of the candidates, seconds since the epoch (UTC).
         history_length: ``[B]`` number of engaged history events.
         seconds_since_last: ``[B]`` seconds since the last engaged history event (0 if none).
     """

@@ -19,12 +19,16 @@ from recsys.data.examples import RankingExamples
 from recsys.data.features import FeatureSpec
 from recsys.data.schema import EventLog
 from recsys.data.splits import Split, leave_one_out, time_split
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, DataError
 
 
 @dataclass
 class RankingData:
-    """Everything a ranking recipe needs from the data side."""
+    """Everything a ranking recipe needs from the data side.
+
+    ``event_probabilities``: ``[N, A]`` float64 exact probability of each action of each event of
+    ``log`` (the synthetic generator's, with slot, session and clicks); None for other sources.
+    """
 
     log: EventLog
     split: Split
@@ -32,6 +36,7 @@ class RankingData:
     train: RankingExamples
     valid: RankingExamples
     test: RankingExamples
+    event_probabilities: np.ndarray | None = None
 
     def examples(self, split: str) -> RankingExamples:
         return {"train": self.train, "valid": self.valid, "test": self.test}[split]
@@ -53,6 +58,17 @@ def load_events(data_cfg) -> EventLog:
     return read_events(data_cfg.source, path, **data_cfg.options)
 
 
+def load_events_with_probabilities(data_cfg) -> tuple[EventLog, np.ndarray | None]:
+    """:func:`load_events`, plus for the synthetic source the ``[N, A]`` exact probability each
+    event's actions were drawn with (None for the other sources)."""
+    if data_cfg.source == "synthetic":
+        from recsys.data.synthetic import generate_with_probabilities
+
+        shard = generate_with_probabilities(data_cfg.synthetic)
+        return shard.log, shard.probabilities
+    return load_events(data_cfg), None
+
+
 def fetch_source(source: str, path: Path) -> Path:
     """Downloads the data of ``source`` to ``path`` when it is not there yet; returns the path to read."""
     from recsys.data.download import fetch_amazon_ratings, fetch_movielens
@@ -71,7 +87,8 @@ def split_events(log: EventLog, data_cfg) -> Split:
     return time_split(log, valid_fraction=data_cfg.valid_fraction, test_fraction=data_cfg.test_fraction)
 
 
-def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = None, log: EventLog | None = None) -> RankingData:
+def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = None, log: EventLog | None = None,
+                       event_probabilities: np.ndarray | None = None) -> RankingData:
     """Builds train/valid/test rows from ``data_cfg`` (a :class:`~recsys.train.config.DataConfig`).
 
     Args:
@@ -79,8 +96,12 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
         seed: seeds negative sampling (train, valid and test use seed, seed+1, seed+2).
         user_weights: ``[num_users]`` per-user loss weights, or None for ones.
         log: an already loaded log (skips :func:`load_events`).
+        event_probabilities: ``[N, A]`` exact action probabilities of ``log``'s events (synthetic).
     """
     log = load_events(data_cfg) if log is None else log
+    if event_probabilities is not None and event_probabilities.shape != (len(log), log.num_actions):
+        raise DataError(f"event_probabilities must have shape [{len(log)}, {log.num_actions}] (events x actions of "
+                        f"the log), got {event_probabilities.shape}; pass the probabilities generated with this log")
     split = split_events(log, data_cfg)
     spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history, max_sequence=data_cfg.max_sequence)
     train_targets = split.train
@@ -99,4 +120,5 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
         train=rows(train_targets, data_cfg.negatives_per_target, 0),
         valid=rows(split.valid, data_cfg.eval_negatives_per_target, 1),
         test=rows(split.test, data_cfg.eval_negatives_per_target, 2),
+        event_probabilities=event_probabilities,
     )

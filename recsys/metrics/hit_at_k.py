@@ -1,8 +1,10 @@
 """HIT@K per head: how many of the candidates a user acted on land in the top K of their request.
 
-The TransAct papers (KDD 2023; arXiv 2506.02267) evaluate the ranker as it is used: the candidates
-shown together (a *request*, ``RankingBatch.request_id``; the paper's "chunk") are sorted by one
-head's predicted score, and the candidates with that head's action among the top K count as hits.
+The TransAct papers (KDD 2023, arXiv 2306.00248; arXiv 2506.02267) evaluate the ranker as it is
+used: the candidates shown together (a *request*, ``RankingBatch.request_id``; the paper's "chunk")
+are ranked, and the candidates with a head's action among the top K count as hits. The papers rank
+a request once by the production utility of all heads (*combined* HIT@K, below); ``hit@K`` ranks
+it by the one head's own score, an extra per-head view.
 The paper aggregates the hit counts over chunks; here they are divided by the number of positives::
 
     HIT@K(h) = #{positive candidates of h ranked <= K in their request} / #{positive candidates of h}
@@ -18,10 +20,18 @@ model keeps the hidden candidates out of the top, so for hide LOWER HIT@K is bet
 report HIT@3/hide that way). Sorting hide highest first would instead reward a model for finding
 hidden candidates, the opposite reading.
 
-Ties never flatter a model: a positive head's candidate is ranked below every candidate tying
-with it (rank = candidates of its request scoring at least as high, itself included), a hidden
-candidate above them (rank = 1 + candidates ranked strictly before it). A constant scorer thus
-gets no hit for a positive head and every hit for hide in requests of more than K candidates.
+Ties are broken at random, and a candidate gets its *expected* hit under that tie-breaking: with
+``a`` candidates of its request ranked strictly before it and ``g`` tying with it (itself
+included), its rank is uniform over ``a+1 .. a+g`` and it counts ``clip(K - a, 0, g) / g``
+(:func:`expected_hits`). A scorer that scores equal candidates equally (the generator's own
+probabilities, popularity on a repeated item) is thus neither penalised nor flattered; a constant
+scorer gets ``K / n`` per positive in a request of ``n > K`` candidates, for every head.
+
+**Combined HIT@K** (the TransAct paper's HIT@3/action, arXiv 2306.00248): production ranks a
+request once, by one utility of all heads' predicted probabilities, ``u = sum_h w_h sigmoid(s_h)``
+(positive actions weigh positive, hide negative: :func:`head_weights`), and reports per action
+the share of its positives in the top K of that single ranking (for hide, lower is better).
+:class:`HitAtK` reports it as ``combined_hit@K`` beside the per-head rankings (``hit@K``).
 
 Rows of one request may be split across batches and ranks: :class:`HitAtK` keeps
 ``(request_id, scores, labels)`` of every row and ranks at :meth:`HitAtK.compute`; ranks exchange
@@ -32,13 +42,45 @@ Shape letters: N rows, H heads.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from recsys.errors import DataError
+from recsys.errors import ConfigError, DataError
 
 
 NEGATIVE_ACTIONS = ("hide",)
+
+
+def head_weights(heads: list[str], weights: dict[str, float] | None = None) -> list[float]:
+    """``[H]`` utility weight per head: ``weights[head]`` where given, else +1 for a positive action
+    and -1 for a negative one (:data:`NEGATIVE_ACTIONS`).
+
+    Raises:
+        ConfigError: a weight names no head, is not a finite number, or every weight is 0.
+    """
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(heads))
+    if unknown:
+        raise ConfigError(f"train.utility_weights names {unknown}, which are not heads of the model {list(heads)}; "
+                          "use the head names")
+    values = []
+    for head in heads:
+        value = weights.get(head, -1.0 if head in NEGATIVE_ACTIONS else 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"train.utility_weights[{head!r}]={value!r} must be a finite number")
+        values.append(float(value))
+    if not any(values):
+        raise ConfigError("train.utility_weights are all 0, so the utility ranks nothing; give a head a non-zero weight")
+    return values
+
+
+def utility(scores: np.ndarray, weights) -> np.ndarray:
+    """``[N, H]`` per-head logits and ``[H]`` weights -> ``[N]`` float64 ``sum_h w_h sigmoid(s_h)``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    probabilities = 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid without overflow
+    return probabilities @ np.asarray(weights, dtype=np.float64)
 
 
 def request_ranks(request_id: np.ndarray, keys: np.ndarray, ties_first: bool = False) -> np.ndarray:
@@ -70,16 +112,26 @@ def request_ranks(request_id: np.ndarray, keys: np.ndarray, ties_first: bool = F
     return ranks
 
 
+def expected_hits(request_id: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """``[N]`` float64 probability that each row lands in the top ``k`` of its request when sorted by
+    ``keys`` (highest first) with ties broken uniformly at random: ``clip(k - a, 0, g) / g`` for
+    ``a`` rows strictly before it and ``g`` rows tying with it (itself included)."""
+    best = request_ranks(request_id, keys, ties_first=True)  # a + 1
+    worst = request_ranks(request_id, keys, ties_first=False)  # a + g
+    group = worst - best + 1
+    return np.clip(k - (best - 1), 0, group) / group
+
+
 def hit_at_k(request_id, scores, labels, k: int = 3, negative: bool = False) -> tuple[float, int, int]:
-    """HIT@K of one head.
+    """HIT@K of one head, with the expected credit of tied rows (random tie-breaking).
 
     Args:
         request_id: ``[N]`` request of each row.
         scores: ``[N]`` the head's predicted scores (logits or probabilities).
         labels: ``[N]`` 0/1, 1 where the head's action was taken.
         k: K.
-        negative: a negative head (hide): rank lowest score first, ties ranked first (lower
-            HIT@K is better); otherwise highest first, ties ranked last.
+        negative: a negative head (hide): rank lowest score first (lower HIT@K is better);
+            otherwise highest first.
 
     Returns:
         ``(HIT@K, positives, requests with a positive)``; HIT@K is NaN without positives.
@@ -99,9 +151,8 @@ def hit_at_k(request_id, scores, labels, k: int = 3, negative: bool = False) -> 
     num_positive = int(positive.sum())
     if num_positive == 0:
         return float("nan"), 0, 0
-    ranks = request_ranks(request_id, -scores if negative else scores, ties_first=negative)
-    hits = int((ranks[positive] <= k).sum())
-    return hits / num_positive, num_positive, int(np.unique(request_id[positive]).shape[0])
+    hits = expected_hits(request_id, -scores if negative else scores, k)[positive].sum()
+    return float(hits) / num_positive, num_positive, int(np.unique(request_id[positive]).shape[0])
 
 
 class HitAtK:
@@ -112,18 +163,24 @@ class HitAtK:
         k: K.
         negative_heads: heads ranked lowest score first (lower HIT@K is better); None =
             the heads named in :data:`NEGATIVE_ACTIONS`.
+        weights: ``[H]`` utility weights of the combined ranking (:func:`head_weights`); None =
+            no combined HIT@K. Scores must then be logits (probabilities = their sigmoid).
 
     Example::
 
-        metric = HitAtK(["click", "hide"], k=3)
+        metric = HitAtK(["click", "hide"], k=3, weights=head_weights(["click", "hide"]))
         metric.update(batch.request_id, logits, labels)  # [B], [B, H], [B, H]
-        metric.compute()  # {"click": {"hit@3": 0.41, "positives": 120, "requests": 97}, ...}
+        metric.compute()  # {"click": {"hit@3": 0.41, "combined_hit@3": 0.40, "positives": 120, ...}, ...}
     """
 
-    def __init__(self, heads: list[str], k: int = 3, negative_heads: list[str] | None = None):
+    def __init__(self, heads: list[str], k: int = 3, negative_heads: list[str] | None = None,
+                 weights: list[float] | None = None):
         self.heads = list(heads)
         self.k = int(k)
         self.negative_heads = [h for h in heads if h in NEGATIVE_ACTIONS] if negative_heads is None else list(negative_heads)
+        if weights is not None and len(weights) != len(self.heads):
+            raise ConfigError(f"HitAtK: {len(weights)} utility weights for {len(self.heads)} heads {self.heads}")
+        self.weights = None if weights is None else [float(w) for w in weights]
         self._requests: list[torch.Tensor] = []
         self._scores: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
@@ -131,6 +188,10 @@ class HitAtK:
     @property
     def name(self) -> str:
         return f"hit@{self.k}"
+
+    @property
+    def combined_name(self) -> str:
+        return f"combined_hit@{self.k}"
 
     def update(self, request_id: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> None:
         """Adds a batch: ``request_id [B]``, ``scores [B, H]`` and 0/1 ``labels [B, H]``."""
@@ -152,19 +213,26 @@ class HitAtK:
         return torch.cat(self._requests), torch.cat(self._scores), torch.cat(self._labels)
 
     @classmethod
-    def from_states(cls, heads: list[str], states, k: int = 3, negative_heads: list[str] | None = None) -> "HitAtK":
+    def from_states(cls, heads: list[str], states, k: int = 3, negative_heads: list[str] | None = None,
+                    weights: list[float] | None = None) -> "HitAtK":
         """Joins the :meth:`state` of several ranks (or batches) into one accumulator."""
-        merged = cls(heads, k, negative_heads)
+        merged = cls(heads, k, negative_heads, weights)
         for request_id, scores, labels in states:
             merged.update(request_id, scores, labels)
         return merged
 
     def compute(self) -> dict[str, dict]:
-        """Per head: ``hit@K`` (NaN without positives), ``positives`` and ``requests`` (with a positive)."""
+        """Per head: ``hit@K`` (NaN without positives), ``positives`` and ``requests`` (with a
+        positive), and with weights ``combined_hit@K``: HIT@K of the head's positives when every
+        request is ranked once by the utility (highest first; for a negative head lower is better)."""
         request_id, scores, labels = self.state()
+        request_id, scores, labels = request_id.numpy(), scores.numpy(), labels.numpy()
+        combined = utility(scores, self.weights) if self.weights is not None else None  # [N]
         results = {}
         for h, head in enumerate(self.heads):
-            value, positives, requests = hit_at_k(request_id.numpy(), scores[:, h].numpy(), labels[:, h].numpy(), self.k,
+            value, positives, requests = hit_at_k(request_id, scores[:, h], labels[:, h], self.k,
                                                   negative=head in self.negative_heads)
             results[head] = {self.name: value, "positives": positives, "requests": requests}
+            if combined is not None:
+                results[head][self.combined_name] = hit_at_k(request_id, combined, labels[:, h], self.k)[0]
         return results

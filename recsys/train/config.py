@@ -131,6 +131,12 @@ class TrainerConfig:
         matmul_precision: float32 matmuls, as ``torch.set_float32_matmul_precision``: "highest"
             (exact float32, PyTorch's default), "high" (TF32 tensor cores on GPUs that have them;
             also lets evaluation use the Triton HSTU attention kernel) or "medium" (bf16 passes).
+        utility_weights: head -> weight ``w_h`` of its predicted probability in the utility
+            ``sum_h w_h p_h`` that ranks each request once for the combined HIT@3 (the TransAct
+            paper's HIT@3: production ranks by one weighted combination of the heads). Heads left
+            unset weigh +1, a negative action (hide) -1: ``{}`` on the synthetic feed means
+            ``click + save + long_view - hide``. Weights must be finite, name heads of the model
+            and not all be 0 (checked at setup). The loss weights are ``loss.label_weights``.
     """
 
     epochs: int = 1
@@ -148,6 +154,7 @@ class TrainerConfig:
     eval_every: int = 1
     pipeline: Literal["auto", "sparse_dist", "none"] = "auto"
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    utility_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "eval_every"):

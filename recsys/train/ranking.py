@@ -11,8 +11,12 @@
 - ``train.pipeline`` picks the train step: TorchRec's ``TrainPipelineSparseDist`` (the next batch's
   ids travel to their ranks while this one trains) or one batch at a time (``recsys.train.pipeline``).
 - Rank 0 shows a tqdm bar and writes ``metrics.jsonl`` + TensorBoard events to ``output_dir``.
-- Evaluation reports per head AUC, NE and HIT@3 (``recsys.metrics.hit_at_k``: the share of a
-  head's positives in the top 3 of their request; for hide, lower is better).
+- Evaluation reports per head AUC, NE, HIT@3 (``recsys.metrics.hit_at_k``: the share of a head's
+  positives in the top 3 of their request ranked by that head's score; for hide, lower is better)
+  and combined HIT@3 (the TransAct paper's: every request ranked once by the utility
+  ``sum_h w_h p_h`` with ``train.utility_weights``). On synthetic data an *oracle* row scores the
+  rows with the generator's exact probabilities (slot, session and in-session clicks included):
+  no trained model beats it beyond noise; one that does points to a leak.
 - ``data.lifelong.enabled`` builds (once, cached) S_all of every row and trains on lifelong
   batches (``recsys.data.lifelong_pipeline``), which TransAct V2 reads.
 """
@@ -32,14 +36,15 @@ from tqdm import tqdm
 from recsys.config import to_dict
 from recsys.data.lifelong_pipeline import LifelongData, prepare_lifelong_data
 from recsys.data.loader import make_dataloader
-from recsys.data.pipeline import RankingData, build_ranking_data, load_events
+from recsys.data.pipeline import RankingData, build_ranking_data, load_events_with_probabilities
 from recsys.distributed.optimizers import build_optimizer
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
 from recsys.atomic_files import write_json_atomic
 from recsys.distributed.plan_io import save_plan
 from recsys.distributed.sharding import plan_to_dict, shard_model
 from recsys.metrics.classification import HeadMetrics
-from recsys.metrics.hit_at_k import HitAtK
+from recsys.errors import DataError
+from recsys.metrics.hit_at_k import HitAtK, head_weights
 from recsys.models import get_model
 from recsys.models.popularity import PopularityModel
 from recsys.models.task import RankingTask
@@ -55,6 +60,7 @@ from recsys.train.run_log import RunLog
 
 HIT_K = 3
 HIT_NAME = f"hit@{HIT_K}"
+COMBINED_HIT_NAME = f"combined_hit@{HIT_K}"
 
 
 class RankingRecipe:
@@ -80,6 +86,7 @@ class RankingRecipe:
         seed_everything(cfg.train.seed)
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         self.heads = self._build_model()
+        self.utility_weights = head_weights(self.heads, cfg.train.utility_weights)  # [H]
         self.loader = self._loader(self.data.train, cfg.train.batch_size, shuffle=True)
         self.pipeline, pipeline_note = build_train_step(cfg.train.pipeline, self.model, self.optimizer, self.ctx.device)
         self.checkpoints = CheckpointManager(
@@ -96,9 +103,10 @@ class RankingRecipe:
 
     def _build_data(self) -> RankingData:
         cfg = self.cfg
-        log = load_events(cfg.data)
+        log, probabilities = load_events_with_probabilities(cfg.data)
         weights = user_weights(log, cfg.loss.user_weighting)
-        return build_ranking_data(cfg.data, seed=cfg.train.seed, user_weights=weights, log=log)
+        return build_ranking_data(cfg.data, seed=cfg.train.seed, user_weights=weights, log=log,
+                                  event_probabilities=probabilities)
 
     def _build_lifelong(self) -> LifelongData | None:
         """Every split's S_all (cached under ``data.lifelong.cache_dir``) when lifelong batches are on."""
@@ -246,57 +254,86 @@ class RankingRecipe:
     # ------------------------------------------------------------------ evaluate
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, dict]:
-        """Per-head AUC / NE / HIT@3 of the model on ``split`` ("valid" or "test"), over all ranks' rows."""
+        """Per-head AUC / NE / HIT@3 / combined HIT@3 of the model on ``split`` ("valid" or "test"),
+        over all ranks' rows."""
+        request_id, logits, labels = self.predict(split)
+        metrics, hits = HeadMetrics(self.heads), self._hits()
+        if len(request_id):  # a rank may hold no rows of a small split
+            metrics.update(logits, labels)
+            hits.update(request_id, logits, labels)
+        return _gather_metrics(metrics, hits, self.ctx)
+
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model on this rank's rows of ``split``, in the evaluation loader's order (on one
+        rank: row order): ``request_id [N]``, float32 ``logits [N, H]`` and ``labels [N, H]`` on the CPU."""
         examples = self.data.examples(split)
-        metrics, hits = HeadMetrics(self.heads), HitAtK(self.heads, k=HIT_K)
+        requests, scores, targets = [], [], []
         was_training = self.model.training
         self.model.eval()
         for batch in self._loader(examples, self.cfg.train.eval_batch_size, shuffle=False):
             _, logits = self.model(batch.to(self.ctx.device))
-            labels = self._head_labels(batch)
-            metrics.update(logits.float().cpu(), labels)
-            hits.update(batch.request_id.cpu(), logits.float().cpu(), labels)
+            requests.append(batch.request_id.cpu())
+            scores.append(logits.float().cpu())
+            targets.append(self._head_labels(batch))
         self.model.train(was_training)
-        return _gather_metrics(metrics, hits, self.ctx)
+        if not scores:
+            h = len(self.heads)
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, h), torch.zeros(0, h)
+        return torch.cat(requests), torch.cat(scores), torch.cat(targets)
+
+    def _hits(self) -> HitAtK:
+        return HitAtK(self.heads, k=HIT_K, weights=self.utility_weights)
 
     def _head_labels(self, batch) -> torch.Tensor:
         columns = [self.data.spec.action_vocab.index(h) for h in self.heads]
         return batch.labels[:, columns].cpu()
 
     def evaluate_popularity(self, split: str) -> dict[str, dict]:
-        """Per-head AUC / NE of the popularity baseline on ``split``."""
+        """Per-head AUC / NE / HIT@3 / combined HIT@3 of the popularity baseline on ``split``."""
         if self._popularity is None:
             self._popularity = PopularityModel().fit(self.data.log, self.data.split.train, self.heads)
         popularity = self._popularity
         examples = self.data.examples(split)
-        metrics, hits = HeadMetrics(self.heads), HitAtK(self.heads, k=HIT_K)
+        metrics, hits = HeadMetrics(self.heads), self._hits()
         for batch in make_dataloader(examples, self.cfg.train.eval_batch_size, shuffle=False, seed=0):
             scores, labels = popularity.scores(batch.item_id), self._head_labels(batch)
             metrics.update(scores, labels)
             hits.update(batch.request_id, scores, labels)
         return _with_hits(metrics.compute(), hits.compute())
 
-    def evaluate_ground_truth(self, split: str) -> dict[str, dict]:
-        """Per-head AUC of the generator's true long-term action probabilities on ``split``: what
-        a model that knew each user's interests (but not their session) would reach. Synthetic only."""
-        from recsys.data.synthetic import SyntheticWorld
+    def has_oracle(self, split: str) -> bool:
+        """True when every row of ``split`` has the generator's exact probabilities: synthetic data
+        generated by the recipe, and no sampled negatives (items the feed never showed)."""
+        return self.data.event_probabilities is not None and not self.data.examples(split).sampled_negative.any()
 
-        examples, log = self.data.examples(split), self.data.log
-        event = examples.event
-        probabilities = SyntheticWorld(self.cfg.data.synthetic).action_probabilities(
-            log.user_id[event], examples.item, log.timestamp[event], log.surface[event]
-        )  # [N, A]
+    def oracle_scores(self, split: str) -> torch.Tensor:
+        """``[N, H]`` float32 logits of the generator's exact action probabilities of the rows of
+        ``split`` (in row order): what each row's actions were drawn with."""
+        if not self.has_oracle(split):
+            raise DataError(f"no oracle for split {split!r}: it needs synthetic events generated with their "
+                            "probabilities and no sampled negatives (data.eval_negatives_per_target=0)")
+        examples = self.data.examples(split)
         columns = [self.data.spec.action_vocab.index(h) for h in self.heads]
-        labels = (examples.label_bits[:, None] >> np.asarray(columns)) & 1  # [N, H]
-        scores, labels = torch.from_numpy(probabilities[:, columns]).float().logit(eps=1e-6), torch.from_numpy(labels).float()
-        metrics, hits = HeadMetrics(self.heads), HitAtK(self.heads, k=HIT_K)
+        probabilities = self.data.event_probabilities[examples.event][:, columns]  # [N, H]
+        return torch.from_numpy(probabilities).logit(eps=1e-12).float()
+
+    def evaluate_oracle(self, split: str) -> dict[str, dict]:
+        """Per-head AUC / NE / HIT@3 / combined HIT@3 of the generator's exact probabilities on
+        ``split`` (:meth:`oracle_scores`): the ceiling no trained model passes beyond noise."""
+        examples = self.data.examples(split)
+        columns = [self.data.spec.action_vocab.index(h) for h in self.heads]
+        labels = torch.from_numpy((examples.label_bits[:, None] >> np.asarray(columns)) & 1).float()  # [N, H]
+        scores = self.oracle_scores(split)
+        metrics, hits = HeadMetrics(self.heads), self._hits()
         metrics.update(scores, labels)
         hits.update(torch.from_numpy(examples.request_id), scores, labels)
         return _with_hits(metrics.compute(), hits.compute())
 
     def _log_eval(self, split: str) -> dict:
         result = self.evaluate(split)
-        values = {f"{split}/{head}/{name}": m[name] for head, m in result.items() for name in ("auc", "ne", HIT_NAME)}
+        values = {f"{split}/{head}/{name}": m[name] for head, m in result.items()
+                  for name in ("auc", "ne", HIT_NAME, COMBINED_HIT_NAME)}
         self.run_log.log(self.step, values)
         return result
 
@@ -314,33 +351,38 @@ def _gather_metrics(metrics: HeadMetrics, hits: HitAtK, ctx: DistContext) -> dic
         parts = [None] * ctx.world_size
         dist.all_gather_object(parts, (metrics.state(), hits.state()))
         metrics = HeadMetrics.from_states(metrics.heads, [p[0] for p in parts])
-        hits = HitAtK.from_states(hits.heads, [p[1] for p in parts], hits.k, hits.negative_heads)
+        hits = HitAtK.from_states(hits.heads, [p[1] for p in parts], hits.k, hits.negative_heads, hits.weights)
     return _with_hits(metrics.compute(), hits.compute())
 
 
 def _with_hits(metrics: dict[str, dict], hits: dict[str, dict]) -> dict[str, dict]:
-    """Per head: the classification metrics plus ``hit@K`` and ``requests`` (with a positive)."""
-    return {head: {**m, HIT_NAME: hits[head][HIT_NAME], "requests": hits[head]["requests"]} for head, m in metrics.items()}
+    """Per head: the classification metrics plus ``hit@K``, ``combined_hit@K``, ``positives`` and
+    ``requests`` (with a positive)."""
+    keys = (HIT_NAME, COMBINED_HIT_NAME, "positives", "requests")
+    return {head: {**m, **{key: hits[head][key] for key in keys if key in hits[head]}} for head, m in metrics.items()}
 
 
 def format_metrics_table(model_name: str, results: dict[str, dict[str, dict]]) -> str:
-    """``results``: {"<model> valid": {head: {"auc", "ne", "hit@3", ...}}, ...} -> a text table.
+    """``results``: {"<model> valid": {head: {"auc", "ne", "hit@3", "combined_hit@3", ...}}, ...} -> a text table.
 
-    One AUC and one HIT@3 column per result, then the first result's NE; a footnote says how to
-    read HIT@3 (for hide, lower is better).
+    One AUC, one per-head HIT@3 and one combined HIT@3 column per result (e.g. the model, popularity
+    and the oracle), then the first result's NE; a footnote says how to read HIT@3.
     """
     columns = list(results)
     heads = list(next(iter(results.values())))
-    header = (f"{'head':<12}" + "".join(f"{c + ' AUC':>22}" for c in columns)
-              + "".join(f"{c + ' HIT@' + str(HIT_K):>24}" for c in columns) + f"{'NE (' + columns[0] + ')':>24}")
+    metrics = (("auc", " AUC", 22), (HIT_NAME, f" HIT@{HIT_K}", 24), (COMBINED_HIT_NAME, f" comb. HIT@{HIT_K}", 30))
+    header = f"{'head':<12}" + "".join(f"{c + label:>{width}}" for _, label, width in metrics for c in columns)
+    header += f"{'NE (' + columns[0] + ')':>24}"
     lines = [header, "-" * len(header)]
     for head in heads:
-        row = f"{head:<12}" + "".join(f"{results[c][head]['auc']:>22.4f}" for c in columns)
-        row += "".join(f"{results[c][head].get(HIT_NAME, float('nan')):>24.4f}" for c in columns)
+        row = f"{head:<12}" + "".join(f"{results[c][head].get(key, float('nan')):>{width}.4f}"
+                                      for key, _, width in metrics for c in columns)
         row += f"{results[columns[0]][head]['ne']:>24.4f}"
         lines.append(row)
     lines.append(f"HIT@{HIT_K}: share of a head's positives in the top {HIT_K} of their request, sorted by the head's "
-                 "score (hide: lowest first); higher is better, for hide LOWER is better.")
+                 "score (hide: lowest first); comb. HIT@{k}: the same with every request sorted once by the utility "
+                 "sum_h w_h p_h (train.utility_weights); ties count their expected hit. Higher is better, for hide "
+                 "LOWER is better.".replace("{k}", str(HIT_K)))
     return "\n".join(lines)
 
 
@@ -367,8 +409,8 @@ def _final_evaluation(recipe: RankingRecipe) -> dict:
         results[f"{name} {split}"] = recipe.evaluate(split)
         if recipe.cfg.train.baseline:
             results[f"popularity {split}"] = recipe.evaluate_popularity(split)
-        if recipe.cfg.data.source == "synthetic":
-            results[f"truth {split}"] = recipe.evaluate_ground_truth(split)
+        if recipe.has_oracle(split):
+            results[f"oracle {split}"] = recipe.evaluate_oracle(split)
     if recipe.ctx.is_main:
         for split in ("valid", "test"):
             table = {k: v for k, v in results.items() if k.endswith(split)}

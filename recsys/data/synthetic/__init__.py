@@ -21,6 +21,7 @@ from recsys.data.synthetic.generator import (
     SyntheticShard,
     SyntheticWorld,
     generate,
+    generate_with_probabilities,
     iter_shards,
 )
 from recsys.data.synthetic.users import UserProfile
@@ -32,5 +33,6 @@ __all__ = [
     "SyntheticWorld",
     "UserProfile",
     "generate",
+    "generate_with_probabilities",
     "iter_shards",
 ]

@@ -43,6 +43,11 @@ class SyntheticConfig:
         mean_session_impressions: mean impressions per session (sessions hold 2..20).
         max_session_impressions: most impressions in one session.
         page_size_min / page_size_max: impressions per request (one feed page).
+        distinct_page_items: True (the default, as a real feed) = a page never shows an item twice:
+            a slot drawing an item already on its page redraws (same slot kind and topic, up to
+            ``PAGE_REDRAWS`` times, then the next item id not on the page); needs ``num_items >=
+            page_size_max``. False = every slot is drawn independently, so a page may repeat an
+            item (the generator's behaviour before this option; the same events as then).
         surface_probs: probability of a session on each surface of ``DEFAULT_SURFACES``.
         session_stickiness: probability that a session within a day of the previous one keeps
             its dominant topic.
@@ -73,6 +78,7 @@ class SyntheticConfig:
     max_session_impressions: int = 20
     page_size_min: int = 5
     page_size_max: int = 10
+    distinct_page_items: bool = True
     surface_probs: tuple[float, ...] = (0.6, 0.25, 0.15)
     session_stickiness: float = 0.5
     explore_session_prob: float = 0.1
@@ -110,6 +116,10 @@ class SyntheticConfig:
         _require(self, self.heavy_user_events <= self.max_events_per_user, "heavy_user_events",
                  f"must be <= max_events_per_user ({self.max_events_per_user})")
         _require(self, self.page_size_max >= self.page_size_min, "page_size_max", "must be >= page_size_min")
+        _require(self, isinstance(self.distinct_page_items, bool), "distinct_page_items", "must be true or false")
+        _require(self, not self.distinct_page_items or self.num_items >= self.page_size_max, "distinct_page_items",
+                 f"needs num_items >= page_size_max ({self.page_size_max}) to fill a page with distinct items; "
+                 "raise num_items, lower page_size_max or set distinct_page_items=false")
         _require(self, self.max_session_impressions >= 2, "max_session_impressions", "must be >= 2")
         _require(self, 2 <= self.mean_session_impressions <= self.max_session_impressions, "mean_session_impressions",
                  "must lie between 2 and max_session_impressions")

@@ -6,7 +6,8 @@ probability of each action for any impression (:meth:`SyntheticWorld.action_prob
 
 :func:`iter_shards` yields one :class:`~recsys.data.schema.EventLog` per ``shard_users`` users,
 lazily, so memory depends on the shard size and the item count, never on ``num_users``.
-:func:`generate` concatenates all shards (for small configs).
+:func:`generate` concatenates all shards (for small configs); :func:`generate_with_probabilities`
+also keeps the exact probability every action was drawn with (the oracle of ranking evaluations).
 
 Example::
 
@@ -177,16 +178,25 @@ def iter_shards(config: SyntheticConfig | None = None, world: SyntheticWorld | N
 
 def generate(config: SyntheticConfig | None = None) -> EventLog:
     """All users of ``config`` as one validated :class:`EventLog` (for small configs)."""
+    return generate_with_probabilities(config).log
+
+
+def generate_with_probabilities(config: SyntheticConfig | None = None) -> SyntheticShard:
+    """All users of ``config`` as one :class:`SyntheticShard`: the validated log (the same as
+    :func:`generate`'s) and ``probabilities [N, A]``, the exact probability each event's actions
+    were drawn with (slot, surface, session topic and in-session clicks included)."""
     config = config if config is not None else SyntheticConfig()
     if config.num_users > MAX_GENERATE_USERS:
         raise ConfigError(
             f"generate() holds all {config.num_users} users in memory; for more than {MAX_GENERATE_USERS} "
             "users stream them with iter_shards(config)"
         )
-    shards = list(iter_shards(config))
-    log = EventLog.concatenate(shards)
+    world = SyntheticWorld(config)
+    step = config.shard_users
+    shards = [world.simulate_users(first, min(first + step, config.num_users)) for first in range(0, config.num_users, step)]
+    log = EventLog.concatenate([shard.log for shard in shards])
     log.validate()
-    return log
+    return SyntheticShard(log=log, probabilities=np.concatenate([shard.probabilities for shard in shards]))
 
 
 def _check_range(name: str, values: np.ndarray, size: int) -> None:

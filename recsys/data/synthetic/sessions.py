@@ -8,7 +8,8 @@ topic (exploration), or, for a session within a day of the previous one, often t
 Each session is shown page by page (one ``request_id`` per page of ``page_size_min..page_size_max``
 impressions). A slot holds an item of the session topic, of another long-term interest, a popular
 item, or a uniformly random item, in proportions that depend on the surface. Items within a topic
-are drawn by popularity.
+are drawn by popularity. With ``distinct_page_items`` (the default) a page shows each item at most
+once: a slot that draws an item already on its page redraws it.
 
 Engagement uses the user's current state: the long-term interest vector, plus the session topic's
 centroid, plus the embedding of the item clicked last in the session. Clicks also steer
@@ -50,6 +51,7 @@ CLICK_WEIGHT = 0.8  # weight of the embedding of the session's last clicked item
 MEAN_IMPRESSION_GAP_S = 6.0
 MEAN_PAGE_GAP_S = 20.0
 MIN_SESSION_GAP_S = 60
+PAGE_REDRAWS = 16  # redraws of a slot that repeats an item of its page, before the next free item id
 
 
 @dataclass
@@ -59,7 +61,8 @@ class UserPlan:
     Per impression (``[n]``): ``session`` (index within the user), ``page_in_session``, ``slot``
     (position in the page), ``page`` (request index within the user), ``timestamp`` (int64 seconds,
     non-decreasing), ``kind`` (slot kind), ``long_term_topic`` (topic for ``LONG_TERM`` slots), and
-    the uniforms ``item_uniform``, ``boost_uniform`` and ``action_uniform`` (``[n, 3]``).
+    the uniforms ``item_uniform``, ``boost_uniform``, ``action_uniform`` (``[n, 3]``) and
+    ``redraw_uniform`` (``[n, PAGE_REDRAWS]``, or ``[n, 0]`` without ``distinct_page_items``).
     Per session (``[S]``): ``topic``, ``surface`` and ``base_state`` (``[S, C]``: long-term
     interest vector plus the session topic's centroid).
     """
@@ -74,6 +77,7 @@ class UserPlan:
     item_uniform: np.ndarray
     boost_uniform: np.ndarray
     action_uniform: np.ndarray
+    redraw_uniform: np.ndarray
     topic: np.ndarray
     surface: np.ndarray
     base_state: np.ndarray
@@ -121,6 +125,8 @@ def plan_user(config: SyntheticConfig, world: ItemWorld, profile: UserProfile, r
     topic = _session_topics(config, world, profile, weights, start, per_session[:, 5:9])  # [S]
     long_term = profile.interest_vector(world, t, weights)  # [S, C]
     long_term_topic = profile.topics[_categorical(weights[layout.session], per_event[:, 0])]  # [n]
+    # Drawn last, so the draws above (and the events without distinct_page_items) do not change.
+    redraw = rng.random((n, PAGE_REDRAWS if config.distinct_page_items else 0))
     return UserPlan(
         session=layout.session,
         page_in_session=layout.page_in_session,
@@ -132,6 +138,7 @@ def plan_user(config: SyntheticConfig, world: ItemWorld, profile: UserProfile, r
         item_uniform=per_event[:, 2],
         boost_uniform=per_event[:, 3],
         action_uniform=per_event[:, 4:7],
+        redraw_uniform=redraw,
         topic=topic,
         surface=surface,
         base_state=long_term + SESSION_WEIGHT * world.topic_centroids[topic],
@@ -238,6 +245,8 @@ def show_pages(config: SyntheticConfig, world: ItemWorld, model: EngagementModel
         slot_topic = np.where(kind == LONG_TERM, plan.long_term_topic[idx], plan.topic[s])
         slot_topic = np.where(boosted, world.item_topic[previous], slot_topic)
         shown = _sample_items(world, kind, slot_topic, plan.item_uniform[idx])
+        if config.distinct_page_items:
+            shown = _distinct_on_page(world, s, kind, slot_topic, shown, plan.redraw_uniform[idx])
         state = plan.base_state[s] + (CLICK_WEIGHT * has_click)[:, None] * world.content_embedding[previous]
         state /= np.linalg.norm(state, axis=1, keepdims=True)
         affinity = np.einsum("nc,nc->n", state, world.content_embedding[shown])
@@ -258,7 +267,7 @@ def _stack(plans: list[UserPlan]) -> UserPlan:
         session=np.concatenate([p.session + base for p, base in zip(plans, session_base)]),
         **{name: per_event(name) for name in ("page_in_session", "slot", "page", "timestamp", "kind",
                                              "long_term_topic", "item_uniform", "boost_uniform",
-                                             "action_uniform", "topic", "surface", "base_state")},
+                                             "action_uniform", "redraw_uniform", "topic", "surface", "base_state")},
     )
 
 
@@ -272,6 +281,33 @@ def _sample_items(world: ItemWorld, kind: np.ndarray, topic: np.ndarray, uniform
     items[popular] = world.sample_popular(uniform[popular])
     items[explore] = world.sample_uniform(uniform[explore])
     return items
+
+
+def _distinct_on_page(world: ItemWorld, page: np.ndarray, kind: np.ndarray, topic: np.ndarray, items: np.ndarray,
+                      uniforms: np.ndarray) -> np.ndarray:
+    """``[m]`` items of the slots of pages ``page [m]`` (slots in page order) with no item twice on a page.
+
+    A slot showing an item of an earlier slot of its page redraws with its kind and topic from
+    the next column of ``uniforms [m, R]``; after R rounds a slot still repeating takes the next
+    item id (mod I) not on its page. Each page depends only on its own slots and uniforms.
+    """
+    items = items.copy()
+    for column in range(uniforms.shape[1]):
+        repeat = _repeats_on_page(page, items, world.num_items)
+        if not repeat.any():
+            return items
+        items[repeat] = _sample_items(world, kind[repeat], topic[repeat], uniforms[repeat, column])
+    while (repeat := _repeats_on_page(page, items, world.num_items)).any():
+        items[repeat] = (items[repeat] + 1) % world.num_items
+    return items
+
+
+def _repeats_on_page(page: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """``[m]`` bool: the slot shows an item that an earlier slot (array order) of its page shows."""
+    _, first = np.unique(page * num_items + items, return_index=True)
+    repeat = np.ones(items.shape[0], dtype=bool)
+    repeat[first] = False
+    return repeat
 
 
 def _categorical(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:

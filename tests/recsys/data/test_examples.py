@@ -39,12 +39,23 @@ def random_log(seed: int = 0, num_events: int = 150, request_ids: bool = False) 
 
 
 # ---------------------------------------------------------------- naive reference
+def reference_request_time(log: EventLog, target: int) -> int:
+    """The earliest timestamp of the target's request (same user and request id), or its own."""
+    if log.request_id is None:
+        return int(log.timestamp[target])
+    same = [j for j in range(len(log)) if log.user_id[j] == log.user_id[target]
+            and log.request_id[j] == log.request_id[target]]
+    return min(int(log.timestamp[j]) for j in same)
+
+
 def reference_row(log: EventLog, spec: FeatureSpec, target: int, item: int, negative: bool) -> dict:
-    """Features of one row, computed event by event without any of the vectorised machinery."""
+    """Features of one row, computed event by event without any of the vectorised machinery:
+    only the user's engaged events strictly before the request time are visible."""
     user = int(log.user_id[target])
+    ts = reference_request_time(log, target)
     history = []
     for j in range(len(log)):  # the log is sorted by (user, time): earlier positions come first
-        if j < target and int(log.user_id[j]) == user and int(log.actions[j]) != 0:
+        if int(log.user_id[j]) == user and int(log.actions[j]) != 0 and int(log.timestamp[j]) < ts:
             history.append(j)
     sparse = {
         "user_id": [user],
@@ -56,7 +67,6 @@ def reference_row(log: EventLog, spec: FeatureSpec, target: int, item: int, nega
     for a, action in enumerate(spec.action_vocab):
         carrying = [int(log.item_id[j]) for j in history if (int(log.actions[j]) >> a) & 1]
         sparse[f"history_{action}"] = carrying[max(0, len(carrying) - spec.max_history):] if spec.max_history else []
-    ts = int(log.timestamp[target])
     when = datetime.fromtimestamp(ts, tz=timezone.utc)
     since = ts - int(log.timestamp[history[-1]]) if history else 0
     context = {
@@ -103,7 +113,7 @@ def assert_matches_reference(batch, examples, rows):
     assert batch.labels.tolist() == [ref["labels"] for ref in refs]
     assert batch.user_id.tolist() == [ref["sparse"]["user_id"][0] for ref in refs]
     assert batch.item_id.tolist() == [ref["sparse"]["item_id"][0] for ref in refs]
-    assert batch.timestamp.tolist() == [int(log.timestamp[examples.event[r]]) for r in rows]
+    assert batch.timestamp.tolist() == [reference_request_time(log, int(examples.event[r])) for r in rows]
     if spec.max_sequence:
         seq = batch.sequence_features
         assert seq.keys() == spec.sequence_features
@@ -117,9 +127,10 @@ def assert_matches_reference(batch, examples, rows):
 
 
 # ---------------------------------------------------------------- tests
-@pytest.mark.parametrize("max_history, max_sequence", [(4, 0), (50, 3), (0, 0)])
-def test_collate_matches_naive_reference(max_history, max_sequence):
-    log = random_log()
+@pytest.mark.parametrize("max_history, max_sequence, request_ids", [(4, 0, False), (50, 3, False), (0, 0, False),
+                                                                   (50, 3, True)])
+def test_collate_matches_naive_reference(max_history, max_sequence, request_ids):
+    log = random_log(request_ids=request_ids)
     spec = FeatureSpec.from_log(log, max_history=max_history, max_sequence=max_sequence)
     targets = np.flatnonzero(log.impression)
     examples = RankingExamples.build(log, targets, spec, negatives_per_target=2, seed=3)
@@ -128,9 +139,9 @@ def test_collate_matches_naive_reference(max_history, max_sequence):
         assert_matches_reference(examples.collate(rows), examples, rows)
 
 
-def test_history_covers_ragged_empty_and_tied_events():
+def test_history_covers_ragged_empty_and_excludes_tied_events():
     log = random_log()
-    spec = FeatureSpec.from_log(log, max_history=4)
+    spec = FeatureSpec.from_log(log, max_history=4, max_sequence=50)
     examples = RankingExamples.build(log, np.arange(len(log)), spec)
     batch = examples.collate(np.arange(len(examples)))
     lengths = batch.sparse_features["history_click"].lengths()
@@ -138,8 +149,10 @@ def test_history_covers_ragged_empty_and_tied_events():
     ties = np.flatnonzero((log.user_id[1:] == log.user_id[:-1]) & (log.timestamp[1:] == log.timestamp[:-1]))
     assert len(ties) > 0, "the test log must contain equal timestamps within a user"
     engaged_tie = ties[log.actions[ties] != 0][0]  # event tied with the next one, and engaged
-    later = engaged_tie + 1
-    assert int(log.item_id[engaged_tie]) in examples.collate([later]).sparse_features.values().tolist()
+    later = examples.collate([engaged_tie + 1])
+    # an event at the same second as the request is not before it: it stays out of every feature
+    assert int(log.timestamp[engaged_tie]) not in later.sequence_features["seq_timestamp"].values().tolist()
+    assert (later.sequence_features["seq_timestamp"].values() < int(log.timestamp[engaged_tie])).all()
 
 
 def test_rows_layout_labels_and_requests():
@@ -265,3 +278,77 @@ def test_collate_rejects_bad_rows_and_impossible_negatives():
     full = EventLog.from_arrays(user_id=[0, 0, 1], item_id=[0, 1, 0], timestamp=[1, 2, 3], num_items=2)
     with pytest.raises(DataError, match="user 0 has events with all 2 items"):
         RankingExamples.build(full, [0], FeatureSpec.from_log(full), negatives_per_target=1)
+
+
+# ---------------------------------------------------------------- nothing at or after the request, per source
+def _source_log(source: str, tmp_path) -> EventLog:
+    """A small log of ``source`` read through its reader (request ids and equal timestamps where the
+    source can hold them)."""
+    from recsys.data.log_io import read_log, write_log
+    from recsys.data.readers import read_events
+    from recsys.data.synthetic import SyntheticConfig, generate
+
+    rng = np.random.default_rng(1)
+    if source in ("synthetic", "log"):
+        log = generate(SyntheticConfig(num_users=12, num_items=200, num_topics=4, max_interests=2,
+                                       mean_events_per_user=40, heavy_user_fraction=0.0, days=20))
+        if source == "synthetic":
+            return log
+        return read_log(write_log(log, tmp_path / "log"))
+    users, items = rng.integers(1, 8, 160), rng.integers(1, 40, 160)
+    times = 1_000 + rng.integers(0, 25, 160) * 60  # many equal timestamps within a user
+    if source == "movielens":
+        lines = {(u, i): f"{u}\t{i}\t{rng.integers(1, 6)}\t{t}" for u, i, t in zip(users, items, times)}
+        (tmp_path / "ml").mkdir()
+        (tmp_path / "ml" / "u.data").write_text("\n".join(lines.values()) + "\n")
+        return read_events("movielens", tmp_path / "ml")
+    if source == "amazon_ratings":
+        lines = {(u, i): f"U{u},I{i},{rng.integers(1, 6)}.0,{t}" for u, i, t in zip(users, items, times)}
+        (tmp_path / "r.csv").write_text("\n".join(lines.values()) + "\n")
+        return read_events("amazon_ratings", tmp_path / "r.csv", min_user_interactions=1, min_item_interactions=1)
+    if source == "amazon":
+        text = "\n".join(f"{u} " + " ".join(str(i) for i in rng.integers(1, 40, 12)) for u in range(1, 8))
+        (tmp_path / "a.txt").write_text(text + "\n")
+        return read_events("amazon", tmp_path / "a.txt", attributes_json=None)
+    assert source == "events"  # pages of 4 impressions a few seconds apart, one request id each
+    page = np.arange(160) // 4
+    stamp = 1_000 + page * 100 + (np.arange(160) % 4) * 5
+    acts = rng.choice(["", "click", "save", "click|save"], 160)
+    rows = [f"{page[k] % 7},{items[k]},{stamp[k]},{acts[k]},{page[k]}" for k in range(160)]
+    (tmp_path / "e.csv").write_text("user_id,item_id,timestamp,actions,request\n" + "\n".join(rows) + "\n")
+    return read_events("events", tmp_path / "e.csv", columns={"request": "request"})
+
+
+@pytest.mark.parametrize("source", ["synthetic", "log", "movielens", "amazon_ratings", "amazon", "events"])
+def test_nothing_at_or_after_the_request_time_is_visible(source, tmp_path):
+    log = _source_log(source, tmp_path)
+    spec = FeatureSpec.from_log(log, max_history=10_000, max_sequence=10_000)
+    examples = RankingExamples.build(log, np.arange(len(log)), spec)
+    batch = examples.collate(np.arange(len(examples)))
+    start = {}  # (user, request) -> earliest timestamp, event by event
+    for j in range(len(log)):
+        key = (int(log.user_id[j]), int(log.request_id[j]) if log.request_id is not None else -1 - j)
+        start[key] = min(start.get(key, int(log.timestamp[j])), int(log.timestamp[j]))
+    request_time = np.array([start[(int(log.user_id[j]), int(log.request_id[j]) if log.request_id is not None else -1 - j)]
+                             for j in range(len(log))])
+    assert batch.timestamp.tolist() == request_time.tolist()
+
+    seq = batch.sequence_features["seq_timestamp"]
+    row_of_token = np.repeat(np.arange(len(log)), seq.lengths().numpy())
+    assert (seq.values().numpy() < request_time[row_of_token]).all()  # every token predates its request
+    engaged = log.actions != 0
+    before = (log.user_id[None, :] == log.user_id[:, None]) & (log.timestamp[None, :] < request_time[:, None])  # [R, N]
+    assert seq.lengths().tolist() == (before & engaged).sum(axis=1).tolist()  # and every earlier one is there
+    for a, key in enumerate(spec.history_features):
+        carrying = (log.actions >> a) & 1 == 1
+        assert batch.sparse_features[key].lengths().tolist() == (before & carrying).sum(axis=1).tolist(), key
+    context = batch.dense_features[:, spec.content_dim:].numpy().astype(np.float64)
+    last = np.where(before & engaged, log.timestamp[None, :], -1).max(axis=1)
+    since = np.where(last >= 0, request_time - last, 0)
+    expected = [int(ts) for ts in request_time]
+    hour = [datetime.fromtimestamp(ts, tz=timezone.utc).hour for ts in expected]
+    np.testing.assert_allclose(context[:, CONTEXT_FEATURES.index("hour_sin")], np.sin(2 * np.pi * np.array(hour) / 24), atol=1e-5)
+    np.testing.assert_allclose(context[:, CONTEXT_FEATURES.index("log1p_history_length")],
+                               np.log1p((before & engaged).sum(axis=1)), rtol=1e-6)
+    np.testing.assert_allclose(context[:, CONTEXT_FEATURES.index("log1p_seconds_since_last_engagement")],
+                               np.log1p(since), rtol=1e-6)

@@ -4,6 +4,7 @@ never interrupted."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.distributed._shard.sharded_tensor import ShardedTensor
@@ -11,8 +12,10 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from recsys.config import load_config
 from recsys.distributed.plan_io import load_plan
 from recsys.errors import CheckpointError
+from recsys.metrics.classification import roc_auc
+from recsys.metrics.hit_at_k import expected_hits, hit_at_k, utility
 from recsys.train.config import TrainConfig
-from recsys.train.ranking import RankingRecipe, run_training
+from recsys.train.ranking import RankingRecipe, format_metrics_table, run_training
 from tests.tiny import TINY_SYNTHETIC_DLRM
 
 TINY = [
@@ -89,7 +92,12 @@ def test_training_beats_chance_and_writes_run_files(tmp_path):
     for head in ("click", "save", "long_view"):
         assert results["dlrm test"][head]["auc"] > 0.62, results["dlrm test"][head]
     for head in ("click", "save", "hide", "long_view"):
-        assert 0.5 < results["truth test"][head]["auc"] <= 1.0  # the generator's own probabilities
+        assert 0.5 < results["oracle test"][head]["auc"] <= 1.0  # the generator's exact probabilities
+        for row in ("dlrm test", "popularity test", "oracle test"):
+            assert 0.0 <= results[row][head]["combined_hit@3"] <= 1.0, (row, head)
+    assert "truth test" not in results
+    table = format_metrics_table("dlrm", {k: v for k, v in results.items() if k.endswith("test")})
+    assert "oracle test AUC" in table and "oracle test comb. HIT@3" in table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["dlrm test"]["click"]["auc"] == pytest.approx(results["dlrm test"]["click"]["auc"])
     assert (tmp_path / "config.json").is_file()
@@ -122,3 +130,72 @@ def test_matmul_precision_is_set_from_the_config(tmp_path):
         torch.set_float32_matmul_precision("highest")
     with pytest.raises(ConfigError, match="matmul_precision"):
         tiny_config(tmp_path, "train.matmul_precision=fast")
+
+
+# ---------------------------------------------------------------- the oracle is a ceiling
+BOOTSTRAPS = 100
+MARGIN_SE = 3.0  # "beyond noise": a gain over the oracle of more than 3 bootstrap standard errors
+
+
+def _request_bootstrap(request_id: np.ndarray, rng: np.random.Generator):
+    """Yields (rows, request ids) of ``BOOTSTRAPS`` resamples of whole requests with replacement."""
+    _, inverse = np.unique(request_id, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # rows grouped by request
+    counts = np.bincount(inverse)
+    starts = np.cumsum(counts) - counts
+    for _ in range(BOOTSTRAPS):
+        pick = rng.integers(0, len(counts), len(counts))
+        lengths = counts[pick]
+        offsets = np.cumsum(lengths) - lengths
+        flat = np.repeat(starts[pick] - offsets, lengths) + np.arange(int(lengths.sum()))
+        yield order[flat], np.repeat(np.arange(len(pick)), lengths)
+
+
+def _gains(request_id, model, oracle, labels, heads, weights) -> np.ndarray:
+    """``[3H + 1]`` how far ``model`` scores beat ``oracle`` scores (positive = model better): per head
+    AUC, per-head-ranking HIT@3 (hide: lower is better), then the top-3 utility of the combined
+    ranking, sum_h w_h * (hits of h), per request; the oracle maximises every one in expectation."""
+    gains = []
+    for h, head in enumerate(heads):
+        gains.append(roc_auc(model[:, h], labels[:, h]) - roc_auc(oracle[:, h], labels[:, h]))
+        negative = head == "hide"
+        m, o = (hit_at_k(request_id, s[:, h], labels[:, h], 3, negative=negative)[0] for s in (model, oracle))
+        gains.append(o - m if negative else m - o)
+    top = [sum(w * expected_hits(request_id, utility(s, weights), 3)[labels[:, h] > 0].sum()
+               for h, w in enumerate(weights)) for s in (model, oracle)]
+    gains.append((top[0] - top[1]) / len(np.unique(request_id)))
+    return np.array(gains)
+
+
+def _beats_oracle(request_id, model, oracle, labels, heads, weights) -> list[str]:
+    """The metrics on which ``model`` beats ``oracle`` by more than ``MARGIN_SE`` paired standard errors."""
+    names = [f"{head} {m}" for head in heads for m in ("auc", "hit@3")] + ["combined top-3 utility"]
+    full = _gains(request_id, model, oracle, labels, heads, weights)
+    draws = np.array([_gains(r, model[rows], oracle[rows], labels[rows], heads, weights)
+                      for rows, r in _request_bootstrap(request_id, np.random.default_rng(0))])
+    se = draws.std(axis=0)
+    return [f"{name}: +{g:.4f} (se {s:.4f})" for name, g, s in zip(names, full, se) if g > MARGIN_SE * s]
+
+
+def test_no_trained_model_beats_the_oracle(tmp_path):
+    cfg = tiny_config(tmp_path, "data.synthetic.num_users=300", "data.synthetic.mean_events_per_user=100",
+                      "optim.dense.lr=0.005")
+    recipe = RankingRecipe(cfg)
+    recipe.setup(write_run_files=False)
+    try:
+        recipe.train()
+        request_id, logits, labels = recipe.predict("test")
+        oracle = recipe.oracle_scores("test")
+    finally:
+        recipe.cleanup()
+    examples = recipe.data.test
+    assert request_id.tolist() == examples.request_id.tolist()  # one rank: row order
+    request_id, logits, labels, oracle = request_id.numpy(), logits.numpy(), labels.numpy(), oracle.numpy()
+    heads, weights = recipe.heads, recipe.utility_weights
+    assert roc_auc(logits[:, 0], labels[:, 0]) > 0.6  # the model learned something
+    assert _beats_oracle(request_id, logits, oracle, labels, heads, weights) == []
+    # the check has teeth: a scorer that peeks at the labels is flagged on every head's AUC and on
+    # the combined ranking (per-head HIT@3 of the rarer heads has too few positives to be sure)
+    cheat = oracle + 5.0 * (2 * labels - 1)
+    flagged = {line.split(":")[0] for line in _beats_oracle(request_id, cheat, oracle, labels, heads, weights)}
+    assert {f"{head} auc" for head in heads} | {"click hit@3", "combined top-3 utility"} <= flagged, flagged

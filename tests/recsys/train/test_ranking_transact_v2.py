@@ -43,7 +43,7 @@ def test_transact_v2_trains_on_lifelong_batches(tmp_path):
         assert 0.0 <= test[head]["hit@3"] <= 1.0 and test[head]["requests"] > 0, test[head]
         assert not math.isnan(test[head]["auc"])
     assert test["click"]["auc"] > 0.55, test["click"]
-    assert results["truth test"]["hide"]["hit@3"] < 0.5  # the generator's own hide probabilities keep hides low
+    assert results["oracle test"]["hide"]["hit@3"] < 0.5  # the generator's own hide probabilities keep hides low
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["transact_v2 test"]["click"]["hit@3"] == test["click"]["hit@3"]
     cached = sorted(p.name for p in next((tmp_path / "lifelong").glob("*/")).iterdir())
