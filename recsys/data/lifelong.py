@@ -1,6 +1,6 @@
 """TransAct V2's selected sequence S_all: built per request, stored per training row, collated.
 
-For a request (user, time t, candidates), the user's sequences as of strictly before t are windows
+For a request (user, start time t, candidates), the user's sequences as of strictly before t are windows
 of the :class:`~recsys.data.lifelong_store.LifelongStore` streams (each in time order)::
 
     engaged events before t:   [ ........ S_LL (<= 10^4) ........ | .... S_RT (last 100) .... ]
@@ -28,8 +28,9 @@ Every S_all token carries its item id, action bits, surface, timestamp, int8 con
 its source part (``SOURCE_*``) and whether it is engaged (``actions != 0``: every part but S_imp).
 
 Training: :func:`build_lifelong_sequences` computes S_all for every row of a
-:class:`~recsys.data.examples.RankingExamples` in chunks (rows of one user and time form one
-request: the sequence is searched once for all its candidates) and writes it to a directory of
+:class:`~recsys.data.examples.RankingExamples` in chunks (t is the start of the row's request, the
+earliest timestamp of its page: :mod:`recsys.data.request_time`; rows of one user and request start
+form one request: the sequence is searched once for all its candidates) and writes it to a directory of
 memory-mapped ``.npy`` files, O(192) values per row, renamed into place when complete.
 :class:`LifelongSequences` reads rows back; :func:`collate_lifelong` makes RankingBatches.
 Serving: :func:`serve_lifelong_tokens` computes S_all on the fly from one user's full sequences.
@@ -54,12 +55,13 @@ from recsys.data.collate import kjt_from_jagged
 from recsys.data.examples import RankingExamples
 from recsys.data.directory_io import atomic_directory, load_array, read_meta, write_meta
 from recsys.data.lifelong_store import EventStream, LifelongStore, UserHistory
+from recsys.data.request_time import request_start_times
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import dequantize_int8
 from recsys.ops.nn_select import nn_select
 
 FORMAT_NAME = "recsys-lifelong-sequences"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sequences end before the request's start (1: before the row's own event)
 SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION = 0, 1, 2, 3
 SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression")
 SEQUENCE_KEYS = ("seq_item_id", "seq_actions", "seq_surface", "seq_timestamp", "seq_source")
@@ -310,8 +312,10 @@ def build_lifelong_sequences(
 ) -> "LifelongSequences":
     """Computes S_all of every row of ``examples`` and writes it to the directory ``path``.
 
-    A row's request is (its user, its time = the target event's timestamp); rows of one request in a
-    chunk share one search of the sequences. The files are written into a staging directory and
+    A row's request is (its user, the start of its request: the earliest timestamp of the request's
+    events, :func:`recsys.data.request_time.request_start_times`), so no row sees an outcome of its
+    own page (an earlier slot of the same request); rows of one request in a chunk share one search
+    of the sequences. The files are written into a staging directory and
     renamed to ``path`` when complete.
 
     Args:
@@ -330,7 +334,7 @@ def build_lifelong_sequences(
     log = examples.log
     _check_store_matches(store, log)
     users = log.user_id[examples.event]  # [R]
-    times = log.timestamp[examples.event]  # [R]
+    times = request_start_times(log, examples.event)  # [R] sequences end strictly before the request starts
     lengths = _expected_lengths(_request_windows(store, users, times, config), config)  # [R]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [R + 1]
     num_tokens, dim = int(offsets[-1]), store.content_dim

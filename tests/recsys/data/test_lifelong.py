@@ -21,6 +21,7 @@ from recsys.data.lifelong import (
     serve_lifelong_tokens,
 )
 from recsys.data.lifelong_store import LifelongStore
+from recsys.data.request_time import request_start_times
 from recsys.data.synthetic import SyntheticConfig, generate
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import dequantize_int8, quantize_int8
@@ -138,7 +139,7 @@ def test_stored_s_all_equals_served_s_all(tmp_path, log, store, examples):
     sequences = build_lifelong_sequences(examples, store, tmp_path / "seq", SMALL, chunk_rows=37)
     assert len(sequences) == len(examples)
     assert sequences.rows(np.arange(len(examples))).lengths.max() == SMALL.sequence_length  # caps reached
-    users, times = log.user_id[examples.event], log.timestamp[examples.event]
+    users, times = log.user_id[examples.event], request_start_times(log, examples.event)
     for row in range(len(examples)):
         served = serve_lifelong_tokens(store.user(int(users[row])), int(times[row]),
                                        log.items.content_embedding[examples.item[row : row + 1]], SMALL)
@@ -154,7 +155,7 @@ def test_stored_s_all_equals_served_s_all(tmp_path, log, store, examples):
 def test_paper_defaults_stored_equals_served(tmp_path, log, store, examples):
     sequences = build_lifelong_sequences(examples, store, tmp_path / "seq", chunk_rows=64)
     assert sequences.config == LifelongConfig() and LifelongConfig().sequence_length == 192
-    users, times = log.user_id[examples.event], log.timestamp[examples.event]
+    users, times = log.user_id[examples.event], request_start_times(log, examples.event)
     lengths = sequences.rows(np.arange(len(examples))).lengths
     for row in np.argsort(-lengths)[:10]:
         served = serve_lifelong_tokens(store.user(int(users[row])), int(times[row]),
@@ -231,3 +232,54 @@ def test_bad_config_and_inputs_raise_clear_errors(store):
         serve_lifelong_tokens(store.user(0), 10**10, np.zeros((2, 3), np.float32))
     with pytest.raises(DataError, match="outside"):
         store.user(10**6)
+
+
+def brute_force_request_start(log, event):
+    """The earliest timestamp of the events of ``event``'s page (same user and request id)."""
+    page = (log.user_id == log.user_id[event]) & (log.request_id == log.request_id[event])
+    return int(log.timestamp[page].min())
+
+
+@pytest.fixture(scope="module")
+def later_slots(log):
+    """Rows of later slots of a page: an earlier slot of the same page (an engaged one or a shown,
+    not engaged one) has an earlier timestamp, so cutting at the row's own time would show it."""
+    start = np.array([brute_force_request_start(log, e) for e in range(len(log))])
+    late = np.flatnonzero(log.timestamp > start)
+    rng = np.random.default_rng(4)
+    targets = np.sort(rng.choice(late, size=min(120, len(late)), replace=False))
+    return RankingExamples.build(log, targets, FeatureSpec.from_log(log)), start
+
+
+@pytest.mark.parametrize("source", [SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION],
+                         ids=["lifelong", "realtime_recent", "realtime_nn", "impression"])
+def test_no_sequence_token_at_or_after_the_request_start(tmp_path, log, store, later_slots, source):
+    examples, start = later_slots
+    config = LifelongConfig(lifelong_max=300, realtime_max=20, impression_max=30,
+                            lifelong_k=300, realtime_recent=4, realtime_k=16, impression_k=30)  # every event kept
+    sequences = build_lifelong_sequences(examples, store, tmp_path / "seq", config)
+    tokens = sequences.rows(np.arange(len(examples)))
+    row = np.repeat(np.arange(len(examples)), tokens.lengths)  # [V]
+    request_start = start[examples.event][row]  # [V]
+    own_time = log.timestamp[examples.event][row]  # [V]
+    part = tokens.source == source
+    assert part.any(), "the test data must exercise this part"
+    assert (tokens.timestamp[part] < request_start[part]).all()
+    # The page's earlier slots exist in the store: before the fix they entered the sequences.
+    stream = store.impressions if source == SOURCE_IMPRESSION else store.engaged
+    users = log.user_id[examples.event]
+    own_first, own_count = stream.count_before(users, log.timestamp[examples.event])
+    _, start_count = stream.count_before(users, start[examples.event])
+    assert (own_count > start_count).any()
+    assert not ((tokens.timestamp >= request_start) & (tokens.timestamp < own_time)).any()
+
+
+def test_request_start_is_the_earliest_event_of_the_page(log):
+    events = np.arange(0, len(log), 7)
+    expected = [brute_force_request_start(log, e) for e in events]
+    assert request_start_times(log, events).tolist() == expected
+    no_ids = log.take(np.arange(len(log)))
+    no_ids.request_id = None
+    assert np.array_equal(request_start_times(no_ids, events), log.timestamp[events])
+    with pytest.raises(DataError, match="events"):
+        request_start_times(log, [len(log)])
