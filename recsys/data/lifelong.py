@@ -13,8 +13,9 @@ of the :class:`~recsys.data.lifelong_store.LifelongStore` streams (each in time 
   ``lifelong_max`` (10^4) of them, so S_LL and S_RT never hold the same event;
 - S_imp: the last ``impression_max`` impressions the user did not act on.
 
-Per candidate c, with NN(S, c) the k tokens of S nearest to c by int8 content dot product
-(:func:`recsys.ops.nn_select.nn_select`: ties to the more recent, kept in time order)::
+Per candidate c, with NN(S, c) the k tokens of S nearest to c: the largest score of c against the
+dequantised, L2-normalised token content (:func:`recsys.ops.nn_select.nn_select`: ties to the
+more recent, kept in time order)::
 
     S_all = NN(S_LL, c) ++ S_RT[:r] ++ NN(S_RT[r:], c) ++ NN(S_imp, c)
             lifelong_k     realtime_recent  realtime_k      impression_k      (96 + 32 + 32 + 32 = 192)
@@ -59,6 +60,7 @@ from recsys.data.request_time import request_start_times
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import dequantize_int8
 from recsys.ops.nn_select import nn_select
+from recsys.ops.nn_select_reference import token_inverse_norms
 
 FORMAT_NAME = "recsys-lifelong-sequences"
 FORMAT_VERSION = 2  # 2: sequences end before the request's start (1: before the row's own event)
@@ -185,7 +187,7 @@ def _expected_lengths(w: _Windows, config: LifelongConfig) -> np.ndarray:
 def _select_tokens(
     engaged: EventStream,
     impressions: EventStream,
-    values: tuple[torch.Tensor, torch.Tensor],
+    values: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     windows: _Windows,
     candidates: np.ndarray,
     candidate_request: np.ndarray,
@@ -198,7 +200,7 @@ def _select_tokens(
 
     Args:
         engaged / impressions: the streams the windows point into.
-        values: their ``content`` as tensors on the device (:func:`_content_tensors`).
+        values: per stream its ``content`` on the device and its token inverse norms (:func:`_content_tensors`).
         windows: per request windows (``[n]`` each).
         candidates: ``[B, C]`` float32 candidate content embeddings.
         candidate_request: ``[B]`` int64 request of each candidate.
@@ -210,9 +212,10 @@ def _select_tokens(
     cand = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)).to(device)
     request = torch.from_numpy(candidate_request).to(device)
 
-    def nearest(values, start, length, k):  # [B, k] stream rows, -1 where none
+    def nearest(table, start, length, k):  # [B, k] stream rows, -1 where none
+        values, inverse_norms = table
         picked = nn_select(values, _tensor(start, device), _tensor(length, device), cand, request, k,
-                           scale=scale, kernel=kernel).cpu().numpy()
+                           scale=scale, kernel=kernel, inverse_norms=inverse_norms).cpu().numpy()
         return np.where(picked >= 0, start[candidate_request][:, None] + picked, -1)
 
     recent_start = w.realtime_start + older_len  # S_RT[:r]: the last recent_len rows of S_RT
@@ -245,12 +248,14 @@ def _gather_tokens(engaged, impressions, rows, from_impressions, source, lengths
     return LifelongTokens(lengths=lengths.astype(np.int64), source=source, scale=scale, **columns)
 
 
-def _content_tensors(engaged: EventStream, impressions: EventStream, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both streams' ``[E, C]`` int8 content as tensors on ``device`` (copied when read-only)."""
+def _content_tensors(engaged: EventStream, impressions: EventStream, device: str):
+    """Both streams' ``[E, C]`` int8 content as tensors on ``device`` (copied when read-only), each
+    with its ``[E]`` float32 token inverse norms (computed once for every selection)."""
 
-    def tensor(content: np.ndarray) -> torch.Tensor:
+    def tensor(content: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         array = np.ascontiguousarray(content)
-        return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+        values = torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+        return values, token_inverse_norms(values)
 
     return tensor(engaged.content), tensor(impressions.content)
 

@@ -65,8 +65,12 @@ def brute_force_s_all(log, user, time, candidate_item, config, scale=0.65):
     codes = quantize_int8(log.items.content_embedding).numpy().astype(np.int64)
     query = codes[candidate_item]
 
+    def score(item):  # the candidate against the dequantised, L2-normalised token, rounded as the op does
+        norm = np.sqrt(float(codes[item] @ codes[item]))
+        return float(np.float32(codes[item] @ query) * np.float32(1.0 / norm if norm else 0.0))
+
     def nearest(events, k):
-        scored = sorted(((int(codes[log.item_id[e]] @ query), pos) for pos, e in enumerate(events)), reverse=True)
+        scored = sorted(((score(log.item_id[e]), pos) for pos, e in enumerate(events)), reverse=True)
         return [events[pos] for pos in sorted(pos for _, pos in scored[:k])]
 
     recent = min(len(realtime), config.realtime_recent)
