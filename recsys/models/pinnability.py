@@ -23,7 +23,8 @@ the weighted cross-entropy) whose crossing input also holds the output of a sequ
 
 ``next_action_loss`` (:mod:`recsys.modules.next_action_loss`) adds TransAct V2's auxiliary loss
 to the TransAct encoders: the encoder output at each realtime action predicts the content of the
-next one. The model then holds ``auxiliary_loss`` after every forward, and
+next one when that is a positive engagement (``next_action_loss.negative_actions``: not a hide);
+impression negatives are the query's own user's S_imp tokens. The model then holds ``auxiliary_loss`` after every forward, and
 :class:`~recsys.models.task.RankingTask` trains on ``L_CE + weight * auxiliary_loss``. With
 TransAct V1 it needs ``transact_v1.causal`` (the output at an action must not have read the next
 action). Negatives "in_batch" work on any batch; "impressions" read the impression tokens of
@@ -67,6 +68,7 @@ from recsys.modules.next_action_loss import (
     NextActionLossConfig,
     jagged_next_pairs,
     next_token_pairs,
+    positive_engagement,
 )
 from recsys.modules.transact_v1 import PAPER_MAX_SEQUENCE, TransActV1, TransActV1Config
 from recsys.modules.transact_v2 import TransActV2, TransActV2Config
@@ -239,6 +241,7 @@ class TransActV1Arch(nn.Module):
         self.encoder = TransActV1(spec.num_actions, spec.content_dim, config, device=_dense_device(device))
         self.output_dim = self.encoder.output_dim
         self.next_action_loss = _next_action_loss(self.encoder.model_dim, spec, next_action_loss, device)
+        self._positive = _positive_engagement(spec, next_action_loss)
         self.auxiliary_loss: torch.Tensor | None = None
 
     def forward(self, batch: RankingBatch) -> torch.Tensor:
@@ -254,9 +257,13 @@ class TransActV1Arch(nn.Module):
         if self.next_action_loss is not None:
             rows, query, following = next_token_pairs(~encoding.hidden, newest_first=True)
             target = encoding.index[rows, following]  # [N] the next action of each query, among the history's
+            positive = self._positive(history.actions[target])  # [N] the next action is a positive engagement
+            rows, query, target = rows[positive], query[positive], target[positive]
+            negative_content, negative_ids, negative_users = impression_negatives(batch, self.next_action_loss.config.negatives)
             self.auxiliary_loss = self.next_action_loss(
                 encoding.outputs[rows, query], history.content[target], history.item_id[target],
-                *impression_negatives(batch, self.next_action_loss.config.negatives),
+                negative_content, negative_ids, query_users=_users_if(negative_users, batch.user_id[rows]),
+                negative_users=negative_users,
             )
         return encoding.features  # [B, (K + 1) * D]
 
@@ -282,6 +289,7 @@ class TransActV2Arch(nn.Module):
                                   device=_dense_device(device))
         self.output_dim = self.encoder.output_dim
         self.next_action_loss = _next_action_loss(config.model_dim, spec, next_action_loss, device)
+        self._positive = _positive_engagement(spec, next_action_loss)
         self.auxiliary_loss: torch.Tensor | None = None
 
     def forward(self, batch: RankingBatch) -> torch.Tensor:
@@ -294,11 +302,27 @@ class TransActV2Arch(nn.Module):
         if self.next_action_loss is not None:
             recent = features[SOURCE_KEY].values() == SOURCE_REALTIME_RECENT  # [V]
             query, following = jagged_next_pairs(recent, lengths)  # [N], [N]
+            positive = self._positive(features["seq_actions"].values()[following])  # [N]
+            query, following = query[positive], following[positive]
+            token_users = torch.repeat_interleave(batch.user_id, lengths.to(torch.int64))  # [V]
+            negative_content, negative_ids, negative_users = impression_negatives(batch, self.next_action_loss.config.negatives)
             self.auxiliary_loss = self.next_action_loss(
                 encoding.outputs[query], batch.sequence_content[following], features["seq_item_id"].values()[following],
-                *impression_negatives(batch, self.next_action_loss.config.negatives),
+                negative_content, negative_ids, query_users=_users_if(negative_users, token_users[query]),
+                negative_users=negative_users,
             )
         return encoding.features  # [B, F]
+
+
+def _positive_engagement(spec: FeatureSpec, config: NextActionLossConfig | None):
+    """``actions [N] -> [N] bool``: a positive engagement (checked against the data's actions once, here)."""
+    negative = config.negative_actions if config is not None and config.enabled else []
+    positive_engagement(torch.zeros(0, dtype=torch.int64), spec.action_vocab, negative)  # names checked now
+    return lambda actions: positive_engagement(actions, spec.action_vocab, negative)
+
+
+def _users_if(negative_users: torch.Tensor | None, users: torch.Tensor) -> torch.Tensor | None:
+    return users if negative_users is not None else None
 
 
 def _next_action_loss(query_dim: int, spec: FeatureSpec, config: NextActionLossConfig | None, device) -> NextActionLoss | None:
@@ -414,15 +438,19 @@ def realtime_history(batch: RankingBatch, model: str, needs_content: bool = True
     return ActionHistory(lengths, *columns, content=content)
 
 
-def impression_negatives(batch: RankingBatch, negatives: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(content [M, C], item ids [M])`` of the batch's impression tokens for "impressions"
-    negatives, ``(None, None)`` otherwise or when the batch is not a lifelong one."""
+def impression_negatives(batch: RankingBatch, negatives: str) -> tuple[torch.Tensor | None, ...]:
+    """``(content [M, C], item ids [M], user ids [M])`` of the batch's impression tokens (S_imp:
+    shown to that row's user, not acted on) for "impressions" negatives; ``(None, None, None)``
+    otherwise or when the batch is not a lifelong one."""
     history = batch.sequence_features
     if negatives != "impressions" or history is None or SOURCE_KEY not in history.keys():
-        return None, None
+        return None, None, None
     features = history.to_dict()
     is_impression = features[SOURCE_KEY].values() == SOURCE_IMPRESSION  # [V]
-    return batch.sequence_content[is_impression], features[HISTORY_ITEM_FEATURE].values()[is_impression]
+    lengths = features[SOURCE_KEY].lengths().to(torch.int64)
+    users = torch.repeat_interleave(batch.user_id, lengths)  # [V] each token's row's user
+    return (batch.sequence_content[is_impression], features[HISTORY_ITEM_FEATURE].values()[is_impression],
+            users[is_impression])
 
 
 def lifelong_features(batch: RankingBatch, model: str) -> dict:

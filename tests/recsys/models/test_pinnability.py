@@ -19,7 +19,7 @@ from recsys.distributed.sharding import ShardingConfig, shard_model
 from recsys.errors import ConfigError, DataError
 from recsys.models import get_model, list_models, model_config
 from recsys.models.dlrm import DLRM, DLRMConfig
-from recsys.models.pinnability import BST_ITEM_TABLE, Pinnability, realtime_history
+from recsys.models.pinnability import BST_ITEM_TABLE, Pinnability, impression_negatives, realtime_history
 from recsys.models.task import RankingTask
 from recsys.modules.transact_v1 import TransActV1Quirks
 from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
@@ -284,7 +284,9 @@ def test_transact_v2_next_action_pairs_are_consecutive_realtime_recent_tokens():
     lengths = features["seq_actions"].lengths()
     encoding = arch.encoder.encode(lengths, features["seq_actions"].values(), features["seq_surface"].values(),
                                    batch.sequence_content, batch.dense_features[:, : SPEC.content_dim])
-    query = torch.tensor([2, 3, 8, 12, 13, 14])  # row 0: RT tokens 2,3,4; row 1: 8,9; row 3: RT tokens 12..15
+    # row 0: RT tokens 2,3,4; row 3: RT tokens 12..15. Row 1's pair 8 -> 9 is left out: token 9 is a
+    # hide, an engagement but no positive next action.
+    query = torch.tensor([2, 3, 12, 13, 14])
     following = query + 1
     items = features["seq_item_id"].values()
     expected = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[following], items[following])
@@ -344,3 +346,36 @@ def test_transact_v2_sharded_trains_with_the_next_action_loss(ctx):
     assert losses[-1] < losses[0] / 2, losses
     del dmp, optimizer
     gc.collect()
+
+
+def test_impression_negatives_carry_each_tokens_user():
+    batch = lifelong_batch()
+    content, ids, users = impression_negatives(batch, "impressions")
+    assert ids.tolist() == [24, 25, 26, 4, 28, 29]
+    assert users.tolist() == [batch.user_id[r].item() for r in (0, 0, 1, 3, 3, 3)]
+    assert impression_negatives(batch, "in_batch") == (None, None, None)
+
+
+def test_v2_next_action_loss_scores_each_query_against_its_own_users_impressions():
+    """Rows 0 and 3 hold the pairs; with users made equal the loss changes (more negatives per query)."""
+    model = v2_model().eval()
+    batch = lifelong_batch()
+    batch.user_id = torch.tensor([0, 1, 2, 3])
+    model(batch)
+    separate = model.auxiliary_loss
+    arch = model.sequence_arch
+    features = batch.sequence_features.to_dict()
+    lengths = features["seq_actions"].lengths()
+    encoding = arch.encoder.encode(lengths, features["seq_actions"].values(), features["seq_surface"].values(),
+                                   batch.sequence_content, batch.dense_features[:, : SPEC.content_dim])
+    query = torch.tensor([2, 3, 12, 13, 14])
+    items = features["seq_item_id"].values()
+    impressions = features["seq_source"].values() == SOURCE_IMPRESSION
+    token_users = torch.repeat_interleave(batch.user_id, lengths.to(torch.int64))
+    expected = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[query + 1], items[query + 1],
+                                     batch.sequence_content[impressions], items[impressions],
+                                     query_users=token_users[query], negative_users=token_users[impressions])
+    torch.testing.assert_close(separate, expected)
+    pooled = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[query + 1], items[query + 1],
+                                   batch.sequence_content[impressions], items[impressions])
+    assert not torch.isclose(separate, pooled)
