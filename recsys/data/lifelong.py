@@ -28,6 +28,10 @@ to the lifelong part, the rest shared by the realtime and impression parts.
 Every S_all token carries its item id, action bits, surface, timestamp, int8 content (as stored),
 its source part (``SOURCE_*``) and whether it is engaged (``actions != 0``: every part but S_imp).
 
+After S_all, a row also stores S_RT's most recent ``realtime_history`` events (100: TransAct V1
+reads the 100 most recent realtime actions), in time order, with source ``SOURCE_REALTIME_HISTORY``:
+not part of S_all (TransAct V2 drops them), the plain realtime history of V1 and BST.
+
 Training: :func:`build_lifelong_sequences` computes S_all for every row of a
 :class:`~recsys.data.examples.RankingExamples` in chunks (t is the start of the row's request, the
 earliest timestamp of its page: :mod:`recsys.data.request_time`; rows of one user and request start
@@ -65,7 +69,9 @@ from recsys.ops.nn_select_reference import token_inverse_norms
 FORMAT_NAME = "recsys-lifelong-sequences"
 FORMAT_VERSION = 2  # 2: sequences end before the request's start (1: before the row's own event)
 SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION = 0, 1, 2, 3
-SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression")
+SOURCE_REALTIME_HISTORY = 4  # not part of S_all: the plain realtime history of TransAct V1 and BST
+SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression", "realtime_history")
+S_ALL_SOURCES = (SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION)
 SEQUENCE_KEYS = ("seq_item_id", "seq_actions", "seq_surface", "seq_timestamp", "seq_source")
 TOKEN_COLUMNS = ("item_id", "actions", "surface", "timestamp", "source", "content")
 
@@ -82,6 +88,11 @@ class LifelongConfig:
         realtime_recent: r, the most recent realtime events always kept (S_RT[:r]).
         realtime_k: tokens of NN(S_RT[r:], c).
         impression_k: tokens of NN(S_imp, c).
+        realtime_history: also store S_RT's most recent this many events (in time order, source
+            ``SOURCE_REALTIME_HISTORY``, after S_all's tokens): the realtime history that TransAct
+            V1 (the paper's 100 actions) and BST read from a lifelong batch. Not part of S_all;
+            0 stores none (they then read S_RT[:r]). S_RT holds at most ``realtime_max`` events, so
+            no more than that are stored.
     """
 
     lifelong_max: int = 10_000
@@ -91,6 +102,7 @@ class LifelongConfig:
     realtime_recent: int = 32
     realtime_k: int = 32
     impression_k: int = 32
+    realtime_history: int = 100
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(LifelongConfig):  # these fields only (subclasses add others)
@@ -105,7 +117,7 @@ class LifelongConfig:
 
     @property
     def sequence_length(self) -> int:
-        """The most tokens S_all can hold (192 by default)."""
+        """The most tokens S_all can hold (192 by default; a row stores ``realtime_history`` more)."""
         return self.lifelong_k + self.realtime_recent + self.realtime_k + self.impression_k
 
 
@@ -114,7 +126,7 @@ class LifelongTokens:
     """S_all of B rows, jagged: row b's tokens are ``offsets[b] : offsets[b + 1]`` of each column.
 
     Args:
-        lengths: ``[B]`` int64 tokens per row (at most ``LifelongConfig.sequence_length``).
+        lengths: ``[B]`` int64 tokens per row (at most ``sequence_length + realtime_history``).
         item_id: ``[V]`` int64.
         actions: ``[V]`` int32 action bit mask.
         surface: ``[V]`` int64.
@@ -177,11 +189,12 @@ def _windows(engaged_first, engaged_count, impression_first, impression_count, c
 
 
 def _expected_lengths(w: _Windows, config: LifelongConfig) -> np.ndarray:
-    """``[n]`` |S_all| per request: min(k, length) of every part."""
+    """``[n]`` stored tokens per request: min(k, length) of every part of S_all, and the realtime history."""
     recent = np.minimum(w.realtime_len, config.realtime_recent)
     return (np.minimum(w.lifelong_len, config.lifelong_k) + recent
             + np.minimum(w.realtime_len - recent, config.realtime_k)
-            + np.minimum(w.impression_len, config.impression_k))
+            + np.minimum(w.impression_len, config.impression_k)
+            + np.minimum(w.realtime_len, config.realtime_history))
 
 
 def _select_tokens(
@@ -218,16 +231,20 @@ def _select_tokens(
                            scale=scale, kernel=kernel, inverse_norms=inverse_norms).cpu().numpy()
         return np.where(picked >= 0, start[candidate_request][:, None] + picked, -1)
 
-    recent_start = w.realtime_start + older_len  # S_RT[:r]: the last recent_len rows of S_RT
-    slots = np.arange(config.realtime_recent)
-    recent_rows = recent_start[candidate_request][:, None] + slots  # [B, r]
-    recent = np.where(slots < recent_len[candidate_request][:, None], recent_rows, -1)
+    def latest(count, width):  # [B, width] the last `count` rows of S_RT per candidate, -1 padded
+        slots = np.arange(width)
+        rows = (w.realtime_start + w.realtime_len - count)[candidate_request][:, None] + slots
+        return np.where(slots < count[candidate_request][:, None], rows, -1)
+
+    recent = latest(recent_len, config.realtime_recent)  # S_RT[:r]
     parts = [  # (stream rows [B, k_part], from the impression stream?, source)
         (nearest(engaged_values, w.lifelong_start, w.lifelong_len, config.lifelong_k), False, SOURCE_LIFELONG),
         (recent, False, SOURCE_REALTIME_RECENT),
         (nearest(engaged_values, w.realtime_start, older_len, config.realtime_k), False, SOURCE_REALTIME_NN),
         (nearest(impression_values, w.impression_start, w.impression_len, config.impression_k), True,
          SOURCE_IMPRESSION),
+        (latest(np.minimum(w.realtime_len, config.realtime_history), min(config.realtime_history, config.realtime_max)), False,
+         SOURCE_REALTIME_HISTORY),
     ]
     rows = np.concatenate([p[0] for p in parts], axis=1)  # [B, S]
     from_impressions = np.concatenate([np.full(p[0].shape, p[1]) for p in parts], axis=1)  # [B, S]

@@ -30,10 +30,13 @@ TransAct V1 it needs ``transact_v1.causal`` (the output at an action must not ha
 action). Negatives "in_batch" work on any batch; "impressions" read the impression tokens of
 lifelong batches.
 
-Lifelong batches carry S_all (``seq_source`` tells each token's part) instead of the plain
-realtime history. BST and TransAct V1 then read its realtime-recent part ``S_RT[:r]``, the ``r``
-latest engaged events in time order: the history they read from plain batches with
-``data.max_sequence = r``. So every encoder can be compared on the same lifelong batches.
+Lifelong batches carry S_all (``seq_source`` tells each token's part) and, after it, the stored
+realtime history (``SOURCE_REALTIME_HISTORY``: S_RT's latest ``data.lifelong.realtime_history``
+events, 100 by default) instead of the plain realtime history. BST and TransAct V1 read that
+history (the latest ``max_sequence`` of it: V1 reads 100 actions by default, as the paper), or
+S_RT[:r] when the batch stores none: the history they read from plain batches with the same
+``data.max_sequence``. TransAct V2 reads S_all only. So every encoder can be compared on the same
+lifelong batches.
 
 The encoders read ``RankingBatch.sequence_features`` (``seq_item_id``, ``seq_actions``,
 ``seq_timestamp``; each row oldest first, at most ``data.max_sequence`` events),
@@ -58,7 +61,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
-from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_REALTIME_RECENT
+from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_REALTIME_HISTORY, SOURCE_REALTIME_RECENT
 from recsys.errors import ConfigError, DataError
 from recsys.models.dlrm import DLRM, DLRMConfig
 from recsys.modules.bst import DEFAULT_MAX_SEQUENCE as BST_DEFAULT_MAX_SEQUENCE
@@ -293,6 +296,8 @@ class TransActV2Arch(nn.Module):
         self.auxiliary_loss: torch.Tensor | None = None
 
     def forward(self, batch: RankingBatch) -> torch.Tensor:
+        lifelong_features(batch, "transact_v2")  # checked before the realtime history is dropped
+        batch = s_all_batch(batch)
         features = lifelong_features(batch, "transact_v2")
         lengths = features["seq_actions"].lengths()
         encoding = self.encoder.encode(
@@ -413,7 +418,9 @@ class ActionHistory:
 
 def realtime_history(batch: RankingBatch, model: str, needs_content: bool = True) -> ActionHistory:
     """The realtime engaged history of every row: the batch's ``sequence_features``, or on a
-    lifelong batch (``seq_source`` present) its realtime-recent tokens S_RT[:r] only.
+    lifelong batch (``seq_source`` present) its stored realtime history (``SOURCE_REALTIME_HISTORY``:
+    S_RT's latest ``data.lifelong.realtime_history`` events, 100 by default), or S_RT[:r] when the
+    batch stores none. The encoder then reads the latest ``max_sequence`` of them.
 
     Args:
         batch: a RankingBatch with sequence features.
@@ -429,8 +436,10 @@ def realtime_history(batch: RankingBatch, model: str, needs_content: bool = True
     lengths = features[HISTORY_ITEM_FEATURE].lengths()
     columns = [features[key].values() for key in SEQUENCE_KEYS]
     content = batch.sequence_content
-    if SOURCE_KEY in features:  # lifelong batch: keep S_RT[:r]
-        keep = features[SOURCE_KEY].values() == SOURCE_REALTIME_RECENT  # [V]
+    if SOURCE_KEY in features:  # lifelong batch: keep the realtime history, else S_RT[:r]
+        source = features[SOURCE_KEY].values()
+        stored = bool((source == SOURCE_REALTIME_HISTORY).any())
+        keep = source == (SOURCE_REALTIME_HISTORY if stored else SOURCE_REALTIME_RECENT)  # [V]
         row = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.to(torch.int64))
         lengths = torch.zeros_like(lengths).index_add_(0, row, keep.to(lengths.dtype))  # [B]
         columns = [column[keep] for column in columns]
@@ -451,6 +460,21 @@ def impression_negatives(batch: RankingBatch, negatives: str) -> tuple[torch.Ten
     users = torch.repeat_interleave(batch.user_id, lengths)  # [V] each token's row's user
     return (batch.sequence_content[is_impression], features[HISTORY_ITEM_FEATURE].values()[is_impression],
             users[is_impression])
+
+
+def s_all_batch(batch: RankingBatch) -> RankingBatch:
+    """A lifelong batch with its sequence cut to S_all (the stored realtime history dropped)."""
+    features = batch.sequence_features.to_dict()
+    source = features[SOURCE_KEY].values()
+    keep = source != SOURCE_REALTIME_HISTORY  # [V]
+    if bool(keep.all()):
+        return batch
+    lengths = features[SOURCE_KEY].lengths()
+    row = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.to(torch.int64))
+    kept = torch.zeros_like(lengths).index_add_(0, row, keep.to(lengths.dtype))  # [B]
+    columns = {key: (jagged.values()[keep], kept) for key, jagged in features.items()}
+    content = batch.sequence_content[keep] if batch.sequence_content is not None else None
+    return dataclasses.replace(batch, sequence_features=kjt_from_jagged(columns), sequence_content=content)
 
 
 def lifelong_features(batch: RankingBatch, model: str) -> dict:

@@ -12,6 +12,7 @@ from recsys.data.lifelong import (
     SEQUENCE_KEYS,
     SOURCE_IMPRESSION,
     SOURCE_LIFELONG,
+    SOURCE_REALTIME_HISTORY,
     SOURCE_REALTIME_NN,
     SOURCE_REALTIME_RECENT,
     LifelongConfig,
@@ -77,7 +78,8 @@ def brute_force_s_all(log, user, time, candidate_item, config, scale=0.65):
     parts = [(nearest(lifelong, config.lifelong_k), SOURCE_LIFELONG),
              (realtime[len(realtime) - recent:], SOURCE_REALTIME_RECENT),
              (nearest(realtime[: len(realtime) - recent], config.realtime_k), SOURCE_REALTIME_NN),
-             (nearest(impressions, config.impression_k), SOURCE_IMPRESSION)]
+             (nearest(impressions, config.impression_k), SOURCE_IMPRESSION),
+             (realtime[len(realtime) - min(len(realtime), config.realtime_history):], SOURCE_REALTIME_HISTORY)]
     events = [e for part, _ in parts for e in part]
     sources = [source for part, source in parts for _ in part]
     return events, sources
@@ -130,7 +132,7 @@ def test_served_s_all_matches_the_definition(log, store, config):
         for b, item in enumerate(items):
             events, sources = brute_force_s_all(log, user, time, item, config)
             lo, hi = offsets[b], offsets[b + 1]
-            assert served.lengths[b] == len(events) <= config.sequence_length
+            assert served.lengths[b] == len(events) <= config.sequence_length + config.realtime_history
             assert np.array_equal(served.item_id[lo:hi], log.item_id[events])
             assert np.array_equal(served.timestamp[lo:hi], log.timestamp[events])
             assert np.array_equal(served.actions[lo:hi], log.actions[events])
@@ -142,7 +144,7 @@ def test_served_s_all_matches_the_definition(log, store, config):
 def test_stored_s_all_equals_served_s_all(tmp_path, log, store, examples):
     sequences = build_lifelong_sequences(examples, store, tmp_path / "seq", SMALL, chunk_rows=37)
     assert len(sequences) == len(examples)
-    assert sequences.rows(np.arange(len(examples))).lengths.max() == SMALL.sequence_length  # caps reached
+    assert sequences.rows(np.arange(len(examples))).lengths.max() == SMALL.sequence_length + 20  # caps reached
     users, times = log.user_id[examples.event], request_start_times(log, examples.event)
     for row in range(len(examples)):
         served = serve_lifelong_tokens(store.user(int(users[row])), int(times[row]),
@@ -255,8 +257,9 @@ def later_slots(log):
     return RankingExamples.build(log, targets, FeatureSpec.from_log(log)), start
 
 
-@pytest.mark.parametrize("source", [SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION],
-                         ids=["lifelong", "realtime_recent", "realtime_nn", "impression"])
+@pytest.mark.parametrize("source", [SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION,
+                                    SOURCE_REALTIME_HISTORY],
+                         ids=["lifelong", "realtime_recent", "realtime_nn", "impression", "realtime_history"])
 def test_no_sequence_token_at_or_after_the_request_start(tmp_path, log, store, later_slots, source):
     examples, start = later_slots
     config = LifelongConfig(lifelong_max=300, realtime_max=20, impression_max=30,

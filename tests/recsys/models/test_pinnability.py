@@ -12,7 +12,13 @@ from recsys.config import load_config
 from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
-from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_LIFELONG, SOURCE_REALTIME_NN, SOURCE_REALTIME_RECENT
+from recsys.data.lifelong import (
+    SOURCE_IMPRESSION,
+    SOURCE_LIFELONG,
+    SOURCE_REALTIME_HISTORY,
+    SOURCE_REALTIME_NN,
+    SOURCE_REALTIME_RECENT,
+)
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig, build_optimizer
 from recsys.distributed.process_group import init_distributed, teardown
 from recsys.distributed.sharding import ShardingConfig, shard_model
@@ -379,3 +385,39 @@ def test_v2_next_action_loss_scores_each_query_against_its_own_users_impressions
     pooled = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[query + 1], items[query + 1],
                                    batch.sequence_content[impressions], items[impressions])
     assert not torch.isclose(separate, pooled)
+
+
+RH = SOURCE_REALTIME_HISTORY
+# The realtime history stored after S_all: S_RT's latest events (older ones than S_RT[:r] first).
+HISTORY = [
+    [(13, 0b0001, 0, 9_000, RH), (14, 0b0010, 1, 8_000, RH)] + [(t[0], t[1], t[2], t[3], RH) for t in S_ALL[0] if t[4] == RT],
+    [(15, 0b1000, 2, 7_000, RH)] + [(t[0], t[1], t[2], t[3], RH) for t in S_ALL[1] if t[4] == RT],
+    [],
+    [(t[0], t[1], t[2], t[3], RH) for t in S_ALL[3] if t[4] == RT],
+]
+
+
+@pytest.mark.parametrize("name", ["transact_v1", "bst"])
+def test_v1_and_bst_read_the_stored_realtime_history_of_a_lifelong_batch(name):
+    """Not just S_RT[:r]: the stored history's latest events (V1: the paper's 100 by default)."""
+    model = small_model(name).eval()
+    lifelong = with_sequence(make_batch(), [row + history for row, history in zip(S_ALL, HISTORY)], lifelong=True)
+    plain = with_sequence(make_batch(), HISTORY, lifelong=False)
+    torch.testing.assert_close(model(lifelong), model(plain))
+    assert not torch.allclose(model(lifelong), model(realtime_only_batch()))
+
+
+def test_transact_v1_reads_100_actions_unless_configured():
+    spec = FeatureSpec(num_users=7, num_items=30, content_dim=4, max_sequence=0)  # lifelong data: no plain history
+    model = get_model("transact_v1", feature_spec=spec, **SMALL, **ENCODERS["transact_v1"])
+    assert model.sequence_arch.encoder.max_sequence == 100
+    configured = get_model("transact_v1", feature_spec=spec, **SMALL, transact_v1={"max_sequence": 32})
+    assert configured.sequence_arch.encoder.max_sequence == 32
+
+
+def test_transact_v2_drops_the_stored_realtime_history():
+    model = v2_model().eval()
+    with_history = with_sequence(make_batch(), [row + history for row, history in zip(S_ALL, HISTORY)], lifelong=True)
+    logits, loss = model(with_history), model.auxiliary_loss
+    torch.testing.assert_close(logits, model(lifelong_batch()))
+    torch.testing.assert_close(loss, model.auxiliary_loss)
