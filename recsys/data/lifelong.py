@@ -51,6 +51,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -73,6 +74,7 @@ SOURCE_REALTIME_HISTORY = 4  # not part of S_all: the plain realtime history of 
 SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression", "realtime_history")
 S_ALL_SOURCES = (SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION)
 SEQUENCE_KEYS = ("seq_item_id", "seq_actions", "seq_surface", "seq_timestamp", "seq_source")
+SELECTIONS = ("nn", "recent")
 TOKEN_COLUMNS = ("item_id", "actions", "surface", "timestamp", "source", "content")
 
 
@@ -93,6 +95,9 @@ class LifelongConfig:
             V1 (the paper's 100 actions) and BST read from a lifelong batch. Not part of S_all;
             0 stores none (they then read S_RT[:r]). S_RT holds at most ``realtime_max`` events, so
             no more than that are stored.
+        selection: "nn" (the paper: each NN part keeps its k tokens nearest to the candidate) or
+            "recent" (the ablation without NN selection: each part keeps its k most recent tokens,
+            whatever the candidate).
     """
 
     lifelong_max: int = 10_000
@@ -103,9 +108,14 @@ class LifelongConfig:
     realtime_k: int = 32
     impression_k: int = 32
     realtime_history: int = 100
+    selection: Literal["nn", "recent"] = "nn"
 
     def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"LifelongConfig.selection={self.selection!r} must be one of {list(SELECTIONS)}")
         for f in dataclasses.fields(LifelongConfig):  # these fields only (subclasses add others)
+            if f.name == "selection":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ConfigError(f"LifelongConfig.{f.name}={value!r} must be an integer >= 0")
@@ -226,24 +236,27 @@ def _select_tokens(
     request = torch.from_numpy(candidate_request).to(device)
 
     def nearest(table, start, length, k):  # [B, k] stream rows, -1 where none
+        if config.selection == "recent":  # the ablation without NN selection: the k latest rows
+            return latest_of(start, length, k)
         values, inverse_norms = table
         picked = nn_select(values, _tensor(start, device), _tensor(length, device), cand, request, k,
                            scale=scale, kernel=kernel, inverse_norms=inverse_norms).cpu().numpy()
         return np.where(picked >= 0, start[candidate_request][:, None] + picked, -1)
 
-    def latest(count, width):  # [B, width] the last `count` rows of S_RT per candidate, -1 padded
+    def latest_of(start, length, width):  # [B, width] the last min(width, length) rows of a window, -1 padded
+        count = np.minimum(length, width)
         slots = np.arange(width)
-        rows = (w.realtime_start + w.realtime_len - count)[candidate_request][:, None] + slots
+        rows = (start + length - count)[candidate_request][:, None] + slots
         return np.where(slots < count[candidate_request][:, None], rows, -1)
 
-    recent = latest(recent_len, config.realtime_recent)  # S_RT[:r]
+    recent = latest_of(w.realtime_start, w.realtime_len, config.realtime_recent)  # S_RT[:r]
     parts = [  # (stream rows [B, k_part], from the impression stream?, source)
         (nearest(engaged_values, w.lifelong_start, w.lifelong_len, config.lifelong_k), False, SOURCE_LIFELONG),
         (recent, False, SOURCE_REALTIME_RECENT),
         (nearest(engaged_values, w.realtime_start, older_len, config.realtime_k), False, SOURCE_REALTIME_NN),
         (nearest(impression_values, w.impression_start, w.impression_len, config.impression_k), True,
          SOURCE_IMPRESSION),
-        (latest(np.minimum(w.realtime_len, config.realtime_history), min(config.realtime_history, config.realtime_max)), False,
+        (latest_of(w.realtime_start, w.realtime_len, min(config.realtime_history, config.realtime_max)), False,
          SOURCE_REALTIME_HISTORY),
     ]
     rows = np.concatenate([p[0] for p in parts], axis=1)  # [B, S]

@@ -1,5 +1,6 @@
 """Lifelong sequences: the store, S_all against a brute force from the raw log, stored == served."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -71,6 +72,8 @@ def brute_force_s_all(log, user, time, candidate_item, config, scale=0.65):
         return float(np.float32(codes[item] @ query) * np.float32(1.0 / norm if norm else 0.0))
 
     def nearest(events, k):
+        if config.selection == "recent":  # the ablation without NN selection: the k latest
+            return events[len(events) - min(k, len(events)):]
         scored = sorted(((score(log.item_id[e]), pos) for pos, e in enumerate(events)), reverse=True)
         return [events[pos] for pos in sorted(pos for _, pos in scored[:k])]
 
@@ -117,7 +120,8 @@ def test_count_before_matches_a_per_user_search(log, store):
         assert c == int((stream.timestamp < t).sum())
 
 
-@pytest.mark.parametrize("config", [SMALL, LifelongConfig()], ids=["small", "paper"])
+@pytest.mark.parametrize("config", [SMALL, LifelongConfig(), dataclasses.replace(SMALL, selection="recent")],
+                         ids=["small", "paper", "most_recent"])
 def test_served_s_all_matches_the_definition(log, store, config):
     heavy = int(np.argmax(np.bincount(log.user_id)))
     heavy_events = np.flatnonzero(log.user_id == heavy)
@@ -234,6 +238,8 @@ def test_bad_config_and_inputs_raise_clear_errors(store):
         LifelongConfig(realtime_max=10, realtime_recent=20)
     with pytest.raises(ConfigError, match="lifelong_k"):
         LifelongConfig(lifelong_k=-1)
+    with pytest.raises(ConfigError, match="selection"):
+        LifelongConfig(selection="random")
     with pytest.raises(DataError, match="candidate_content"):
         serve_lifelong_tokens(store.user(0), 10**10, np.zeros((2, 3), np.float32))
     with pytest.raises(DataError, match="outside"):
