@@ -75,6 +75,7 @@ SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression", "rea
 S_ALL_SOURCES = (SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION)
 SEQUENCE_KEYS = ("seq_item_id", "seq_actions", "seq_surface", "seq_timestamp", "seq_source")
 SELECTIONS = ("nn", "recent")
+RECORDS = ("merged", "events")
 TOKEN_COLUMNS = ("item_id", "actions", "surface", "timestamp", "source", "content")
 
 
@@ -95,6 +96,9 @@ class LifelongConfig:
             V1 (the paper's 100 actions) and BST read from a lifelong batch. Not part of S_all;
             0 stores none (they then read S_RT[:r]). S_RT holds at most ``realtime_max`` events, so
             no more than that are stored.
+        records: "merged" (the paper: repeated engagements with one item are one record, its action
+            bits OR-ed, its latest time; as of the request, :meth:`EventStream.visible_before`) or
+            "events" (one token per engaged event: the ablation). Impressions are never merged.
         selection: "nn" (the paper: each NN part keeps its k tokens nearest to the candidate) or
             "recent" (the ablation without NN selection: each part keeps its k most recent tokens,
             whatever the candidate).
@@ -109,12 +113,15 @@ class LifelongConfig:
     impression_k: int = 32
     realtime_history: int = 100
     selection: Literal["nn", "recent"] = "nn"
+    records: Literal["merged", "events"] = "merged"
 
     def __post_init__(self) -> None:
+        if self.records not in RECORDS:
+            raise ConfigError(f"LifelongConfig.records={self.records!r} must be one of {list(RECORDS)}")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"LifelongConfig.selection={self.selection!r} must be one of {list(SELECTIONS)}")
         for f in dataclasses.fields(LifelongConfig):  # these fields only (subclasses add others)
-            if f.name == "selection":
+            if f.name in ("selection", "records"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -316,13 +323,29 @@ def serve_lifelong_tokens(
         :class:`LifelongTokens` with one row per candidate, in the given order.
     """
     candidates = _as_candidates(candidate_content, history.engaged.content.shape[1])
-    engaged_count = np.searchsorted(history.engaged.timestamp, request_time, side="left")
-    impression_count = np.searchsorted(history.impressions.timestamp, request_time, side="left")
-    zero = np.zeros(1, dtype=np.int64)
-    windows = _windows(zero, np.array([engaged_count]), zero, np.array([impression_count]), config)
-    values = _content_tensors(history.engaged, history.impressions, device)
-    return _select_tokens(history.engaged, history.impressions, values, windows, candidates,
+    user, time = np.zeros(1, dtype=np.int64), np.array([request_time], dtype=np.int64)
+    engaged, engaged_first, engaged_count = engaged_view(history.engaged, user, time, config)
+    windows = _windows(engaged_first, engaged_count, *history.impressions.count_before(user, time), config)
+    values = _content_tensors(engaged, history.impressions, device)
+    return _select_tokens(engaged, history.impressions, values, windows, candidates,
                           np.zeros(len(candidates), dtype=np.int64), config, history.scale, kernel, device)
+
+
+def engaged_view(stream: EventStream, users: np.ndarray, times: np.ndarray,
+                 config: LifelongConfig) -> tuple[EventStream, np.ndarray, np.ndarray]:
+    """The engaged events each query ``(users [n], times [n])`` reads: ``(stream, first [n], count [n])``.
+
+    ``records == "events"``: the store's stream, each query's rows before its time. ``"merged"``: a
+    new stream holding, per query, its merged records (per item the latest row before the time,
+    with the OR of the item's actions so far: :meth:`EventStream.visible_before`), in time order.
+    """
+    if config.records == "events":
+        return (stream, *stream.count_before(users, times))
+    rows, offsets, count = stream.visible_before(users, times)
+    merged = EventStream(user_offsets=offsets, item_id=stream.item_id[rows], actions=stream.merged_actions[rows],
+                         surface=stream.surface[rows], timestamp=stream.timestamp[rows], content=stream.content[rows],
+                         merged_actions=stream.merged_actions[rows], next_time=stream.next_time[rows])
+    return merged, offsets[:-1], count
 
 
 def _as_candidates(content, dim: int) -> np.ndarray:
@@ -376,7 +399,7 @@ def build_lifelong_sequences(
     with atomic_directory(path, overwrite) as staging:
         np.save(staging / "offsets.npy", offsets)
         columns = _open_columns(staging, num_tokens, dim)
-        values = _content_tensors(store.engaged, store.impressions, device)
+        values = _content_tensors(store.engaged, store.impressions, device) if config.records == "events" else None
         for lo in range(0, len(examples), chunk_rows):
             hi = min(lo + chunk_rows, len(examples))
             tokens = _chunk_tokens(examples, store, values, users[lo:hi], times[lo:hi], lo, hi, config, kernel, device)
@@ -393,15 +416,22 @@ def build_lifelong_sequences(
 
 
 def _request_windows(store: LifelongStore, users: np.ndarray, times: np.ndarray, config: LifelongConfig) -> _Windows:
-    return _windows(*store.engaged.count_before(users, times), *store.impressions.count_before(users, times), config)
+    """The windows' lengths per query (the first rows are meaningful for ``records == "events"`` only)."""
+    first, count = store.engaged.count_before(users, times)
+    if config.records == "merged":
+        count = store.engaged.count_records_before(users, times)
+    return _windows(first, count, *store.impressions.count_before(users, times), config)
 
 
 def _chunk_tokens(examples, store, values, users, times, lo, hi, config, kernel, device) -> LifelongTokens:
     """S_all of rows ``lo:hi``: rows with the same (user, time) are one request."""
     requests, candidate_request = np.unique(np.stack([users, times], axis=1), axis=0, return_inverse=True)
-    windows = _request_windows(store, requests[:, 0], requests[:, 1], config)
+    engaged, first, count = engaged_view(store.engaged, requests[:, 0], requests[:, 1], config)
+    windows = _windows(first, count, *store.impressions.count_before(requests[:, 0], requests[:, 1]), config)
+    if values is None:  # merged records: this chunk's own engaged table
+        values = _content_tensors(engaged, store.impressions, device)
     content = examples.log.items.content_embedding[examples.item[lo:hi]]  # [B, C] float32
-    return _select_tokens(store.engaged, store.impressions, values, windows, content, candidate_request.reshape(-1),
+    return _select_tokens(engaged, store.impressions, values, windows, content, candidate_request.reshape(-1),
                           config, store.scale, kernel, device)
 
 

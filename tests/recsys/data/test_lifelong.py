@@ -60,6 +60,13 @@ def brute_force_s_all(log, user, time, candidate_item, config, scale=0.65):
     """S_all from the raw log, written from the definition with Python lists and sorts."""
     before = [i for i in np.flatnonzero(log.user_id == user) if log.timestamp[i] < time]
     engaged = [i for i in before if log.actions[i] != 0]
+    merged_actions = {e: int(log.actions[e]) for e in engaged}
+    if config.records == "merged":  # one record per item: its latest event, the OR of its actions so far
+        latest = {}
+        for e in engaged:
+            merged_actions[e] = int(log.actions[e]) | (merged_actions[latest[log.item_id[e]]] if log.item_id[e] in latest else 0)
+            latest[log.item_id[e]] = e
+        engaged = sorted(latest.values())
     shown = [i for i in before if log.impression[i] and log.actions[i] == 0]
     realtime = engaged[len(engaged) - min(len(engaged), config.realtime_max):]
     lifelong = engaged[: len(engaged) - len(realtime)][-config.lifelong_max:] if config.lifelong_max else []
@@ -85,7 +92,9 @@ def brute_force_s_all(log, user, time, candidate_item, config, scale=0.65):
              (realtime[len(realtime) - min(len(realtime), config.realtime_history):], SOURCE_REALTIME_HISTORY)]
     events = [e for part, _ in parts for e in part]
     sources = [source for part, source in parts for _ in part]
-    return events, sources
+    actions = [merged_actions.get(e, int(log.actions[e])) if s != SOURCE_IMPRESSION else 0
+               for e, s in zip(events, sources)]
+    return events, sources, actions
 
 
 def tokens_equal(a, b):
@@ -120,8 +129,9 @@ def test_count_before_matches_a_per_user_search(log, store):
         assert c == int((stream.timestamp < t).sum())
 
 
-@pytest.mark.parametrize("config", [SMALL, LifelongConfig(), dataclasses.replace(SMALL, selection="recent")],
-                         ids=["small", "paper", "most_recent"])
+@pytest.mark.parametrize("config", [SMALL, LifelongConfig(), dataclasses.replace(SMALL, selection="recent"),
+                                    dataclasses.replace(SMALL, records="events")],
+                         ids=["small", "paper", "most_recent", "per_event"])
 def test_served_s_all_matches_the_definition(log, store, config):
     heavy = int(np.argmax(np.bincount(log.user_id)))
     heavy_events = np.flatnonzero(log.user_id == heavy)
@@ -134,12 +144,12 @@ def test_served_s_all_matches_the_definition(log, store, config):
         served = serve_lifelong_tokens(store.user(user), time, log.items.content_embedding[items], config)
         offsets = served.offsets
         for b, item in enumerate(items):
-            events, sources = brute_force_s_all(log, user, time, item, config)
+            events, sources, actions = brute_force_s_all(log, user, time, item, config)
             lo, hi = offsets[b], offsets[b + 1]
             assert served.lengths[b] == len(events) <= config.sequence_length + config.realtime_history
             assert np.array_equal(served.item_id[lo:hi], log.item_id[events])
             assert np.array_equal(served.timestamp[lo:hi], log.timestamp[events])
-            assert np.array_equal(served.actions[lo:hi], log.actions[events])
+            assert np.array_equal(served.actions[lo:hi], actions)
             assert np.array_equal(served.source[lo:hi], sources)
             assert np.array_equal(served.engaged[lo:hi], np.array(sources) != SOURCE_IMPRESSION)
             assert (served.timestamp[lo:hi] < time).all()
@@ -296,3 +306,35 @@ def test_request_start_is_the_earliest_event_of_the_page(log):
     assert np.array_equal(request_start_times(no_ids, events), log.timestamp[events])
     with pytest.raises(DataError, match="events"):
         request_start_times(log, [len(log)])
+
+
+def test_merged_records_hold_each_item_once_with_its_actions_ored(log, store):
+    """TransAct V2's records: repeated engagements with one item are one token (not one per event)."""
+    heavy = int(np.argmax(np.bincount(log.user_id)))
+    time = int(log.timestamp[log.user_id == heavy].max()) + 1
+    history = store.user(heavy)
+    events = serve_lifelong_tokens(history, time, log.items.content_embedding[:1], dataclasses.replace(
+        LifelongConfig(), records="events"))
+    merged = serve_lifelong_tokens(history, time, log.items.content_embedding[:1])
+    engaged_events = events.item_id[events.source == SOURCE_LIFELONG]
+    engaged_merged = merged.item_id[merged.source == SOURCE_LIFELONG]
+    assert len(np.unique(engaged_events)) < len(engaged_events)  # per event: repeated items
+    assert len(np.unique(engaged_merged)) == len(engaged_merged)  # merged: each item once
+    own = np.flatnonzero((log.user_id == heavy) & (log.actions != 0))
+    engaged = merged.source != SOURCE_IMPRESSION
+    for item, actions, ts in zip(merged.item_id[engaged], merged.actions[engaged], merged.timestamp[engaged]):
+        of_item = own[log.item_id[own] == item]
+        assert actions == np.bitwise_or.reduce(log.actions[of_item]) and ts == log.timestamp[of_item].max()
+
+
+def test_record_counts_match_the_listed_records(log, store):
+    rng = np.random.default_rng(2)
+    users = rng.integers(0, log.num_users, 300)
+    times = rng.integers(int(log.timestamp.min()), int(log.timestamp.max()) + 2, 300)
+    rows, offsets, count = store.engaged.visible_before(users, times)
+    assert np.array_equal(store.engaged.count_records_before(users, times), count)
+    for j in range(0, 300, 37):
+        listed = rows[offsets[j]:offsets[j + 1]]
+        before = np.flatnonzero((log.user_id == users[j]) & (log.timestamp < times[j]) & (log.actions != 0))
+        assert len(listed) == len(np.unique(log.item_id[before]))
+        assert (store.engaged.timestamp[listed] < times[j]).all()
