@@ -13,6 +13,11 @@ of the :class:`~recsys.data.lifelong_store.LifelongStore` streams (each in time 
   ``lifelong_max`` (10^4) of them, so S_LL and S_RT never hold the same event;
 - S_imp: the last ``impression_max`` impressions the user did not act on.
 
+Engaged events are *records* (``records="merged"``, the paper's): the user's repeated engagements
+with one item as of t are one record, its actions OR-ed, its latest time
+(:meth:`~recsys.data.lifelong_store.EventStream.visible_before`); S_RT and S_LL count records.
+``records="events"`` keeps one token per engaged event (the ablation).
+
 Per candidate c, with NN(S, c) the k tokens of S nearest to c: the largest score of c against the
 dequantised, L2-normalised token content (:func:`recsys.ops.nn_select.nn_select`: ties to the
 more recent, kept in time order)::
