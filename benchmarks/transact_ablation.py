@@ -4,14 +4,17 @@
         [key=value ...]
     python benchmarks/transact_ablation.py --suite ml100k --seeds 0 1 2 --out runs/bench/transact_ml100k.json
 
-Rows (the TransAct V2 paper's ablation, plus the no-sequence and BST baselines): Pinnability without
-a sequence, BST, TransAct V1, V1 + next-action loss with in-batch negatives, V1 + next-action loss
-with impression negatives, TransAct V2. Each row takes its ``model`` section from its config in
-configs/transact/ and everything else (data, loss, optimiser, trainer) from the TransAct V2 config,
-so all rows train and test on the same lifelong batches (BST and V1 read their realtime part
-S_RT[:32]). A seed sets both the model seed and the synthetic world's seed; the rows of one seed
-share one data build (the store and S_all are built once, under ``<out folder>/lifelong-cache``,
-before the runs start). ``--suite ml100k`` is the real-data check: no sequence, BST and TransAct V1
+Rows (the TransAct V2 paper's ablation, plus the no-sequence and BST baselines), so that every effect
+separates: Pinnability without a sequence, BST, V1 (the 100 latest actions), V1 + next-action loss
+(NAL) with in-batch negatives, V1 + NAL with impression negatives, V2 without NAL, V2 + NAL in-batch,
+V2 + NAL impressions (the paper's V2), and V2 without NN selection (every part of S_all keeps its
+most recent tokens: ``data.lifelong.selection=recent``). Each row takes its ``model`` section from
+its config in configs/transact/ and everything else (data, loss, optimiser, trainer) from the
+TransAct V2 config, then its own overrides (:data:`ROWS`), so all rows train and test on the same
+rows of lifelong batches (BST and V1 read the stored realtime history, S_RT's latest 100 events).
+A seed sets both the model seed and the synthetic world's seed; the rows of one seed share its data
+builds (the store and S_all are built once per distinct data config, under
+``<out folder>/lifelong-cache``, before the runs start). ``--suite ml100k`` is the real-data check: no sequence, BST and TransAct V1
 on MovieLens 100K, every row with the data and training of configs/transact/transact_v1_ml100k.yaml.
 ``key=value`` overrides apply to every run (e.g. to shrink the data).
 
@@ -42,13 +45,17 @@ from recsys.atomic_files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = "configs/transact/transact_v2_synthetic.yaml"
-ROWS = (  # (row name, config whose model section the row trains)
+V2_CONFIG = "configs/transact/transact_v2_synthetic.yaml"
+ROWS = (  # (row name, config whose model section the row trains[, key=value overrides of the row])
     ("no sequence", "configs/transact/pinnability_synthetic.yaml"),
     ("BST", "configs/transact/bst_synthetic.yaml"),
-    ("TransAct V1", "configs/transact/transact_v1_synthetic.yaml"),
+    ("V1 (100)", "configs/transact/transact_v1_synthetic.yaml", ("model.transact_v1.max_sequence=100",)),
     ("V1 + NAL in-batch", "configs/transact/transact_v1_nal_inbatch_synthetic.yaml"),
     ("V1 + NAL impressions", "configs/transact/transact_v1_nal_impressions_synthetic.yaml"),
-    ("TransAct V2", "configs/transact/transact_v2_synthetic.yaml"),
+    ("V2 without NAL", V2_CONFIG, ("model.next_action_loss.enabled=false",)),
+    ("V2 + NAL in-batch", V2_CONFIG, ("model.next_action_loss.negatives=in_batch",)),
+    ("V2 + NAL impressions", V2_CONFIG),
+    ("V2 without NN selection", V2_CONFIG, ("data.lifelong.selection=recent",)),
 )
 # The real-data check: MovieLens has neither impressions nor lifelong histories beyond the ratings,
 # so only the rows without them.
@@ -58,6 +65,7 @@ ML100K_ROWS = (
     ("TransAct V1", "configs/transact/transact_v1_ml100k.yaml"),
 )
 SUITES = {  # suite -> (config giving data and training to every row, rows)
+    # (rows without overrides are 2-tuples; row_overrides gives every row's, () when it has none)
     "synthetic": (BASE_CONFIG, ROWS),
     "ml100k": ("configs/transact/transact_v1_ml100k.yaml", ML100K_ROWS),
 }
@@ -87,6 +95,11 @@ def mean_and_interval(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def row_overrides(row: tuple) -> list[str]:
+    """The row's own key=value overrides (after the base config and the row's model section)."""
+    return list(row[2]) if len(row) > 2 else []
+
+
 def row_config(name: str, config: str, folder: Path, base_config: str = BASE_CONFIG) -> Path:
     """A YAML with the row's ``model`` section and the base config's other sections, under ``folder``."""
     base = yaml.safe_load((ROOT / base_config).read_text())
@@ -107,7 +120,8 @@ def seed_overrides(seed: int, folder: Path) -> list[str]:
 
 
 def build_data(config: Path, seed: int, folder: Path, overrides: list[str]) -> float:
-    """Builds (or finds) the seed's store and S_all once, before its runs; returns the seconds taken."""
+    """Builds (or finds) the seed's store and S_all of one data config, before its runs; returns the
+    seconds taken (a cache hit takes little: rows of one data config share the build)."""
     from recsys.config import load_config
     from recsys.data.lifelong_pipeline import prepare_lifelong_data
     from recsys.data.pipeline import build_ranking_data, load_events
@@ -209,7 +223,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     args = parser.parse_args()
     base_config, suite_rows = SUITES[args.suite]
-    names = [name for name, _ in suite_rows]
+    names = [row[0] for row in suite_rows]
     args.rows = args.rows or names
     unknown = sorted(set(args.rows) - set(names))
     if unknown:
@@ -217,11 +231,16 @@ def main() -> None:
     out = Path(args.out).resolve()
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
-    configs = {name: row_config(name, config, folder, base_config) for name, config in suite_rows if name in args.rows}
-    build_seconds = {seed: build_data(configs[args.rows[0]], seed, folder, args.overrides) for seed in args.seeds}
+    chosen = [row for row in suite_rows if row[0] in args.rows]
+    configs = {row[0]: row_config(row[0], row[1], folder, base_config) for row in chosen}
+    extra = {row[0]: row_overrides(row) for row in chosen}
+    data_overrides = {tuple(o for o in extra[name] if o.startswith("data.")): name for name in reversed(configs)}
+    build_seconds = {seed: sum(build_data(configs[name], seed, folder, [*keys, *args.overrides])
+                               for keys, name in data_overrides.items()) for seed in args.seeds}
     jobs = [(name, config, seed) for seed in args.seeds for name, config in configs.items()]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, folder, args.overrides, args.resume, args.parallel), jobs))
+        runs = list(pool.map(lambda job: run_one(*job, folder, [*extra[job[0]], *args.overrides], args.resume,
+                                                 args.parallel), jobs))
     rows, paired = summarise(runs), summarise_paired(runs)
     for metric in METRICS:
         note = " (hide: lower is better)" if metric == "hit@3" else ""

@@ -5,19 +5,21 @@ for the semantics). One program handles up to ``BLOCK_N`` candidates of one sequ
 tile is loaded once (int8, never written back as float) for all of them: the request-level dedup
 of TransAct V2 serving, where the candidates of a request share the user's sequence.
 
-Dequantisation is fused into the scores: ``values`` and the candidate are int8 codes with one
-scale ``s``, so the dequantised dot product is ``(s / 127)^2 * (q_candidate . q_token)``; the
-kernel computes the integer dot product with ``tl.dot`` (int8 x int8 -> int32, exact) and never
-needs the factor, which does not change the order.
+Dequantisation and normalisation are fused into the scores: the score of a token is the
+candidate against the dequantised, L2-normalised token, ``(q_candidate . q_token) / ||q_token||``
+(the scale ``s / 127`` cancels). The kernel computes the integer dot product with ``tl.dot``
+(int8 x int8 -> int32, exact), converts it to float32 (exact) and multiplies it by the token's
+float32 inverse norm (one correctly rounded multiply: the same bits as the reference). The
+float's bits, negatives flipped, are an int32 key in score order.
 
-Top-k is fused too, by bisection on the exact integer score, per candidate, in three kinds of
+Top-k is fused too, by bisection on the int32 score key, per candidate, in three kinds of
 passes over the sequence (each pass recomputes the scores of a tile from its int8 codes, which
 stay in L2; nothing of size [B, L] is ever written):
 
 1. the minimum and maximum score, so ``lo = min - 1`` and ``hi = max + 1`` bracket the k-th;
 2. bisection: ``count(score >= mid)`` decides whether the k-th largest score lies at or above
    ``mid``; it ends with ``hi = lo + 1``, where ``lo`` is the k-th largest score (about
-   log2(max - min) passes, at most ~20 for C = 32);
+   log2(max - min) passes of the key, at most 32);
 3. selection: every token with ``score > lo``, plus the *most recent* ``need`` tokens with
    ``score == lo`` (the tie-break), written at their rank in time order (a running ``cumsum``).
 
@@ -44,6 +46,7 @@ import triton.language as tl
 
 from recsys.errors import ConfigError
 from recsys.ops.int8_quantization import DEFAULT_SCALE, quantize_int8
+from recsys.ops.nn_select_reference import token_inverse_norms
 
 INT32_MAX = tl.constexpr(2**31 - 1)  # a constexpr: @triton.jit code may read it
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -54,8 +57,9 @@ MAX_BLOCK_N = 64
 
 
 @triton.jit
-def _score_tile(values_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Scores ``[BLOCK_N, BLOCK_L]`` int32 of the candidates against tokens ``t0 ..`` and which are valid."""
+def _score_tile(values_ptr, inv_norms_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    """Score keys ``[BLOCK_N, BLOCK_L]`` int32 of the candidates against tokens ``t0 ..`` and which are valid."""
     pos = t0 + tl.arange(0, BLOCK_L)  # [BL]
     col = tl.arange(0, BLOCK_C)  # [BC]
     valid = pos < length
@@ -64,13 +68,16 @@ def _score_tile(values_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L: tl.
         mask=valid[:, None] & (col < dim)[None, :],
         other=0,
     )  # [BL, BC] int8
-    scores = tl.dot(cand, tl.trans(tokens), out_dtype=tl.int32)  # [BN, BL]
-    return scores, valid
+    dots = tl.dot(cand, tl.trans(tokens), out_dtype=tl.int32)  # [BN, BL] exact
+    inv_norm = tl.load(inv_norms_ptr + start + pos, mask=valid, other=0.0)  # [BL] float32
+    scores = dots.to(tl.float32) * inv_norm[None, :]  # [BN, BL] float32, one rounding
+    bits = scores.to(tl.int32, bitcast=True)
+    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF), valid  # ordered like the scores
 
 
 @triton.jit
 def _nn_select_kernel(
-    values_ptr, seq_starts_ptr, seq_lengths_ptr, codes_ptr, order_ptr,
+    values_ptr, inv_norms_ptr, seq_starts_ptr, seq_lengths_ptr, codes_ptr, order_ptr,
     block_seq_ptr, block_first_ptr, block_count_ptr, out_ptr,
     k, dim, stride_v, stride_c, segment_len, num_segments,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_KEYS: tl.constexpr,
@@ -100,21 +107,22 @@ def _nn_select_kernel(
     smin = tl.full([BLOCK_N], INT32_MAX, tl.int32)
     smax = tl.full([BLOCK_N], -INT32_MAX, tl.int32)
     for t0 in range(0, length, BLOCK_L):
-        scores, valid = _score_tile(values_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L, BLOCK_C)
+        scores, valid = _score_tile(values_ptr, inv_norms_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L, BLOCK_C)
         smin = tl.minimum(smin, tl.min(tl.where(valid[None, :], scores, INT32_MAX), axis=1))
         smax = tl.maximum(smax, tl.max(tl.where(valid[None, :], scores, -INT32_MAX), axis=1))
 
     # Pass 2: bisection. Invariant: count(score >= lo) = cnt_lo >= keep > count(score >= hi) = cnt_hi.
+    # lo, hi in int64: the key range spans most of int32, so hi - lo may not fit in it.
     search = (keep > 0) & (keep < length)  # else every token (or none) is kept: no search
-    lo = tl.where(keep > 0, smin - 1, INT32_MAX - 1)  # keep == 0: no score reaches lo, nothing is kept
-    hi = tl.where(search, smax + 1, lo + 1)
+    lo = tl.where(keep > 0, smin.to(tl.int64) - 1, INT32_MAX - 1)  # keep == 0: no key reaches lo, nothing is kept
+    hi = tl.where(search, smax.to(tl.int64) + 1, lo + 1)
     cnt_lo = tl.zeros([BLOCK_N], tl.int32) + length
     cnt_hi = tl.zeros([BLOCK_N], tl.int32)
     while tl.max(hi - lo, axis=0) > 1:
         mid = lo + (hi - lo) // 2
         at_least = tl.zeros([BLOCK_N], tl.int32)
         for t0 in range(0, length, BLOCK_L):
-            scores, valid = _score_tile(values_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L, BLOCK_C)
+            scores, valid = _score_tile(values_ptr, inv_norms_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L, BLOCK_C)
             at_least += tl.sum(((scores >= mid[:, None]) & valid[None, :]).to(tl.int32), axis=1)
         enough = at_least >= keep
         lo = tl.where(enough, mid, lo)
@@ -128,7 +136,7 @@ def _nn_select_kernel(
     ties_seen = tl.zeros([BLOCK_N], tl.int32)
     kept = tl.zeros([BLOCK_N], tl.int32)
     for t0 in range(0, length, BLOCK_L):
-        scores, valid = _score_tile(values_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L, BLOCK_C)
+        scores, valid = _score_tile(values_ptr, inv_norms_ptr, start, t0, length, stride_v, dim, cand, BLOCK_L, BLOCK_C)
         above = (scores > lo[:, None]) & valid[None, :]
         tie = ((scores == lo[:, None]) & valid[None, :]).to(tl.int32)
         tie_rank = ties_seen[:, None] + tl.cumsum(tie, axis=1) - 1
@@ -156,14 +164,16 @@ def nn_select_triton(
     k: int,
     *,
     scale: float = DEFAULT_SCALE,
+    inverse_norms: torch.Tensor | None = None,
     segment_len: int | None = None,
 ) -> torch.Tensor:
-    """Top-``k`` tokens of each candidate's sequence by int8 dot product, in time order.
+    """Top-``k`` tokens of each candidate's sequence by normalised score, in time order.
 
     Args and result as :func:`recsys.ops.nn_select_reference.nn_select_reference`; inputs are
     checked by :func:`recsys.ops.nn_select.nn_select`.
 
     Args:
+        inverse_norms: ``[T]`` float32 token inverse norms (computed when None).
         segment_len: tokens per program (a multiple of ``BLOCK_L``); default: the whole sequence,
             or shorter segments when the candidate blocks alone cannot fill the GPU.
 
@@ -172,6 +182,7 @@ def nn_select_triton(
     """
     codes = (candidates if candidates.dtype == torch.int8 else quantize_int8(candidates, scale)).contiguous()
     values = values.contiguous()
+    inverse_norms = (token_inverse_norms(values) if inverse_norms is None else inverse_norms).contiguous()
     num_candidates = codes.size(0)
     out = torch.full((num_candidates, k), -1, dtype=torch.int64, device=values.device)
     if k == 0 or num_candidates == 0:
@@ -188,7 +199,7 @@ def nn_select_triton(
     if write_keys:
         keys = torch.full((num_candidates, num_segments, k), INT64_MIN, dtype=torch.int64, device=values.device)
     _nn_select_kernel[(block_seq.numel(), num_segments)](
-        values, seq_starts.to(torch.int64).contiguous(), seq_lengths, codes, order,
+        values, inverse_norms, seq_starts.to(torch.int64).contiguous(), seq_lengths, codes, order,
         block_seq, block_first, block_count, keys if write_keys else out,
         k, values.size(1), values.stride(0), codes.stride(0), segment_len, num_segments,
         BLOCK_N=block_n, BLOCK_L=BLOCK_L, BLOCK_C=max(32, triton.next_power_of_2(values.size(1))),

@@ -1,6 +1,6 @@
 """TransAct V2's selected sequence S_all: built per request, stored per training row, collated.
 
-For a request (user, time t, candidates), the user's sequences as of strictly before t are windows
+For a request (user, start time t, candidates), the user's sequences as of strictly before t are windows
 of the :class:`~recsys.data.lifelong_store.LifelongStore` streams (each in time order)::
 
     engaged events before t:   [ ........ S_LL (<= 10^4) ........ | .... S_RT (last 100) .... ]
@@ -13,8 +13,14 @@ of the :class:`~recsys.data.lifelong_store.LifelongStore` streams (each in time 
   ``lifelong_max`` (10^4) of them, so S_LL and S_RT never hold the same event;
 - S_imp: the last ``impression_max`` impressions the user did not act on.
 
-Per candidate c, with NN(S, c) the k tokens of S nearest to c by int8 content dot product
-(:func:`recsys.ops.nn_select.nn_select`: ties to the more recent, kept in time order)::
+Engaged events are *records* (``records="merged"``, the paper's): the user's repeated engagements
+with one item as of t are one record, its actions OR-ed, its latest time
+(:meth:`~recsys.data.lifelong_store.EventStream.visible_before`); S_RT and S_LL count records.
+``records="events"`` keeps one token per engaged event (the ablation).
+
+Per candidate c, with NN(S, c) the k tokens of S nearest to c: the largest score of c against the
+dequantised, L2-normalised token content (:func:`recsys.ops.nn_select.nn_select`: ties to the
+more recent, kept in time order)::
 
     S_all = NN(S_LL, c) ++ S_RT[:r] ++ NN(S_RT[r:], c) ++ NN(S_imp, c)
             lifelong_k     realtime_recent  realtime_k      impression_k      (96 + 32 + 32 + 32 = 192)
@@ -27,9 +33,14 @@ to the lifelong part, the rest shared by the realtime and impression parts.
 Every S_all token carries its item id, action bits, surface, timestamp, int8 content (as stored),
 its source part (``SOURCE_*``) and whether it is engaged (``actions != 0``: every part but S_imp).
 
+After S_all, a row also stores S_RT's most recent ``realtime_history`` events (100: TransAct V1
+reads the 100 most recent realtime actions), in time order, with source ``SOURCE_REALTIME_HISTORY``:
+not part of S_all (TransAct V2 drops them), the plain realtime history of V1 and BST.
+
 Training: :func:`build_lifelong_sequences` computes S_all for every row of a
-:class:`~recsys.data.examples.RankingExamples` in chunks (rows of one user and time form one
-request: the sequence is searched once for all its candidates) and writes it to a directory of
+:class:`~recsys.data.examples.RankingExamples` in chunks (t is the start of the row's request, the
+earliest timestamp of its page: :mod:`recsys.data.request_time`; rows of one user and request start
+form one request: the sequence is searched once for all its candidates) and writes it to a directory of
 memory-mapped ``.npy`` files, O(192) values per row, renamed into place when complete.
 :class:`LifelongSequences` reads rows back; :func:`collate_lifelong` makes RankingBatches.
 Serving: :func:`serve_lifelong_tokens` computes S_all on the fly from one user's full sequences.
@@ -45,6 +56,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -54,15 +66,21 @@ from recsys.data.collate import kjt_from_jagged
 from recsys.data.examples import RankingExamples
 from recsys.data.directory_io import atomic_directory, load_array, read_meta, write_meta
 from recsys.data.lifelong_store import EventStream, LifelongStore, UserHistory
+from recsys.data.request_time import request_start_times
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import dequantize_int8
 from recsys.ops.nn_select import nn_select
+from recsys.ops.nn_select_reference import token_inverse_norms
 
 FORMAT_NAME = "recsys-lifelong-sequences"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sequences end before the request's start (1: before the row's own event)
 SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION = 0, 1, 2, 3
-SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression")
+SOURCE_REALTIME_HISTORY = 4  # not part of S_all: the plain realtime history of TransAct V1 and BST
+SOURCE_NAMES = ("lifelong", "realtime_recent", "realtime_nn", "impression", "realtime_history")
+S_ALL_SOURCES = (SOURCE_LIFELONG, SOURCE_REALTIME_RECENT, SOURCE_REALTIME_NN, SOURCE_IMPRESSION)
 SEQUENCE_KEYS = ("seq_item_id", "seq_actions", "seq_surface", "seq_timestamp", "seq_source")
+SELECTIONS = ("nn", "recent")
+RECORDS = ("merged", "events")
 TOKEN_COLUMNS = ("item_id", "actions", "surface", "timestamp", "source", "content")
 
 
@@ -78,6 +96,17 @@ class LifelongConfig:
         realtime_recent: r, the most recent realtime events always kept (S_RT[:r]).
         realtime_k: tokens of NN(S_RT[r:], c).
         impression_k: tokens of NN(S_imp, c).
+        realtime_history: also store S_RT's most recent this many events (in time order, source
+            ``SOURCE_REALTIME_HISTORY``, after S_all's tokens): the realtime history that TransAct
+            V1 (the paper's 100 actions) and BST read from a lifelong batch. Not part of S_all;
+            0 stores none (they then read S_RT[:r]). S_RT holds at most ``realtime_max`` events, so
+            no more than that are stored.
+        records: "merged" (the paper: repeated engagements with one item are one record, its action
+            bits OR-ed, its latest time; as of the request, :meth:`EventStream.visible_before`) or
+            "events" (one token per engaged event: the ablation). Impressions are never merged.
+        selection: "nn" (the paper: each NN part keeps its k tokens nearest to the candidate) or
+            "recent" (the ablation without NN selection: each part keeps its k most recent tokens,
+            whatever the candidate).
     """
 
     lifelong_max: int = 10_000
@@ -87,9 +116,18 @@ class LifelongConfig:
     realtime_recent: int = 32
     realtime_k: int = 32
     impression_k: int = 32
+    realtime_history: int = 100
+    selection: Literal["nn", "recent"] = "nn"
+    records: Literal["merged", "events"] = "merged"
 
     def __post_init__(self) -> None:
+        if self.records not in RECORDS:
+            raise ConfigError(f"LifelongConfig.records={self.records!r} must be one of {list(RECORDS)}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"LifelongConfig.selection={self.selection!r} must be one of {list(SELECTIONS)}")
         for f in dataclasses.fields(LifelongConfig):  # these fields only (subclasses add others)
+            if f.name in ("selection", "records"):
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ConfigError(f"LifelongConfig.{f.name}={value!r} must be an integer >= 0")
@@ -101,7 +139,7 @@ class LifelongConfig:
 
     @property
     def sequence_length(self) -> int:
-        """The most tokens S_all can hold (192 by default)."""
+        """The most tokens S_all can hold (192 by default; a row stores ``realtime_history`` more)."""
         return self.lifelong_k + self.realtime_recent + self.realtime_k + self.impression_k
 
 
@@ -110,7 +148,7 @@ class LifelongTokens:
     """S_all of B rows, jagged: row b's tokens are ``offsets[b] : offsets[b + 1]`` of each column.
 
     Args:
-        lengths: ``[B]`` int64 tokens per row (at most ``LifelongConfig.sequence_length``).
+        lengths: ``[B]`` int64 tokens per row (at most ``sequence_length + realtime_history``).
         item_id: ``[V]`` int64.
         actions: ``[V]`` int32 action bit mask.
         surface: ``[V]`` int64.
@@ -173,17 +211,18 @@ def _windows(engaged_first, engaged_count, impression_first, impression_count, c
 
 
 def _expected_lengths(w: _Windows, config: LifelongConfig) -> np.ndarray:
-    """``[n]`` |S_all| per request: min(k, length) of every part."""
+    """``[n]`` stored tokens per request: min(k, length) of every part of S_all, and the realtime history."""
     recent = np.minimum(w.realtime_len, config.realtime_recent)
     return (np.minimum(w.lifelong_len, config.lifelong_k) + recent
             + np.minimum(w.realtime_len - recent, config.realtime_k)
-            + np.minimum(w.impression_len, config.impression_k))
+            + np.minimum(w.impression_len, config.impression_k)
+            + np.minimum(w.realtime_len, config.realtime_history))
 
 
 def _select_tokens(
     engaged: EventStream,
     impressions: EventStream,
-    values: tuple[torch.Tensor, torch.Tensor],
+    values: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     windows: _Windows,
     candidates: np.ndarray,
     candidate_request: np.ndarray,
@@ -196,7 +235,7 @@ def _select_tokens(
 
     Args:
         engaged / impressions: the streams the windows point into.
-        values: their ``content`` as tensors on the device (:func:`_content_tensors`).
+        values: per stream its ``content`` on the device and its token inverse norms (:func:`_content_tensors`).
         windows: per request windows (``[n]`` each).
         candidates: ``[B, C]`` float32 candidate content embeddings.
         candidate_request: ``[B]`` int64 request of each candidate.
@@ -208,21 +247,29 @@ def _select_tokens(
     cand = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)).to(device)
     request = torch.from_numpy(candidate_request).to(device)
 
-    def nearest(values, start, length, k):  # [B, k] stream rows, -1 where none
+    def nearest(table, start, length, k):  # [B, k] stream rows, -1 where none
+        if config.selection == "recent":  # the ablation without NN selection: the k latest rows
+            return latest_of(start, length, k)
+        values, inverse_norms = table
         picked = nn_select(values, _tensor(start, device), _tensor(length, device), cand, request, k,
-                           scale=scale, kernel=kernel).cpu().numpy()
+                           scale=scale, kernel=kernel, inverse_norms=inverse_norms).cpu().numpy()
         return np.where(picked >= 0, start[candidate_request][:, None] + picked, -1)
 
-    recent_start = w.realtime_start + older_len  # S_RT[:r]: the last recent_len rows of S_RT
-    slots = np.arange(config.realtime_recent)
-    recent_rows = recent_start[candidate_request][:, None] + slots  # [B, r]
-    recent = np.where(slots < recent_len[candidate_request][:, None], recent_rows, -1)
+    def latest_of(start, length, width):  # [B, width] the last min(width, length) rows of a window, -1 padded
+        count = np.minimum(length, width)
+        slots = np.arange(width)
+        rows = (start + length - count)[candidate_request][:, None] + slots
+        return np.where(slots < count[candidate_request][:, None], rows, -1)
+
+    recent = latest_of(w.realtime_start, w.realtime_len, config.realtime_recent)  # S_RT[:r]
     parts = [  # (stream rows [B, k_part], from the impression stream?, source)
         (nearest(engaged_values, w.lifelong_start, w.lifelong_len, config.lifelong_k), False, SOURCE_LIFELONG),
         (recent, False, SOURCE_REALTIME_RECENT),
         (nearest(engaged_values, w.realtime_start, older_len, config.realtime_k), False, SOURCE_REALTIME_NN),
         (nearest(impression_values, w.impression_start, w.impression_len, config.impression_k), True,
          SOURCE_IMPRESSION),
+        (latest_of(w.realtime_start, w.realtime_len, min(config.realtime_history, config.realtime_max)), False,
+         SOURCE_REALTIME_HISTORY),
     ]
     rows = np.concatenate([p[0] for p in parts], axis=1)  # [B, S]
     from_impressions = np.concatenate([np.full(p[0].shape, p[1]) for p in parts], axis=1)  # [B, S]
@@ -243,12 +290,14 @@ def _gather_tokens(engaged, impressions, rows, from_impressions, source, lengths
     return LifelongTokens(lengths=lengths.astype(np.int64), source=source, scale=scale, **columns)
 
 
-def _content_tensors(engaged: EventStream, impressions: EventStream, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both streams' ``[E, C]`` int8 content as tensors on ``device`` (copied when read-only)."""
+def _content_tensors(engaged: EventStream, impressions: EventStream, device: str):
+    """Both streams' ``[E, C]`` int8 content as tensors on ``device`` (copied when read-only), each
+    with its ``[E]`` float32 token inverse norms (computed once for every selection)."""
 
-    def tensor(content: np.ndarray) -> torch.Tensor:
+    def tensor(content: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         array = np.ascontiguousarray(content)
-        return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+        values = torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
+        return values, token_inverse_norms(values)
 
     return tensor(engaged.content), tensor(impressions.content)
 
@@ -279,13 +328,29 @@ def serve_lifelong_tokens(
         :class:`LifelongTokens` with one row per candidate, in the given order.
     """
     candidates = _as_candidates(candidate_content, history.engaged.content.shape[1])
-    engaged_count = np.searchsorted(history.engaged.timestamp, request_time, side="left")
-    impression_count = np.searchsorted(history.impressions.timestamp, request_time, side="left")
-    zero = np.zeros(1, dtype=np.int64)
-    windows = _windows(zero, np.array([engaged_count]), zero, np.array([impression_count]), config)
-    values = _content_tensors(history.engaged, history.impressions, device)
-    return _select_tokens(history.engaged, history.impressions, values, windows, candidates,
+    user, time = np.zeros(1, dtype=np.int64), np.array([request_time], dtype=np.int64)
+    engaged, engaged_first, engaged_count = engaged_view(history.engaged, user, time, config)
+    windows = _windows(engaged_first, engaged_count, *history.impressions.count_before(user, time), config)
+    values = _content_tensors(engaged, history.impressions, device)
+    return _select_tokens(engaged, history.impressions, values, windows, candidates,
                           np.zeros(len(candidates), dtype=np.int64), config, history.scale, kernel, device)
+
+
+def engaged_view(stream: EventStream, users: np.ndarray, times: np.ndarray,
+                 config: LifelongConfig) -> tuple[EventStream, np.ndarray, np.ndarray]:
+    """The engaged events each query ``(users [n], times [n])`` reads: ``(stream, first [n], count [n])``.
+
+    ``records == "events"``: the store's stream, each query's rows before its time. ``"merged"``: a
+    new stream holding, per query, its merged records (per item the latest row before the time,
+    with the OR of the item's actions so far: :meth:`EventStream.visible_before`), in time order.
+    """
+    if config.records == "events":
+        return (stream, *stream.count_before(users, times))
+    rows, offsets, count = stream.visible_before(users, times)
+    merged = EventStream(user_offsets=offsets, item_id=stream.item_id[rows], actions=stream.merged_actions[rows],
+                         surface=stream.surface[rows], timestamp=stream.timestamp[rows], content=stream.content[rows],
+                         merged_actions=stream.merged_actions[rows], next_time=stream.next_time[rows])
+    return merged, offsets[:-1], count
 
 
 def _as_candidates(content, dim: int) -> np.ndarray:
@@ -310,8 +375,10 @@ def build_lifelong_sequences(
 ) -> "LifelongSequences":
     """Computes S_all of every row of ``examples`` and writes it to the directory ``path``.
 
-    A row's request is (its user, its time = the target event's timestamp); rows of one request in a
-    chunk share one search of the sequences. The files are written into a staging directory and
+    A row's request is (its user, the start of its request: the earliest timestamp of the request's
+    events, :func:`recsys.data.request_time.request_start_times`), so no row sees an outcome of its
+    own page (an earlier slot of the same request); rows of one request in a chunk share one search
+    of the sequences. The files are written into a staging directory and
     renamed to ``path`` when complete.
 
     Args:
@@ -330,14 +397,14 @@ def build_lifelong_sequences(
     log = examples.log
     _check_store_matches(store, log)
     users = log.user_id[examples.event]  # [R]
-    times = log.timestamp[examples.event]  # [R]
+    times = request_start_times(log, examples.event)  # [R] sequences end strictly before the request starts
     lengths = _expected_lengths(_request_windows(store, users, times, config), config)  # [R]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [R + 1]
     num_tokens, dim = int(offsets[-1]), store.content_dim
     with atomic_directory(path, overwrite) as staging:
         np.save(staging / "offsets.npy", offsets)
         columns = _open_columns(staging, num_tokens, dim)
-        values = _content_tensors(store.engaged, store.impressions, device)
+        values = _content_tensors(store.engaged, store.impressions, device) if config.records == "events" else None
         for lo in range(0, len(examples), chunk_rows):
             hi = min(lo + chunk_rows, len(examples))
             tokens = _chunk_tokens(examples, store, values, users[lo:hi], times[lo:hi], lo, hi, config, kernel, device)
@@ -354,15 +421,22 @@ def build_lifelong_sequences(
 
 
 def _request_windows(store: LifelongStore, users: np.ndarray, times: np.ndarray, config: LifelongConfig) -> _Windows:
-    return _windows(*store.engaged.count_before(users, times), *store.impressions.count_before(users, times), config)
+    """The windows' lengths per query (the first rows are meaningful for ``records == "events"`` only)."""
+    first, count = store.engaged.count_before(users, times)
+    if config.records == "merged":
+        count = store.engaged.count_records_before(users, times)
+    return _windows(first, count, *store.impressions.count_before(users, times), config)
 
 
 def _chunk_tokens(examples, store, values, users, times, lo, hi, config, kernel, device) -> LifelongTokens:
     """S_all of rows ``lo:hi``: rows with the same (user, time) are one request."""
     requests, candidate_request = np.unique(np.stack([users, times], axis=1), axis=0, return_inverse=True)
-    windows = _request_windows(store, requests[:, 0], requests[:, 1], config)
+    engaged, first, count = engaged_view(store.engaged, requests[:, 0], requests[:, 1], config)
+    windows = _windows(first, count, *store.impressions.count_before(requests[:, 0], requests[:, 1]), config)
+    if values is None:  # merged records: this chunk's own engaged table
+        values = _content_tensors(engaged, store.impressions, device)
     content = examples.log.items.content_embedding[examples.item[lo:hi]]  # [B, C] float32
-    return _select_tokens(store.engaged, store.impressions, values, windows, content, candidate_request.reshape(-1),
+    return _select_tokens(engaged, store.impressions, values, windows, content, candidate_request.reshape(-1),
                           config, store.scale, kernel, device)
 
 

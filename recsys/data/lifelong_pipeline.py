@@ -170,6 +170,8 @@ def cache_key(log: EventLog, config: LifelongConfig, scale: float) -> str:
         digest.update(np.ascontiguousarray(array).tobytes())
     if log.items is not None:
         digest.update(np.ascontiguousarray(log.items.content_embedding).tobytes())
+    if log.request_id is not None:  # request starts bound every sequence
+        digest.update(np.ascontiguousarray(log.request_id).tobytes())
     digest.update(json.dumps({"config": dataclasses.asdict(config), "scale": scale}, sort_keys=True).encode())
     return digest.hexdigest()[:20]
 

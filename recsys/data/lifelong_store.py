@@ -14,7 +14,15 @@ Each stream is a jagged table over users, in time order within a user, stored on
     surface       [E]       int64
     timestamp     [E]       int64 seconds
     content       [E, C]    int8, quantize_int8(item content embedding, scale)
+    merged_actions [E]      int32: OR of the actions of the user's events with this item up to this one
+    next_time     [E]       int64: time of the user's next event with this item (INT64_MAX: none)
 
+TransAct V2 stores repeated interactions with one item as one *record*: the action bits of all
+of them OR-ed, the latest time. As of a request time t, the user's record of item i is its
+latest event before t, with ``merged_actions``: the rows with ``timestamp < t <= next_time``
+(exactly one per item the user engaged with before t; :meth:`EventStream.visible_before`).
+So merging needs no second copy of the stream and never lets a record show an event at or after
+t (a store-level merge over the whole log would).
 The history of a user as of time t is a prefix of each stream (events with ``timestamp < t``), so
 both training (many rows at once, :meth:`EventStream.count_before`) and serving (one user,
 :meth:`LifelongStore.user`) select from the same rows without copying them.
@@ -38,7 +46,7 @@ from recsys.errors import DataError
 from recsys.ops.int8_quantization import DEFAULT_SCALE, check_scale, quantize_int8
 
 FORMAT_NAME = "recsys-lifelong-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: merged_actions and next_time (TransAct V2's merged records)
 STREAMS = ("engaged", "impressions")
 
 
@@ -53,6 +61,8 @@ class EventStream:
         surface: ``[E]`` int64.
         timestamp: ``[E]`` int64 seconds, non-decreasing within a user.
         content: ``[E, C]`` int8 quantised content embeddings.
+        merged_actions: ``[E]`` int32 OR of ``actions`` over the user's rows of this item up to this one.
+        next_time: ``[E]`` int64 time of the user's next row of this item (INT64_MAX when none).
     """
 
     user_offsets: np.ndarray
@@ -61,6 +71,8 @@ class EventStream:
     surface: np.ndarray
     timestamp: np.ndarray
     content: np.ndarray
+    merged_actions: np.ndarray
+    next_time: np.ndarray
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
@@ -90,6 +102,49 @@ class EventStream:
         keys = self._user_time_keys()
         queries = users * span + np.clip(times - origin, 0, span - 1)
         return first, np.searchsorted(keys, queries, side="left") - first
+
+    def visible_before(self, users: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The merged records as of each query: per (user, item) the latest row before the time.
+
+        Args:
+            users / times: ``[n]`` int64 queries.
+
+        Returns:
+            ``(rows [M], offsets [n + 1], count [n])``: query j's records are stream rows
+            ``rows[offsets[j] : offsets[j + 1]]`` (time order), ``count[j]`` of them.
+        """
+        first, count = self.count_before(users, times)
+        query = np.repeat(np.arange(len(first)), count)  # [sum(count)]
+        rows = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+        visible = self.next_time[rows] >= np.asarray(times, dtype=np.int64)[query]
+        rows = rows[visible]
+        kept = np.bincount(query[visible], minlength=len(first)).astype(np.int64)
+        return rows, np.concatenate([[0], np.cumsum(kept)]).astype(np.int64), kept
+
+    def count_records_before(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """``[n]`` int64 merged records per query (distinct items before the time): the rows before
+        it less those superseded before it (``next_time < time``), without listing them."""
+        users = np.asarray(users, dtype=np.int64)
+        times = np.asarray(times, dtype=np.int64)
+        first, count = self.count_before(users, times)
+        if len(self) == 0:
+            return count
+        origin, span = self._time_range()
+        keys = self._user_next_time_keys()
+        queries = users * span + np.clip(times - origin, 0, span - 1)
+        return count - (np.searchsorted(keys, queries, side="left") - first)
+
+    def _user_next_time_keys(self) -> np.ndarray:
+        """``[E]`` int64 sorted ``user * span + clip(next_time - origin)`` (each user's next times, sorted)."""
+        cached = getattr(self, "_next_keys", None)
+        if cached is not None:
+            return cached
+        origin, span = self._time_range()
+        user = np.repeat(np.arange(self.num_users, dtype=np.int64), np.diff(self.user_offsets))
+        self._user_time_keys()  # checks the key range
+        next_time = np.minimum(self.next_time, origin + span - 1)  # INT64_MAX (never superseded) -> the last key
+        self._next_keys = np.sort(user * span + (next_time - origin))
+        return self._next_keys
 
     def user(self, user: int) -> "EventStream":
         """User ``user``'s rows as a one-user stream (views, no copy)."""
@@ -132,7 +187,7 @@ class EventStream:
         return self._keys
 
 
-_COLUMNS = ("item_id", "actions", "surface", "timestamp", "content")
+_COLUMNS = ("item_id", "actions", "surface", "timestamp", "content", "merged_actions", "next_time")
 
 
 @dataclass
@@ -240,6 +295,8 @@ class LifelongStore:
 
 def _stream(log: EventLog, mask: np.ndarray, codes: np.ndarray) -> EventStream:
     counts = np.bincount(log.user_id[mask], minlength=log.num_users)
+    merged_actions, next_time = _merge_repeats(log.user_id[mask], log.item_id[mask], log.timestamp[mask],
+                                               log.actions[mask])
     return EventStream(
         user_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         item_id=log.item_id[mask],
@@ -247,4 +304,34 @@ def _stream(log: EventLog, mask: np.ndarray, codes: np.ndarray) -> EventStream:
         surface=log.surface[mask],
         timestamp=log.timestamp[mask],
         content=codes[log.item_id[mask]],
+        merged_actions=merged_actions,
+        next_time=next_time,
     )
+
+
+def _merge_repeats(user, item, timestamp, actions) -> tuple[np.ndarray, np.ndarray]:
+    """``[E]`` cumulative OR of the actions of each (user, item) in stream order, and ``[E]`` the
+    time of the next row of the same (user, item) (INT64_MAX for its last row)."""
+    order = np.lexsort((np.arange(len(item)), item, user))  # rows of one (user, item) together, in stream order
+    u, i = user[order], item[order]
+    start = np.ones(len(order), dtype=bool)
+    start[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])  # [E] first row of its (user, item) group
+    group = np.cumsum(start) - 1
+    merged = np.zeros(len(order), dtype=np.int32)
+    bits = actions[order].astype(np.int64)
+    for b in range(31):  # OR within each group up to the row: a running max of every bit
+        bit = (bits >> b) & 1
+        if bit.any():
+            merged |= (_group_cummax(bit, group) << b).astype(np.int32)
+    following = np.full(len(order), np.iinfo(np.int64).max, dtype=np.int64)
+    same = ~start[1:]  # row k + 1 continues row k's group
+    following[:-1][same] = timestamp[order][1:][same]
+    out_merged, out_next = np.empty_like(merged), np.empty_like(following)
+    out_merged[order], out_next[order] = merged, following
+    return out_merged, out_next
+
+
+def _group_cummax(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Running maximum of 0/1 ``values`` restarting at every group (groups consecutive, increasing)."""
+    offset = group * 2  # larger for every later group: the global running max never crosses a group
+    return np.maximum.accumulate(values + offset) - offset

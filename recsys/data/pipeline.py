@@ -18,6 +18,7 @@ import numpy as np
 from recsys.data.examples import RankingExamples
 from recsys.data.features import FeatureSpec
 from recsys.data.schema import EventLog
+from recsys.data.user_weights import user_weights as compute_user_weights
 from recsys.data.splits import Split, leave_one_out, time_split
 from recsys.errors import ConfigError, DataError
 
@@ -94,7 +95,9 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
     Args:
         data_cfg: the data section of the run's config.
         seed: seeds negative sampling (train, valid and test use seed, seed+1, seed+2).
-        user_weights: ``[num_users]`` per-user loss weights, or None for ones.
+        user_weights: ``[num_users]`` per-user loss weights; None = ``data_cfg.user_weights``
+            (:mod:`recsys.data.user_weights`, activity counted on the training events), or ones
+            when the config has no such section.
         log: an already loaded log (skips :func:`load_events`).
         event_probabilities: ``[N, A]`` exact action probabilities of ``log``'s events (synthetic).
     """
@@ -103,6 +106,8 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
         raise DataError(f"event_probabilities must have shape [{len(log)}, {log.num_actions}] (events x actions of "
                         f"the log), got {event_probabilities.shape}; pass the probabilities generated with this log")
     split = split_events(log, data_cfg)
+    if user_weights is None and getattr(data_cfg, "user_weights", None) is not None:
+        user_weights = compute_user_weights(log, data_cfg.user_weights, events=split.train)
     spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history, max_sequence=data_cfg.max_sequence)
     train_targets = split.train
     if data_cfg.train_rows == "engaged":

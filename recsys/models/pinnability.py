@@ -23,16 +23,20 @@ the weighted cross-entropy) whose crossing input also holds the output of a sequ
 
 ``next_action_loss`` (:mod:`recsys.modules.next_action_loss`) adds TransAct V2's auxiliary loss
 to the TransAct encoders: the encoder output at each realtime action predicts the content of the
-next one. The model then holds ``auxiliary_loss`` after every forward, and
+next one when that is a positive engagement (``next_action_loss.negative_actions``: not a hide);
+impression negatives are the query's own user's S_imp tokens. The model then holds ``auxiliary_loss`` after every forward, and
 :class:`~recsys.models.task.RankingTask` trains on ``L_CE + weight * auxiliary_loss``. With
 TransAct V1 it needs ``transact_v1.causal`` (the output at an action must not have read the next
 action). Negatives "in_batch" work on any batch; "impressions" read the impression tokens of
 lifelong batches.
 
-Lifelong batches carry S_all (``seq_source`` tells each token's part) instead of the plain
-realtime history. BST and TransAct V1 then read its realtime-recent part ``S_RT[:r]``, the ``r``
-latest engaged events in time order: the history they read from plain batches with
-``data.max_sequence = r``. So every encoder can be compared on the same lifelong batches.
+Lifelong batches carry S_all (``seq_source`` tells each token's part) and, after it, the stored
+realtime history (``SOURCE_REALTIME_HISTORY``: S_RT's latest ``data.lifelong.realtime_history``
+events, 100 by default) instead of the plain realtime history. BST and TransAct V1 read that
+history (the latest ``max_sequence`` of it: V1 reads 100 actions by default, as the paper), or
+S_RT[:r] when the batch stores none: the history they read from plain batches with the same
+``data.max_sequence``. TransAct V2 reads S_all only. So every encoder can be compared on the same
+lifelong batches.
 
 The encoders read ``RankingBatch.sequence_features`` (``seq_item_id``, ``seq_actions``,
 ``seq_timestamp``; each row oldest first, at most ``data.max_sequence`` events),
@@ -57,7 +61,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
-from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_REALTIME_RECENT
+from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_REALTIME_HISTORY, SOURCE_REALTIME_RECENT
 from recsys.errors import ConfigError, DataError
 from recsys.models.dlrm import DLRM, DLRMConfig
 from recsys.modules.bst import DEFAULT_MAX_SEQUENCE as BST_DEFAULT_MAX_SEQUENCE
@@ -67,6 +71,7 @@ from recsys.modules.next_action_loss import (
     NextActionLossConfig,
     jagged_next_pairs,
     next_token_pairs,
+    positive_engagement,
 )
 from recsys.modules.transact_v1 import PAPER_MAX_SEQUENCE, TransActV1, TransActV1Config
 from recsys.modules.transact_v2 import TransActV2, TransActV2Config
@@ -239,6 +244,7 @@ class TransActV1Arch(nn.Module):
         self.encoder = TransActV1(spec.num_actions, spec.content_dim, config, device=_dense_device(device))
         self.output_dim = self.encoder.output_dim
         self.next_action_loss = _next_action_loss(self.encoder.model_dim, spec, next_action_loss, device)
+        self._positive = _positive_engagement(spec, next_action_loss)
         self.auxiliary_loss: torch.Tensor | None = None
 
     def forward(self, batch: RankingBatch) -> torch.Tensor:
@@ -254,9 +260,13 @@ class TransActV1Arch(nn.Module):
         if self.next_action_loss is not None:
             rows, query, following = next_token_pairs(~encoding.hidden, newest_first=True)
             target = encoding.index[rows, following]  # [N] the next action of each query, among the history's
+            positive = self._positive(history.actions[target])  # [N] the next action is a positive engagement
+            rows, query, target = rows[positive], query[positive], target[positive]
+            negative_content, negative_ids, negative_users = impression_negatives(batch, self.next_action_loss.config.negatives)
             self.auxiliary_loss = self.next_action_loss(
                 encoding.outputs[rows, query], history.content[target], history.item_id[target],
-                *impression_negatives(batch, self.next_action_loss.config.negatives),
+                negative_content, negative_ids, query_users=_users_if(negative_users, batch.user_id[rows]),
+                negative_users=negative_users,
             )
         return encoding.features  # [B, (K + 1) * D]
 
@@ -282,9 +292,12 @@ class TransActV2Arch(nn.Module):
                                   device=_dense_device(device))
         self.output_dim = self.encoder.output_dim
         self.next_action_loss = _next_action_loss(config.model_dim, spec, next_action_loss, device)
+        self._positive = _positive_engagement(spec, next_action_loss)
         self.auxiliary_loss: torch.Tensor | None = None
 
     def forward(self, batch: RankingBatch) -> torch.Tensor:
+        lifelong_features(batch, "transact_v2")  # checked before the realtime history is dropped
+        batch = s_all_batch(batch)
         features = lifelong_features(batch, "transact_v2")
         lengths = features["seq_actions"].lengths()
         encoding = self.encoder.encode(
@@ -294,11 +307,27 @@ class TransActV2Arch(nn.Module):
         if self.next_action_loss is not None:
             recent = features[SOURCE_KEY].values() == SOURCE_REALTIME_RECENT  # [V]
             query, following = jagged_next_pairs(recent, lengths)  # [N], [N]
+            positive = self._positive(features["seq_actions"].values()[following])  # [N]
+            query, following = query[positive], following[positive]
+            token_users = torch.repeat_interleave(batch.user_id, lengths.to(torch.int64))  # [V]
+            negative_content, negative_ids, negative_users = impression_negatives(batch, self.next_action_loss.config.negatives)
             self.auxiliary_loss = self.next_action_loss(
                 encoding.outputs[query], batch.sequence_content[following], features["seq_item_id"].values()[following],
-                *impression_negatives(batch, self.next_action_loss.config.negatives),
+                negative_content, negative_ids, query_users=_users_if(negative_users, token_users[query]),
+                negative_users=negative_users,
             )
         return encoding.features  # [B, F]
+
+
+def _positive_engagement(spec: FeatureSpec, config: NextActionLossConfig | None):
+    """``actions [N] -> [N] bool``: a positive engagement (checked against the data's actions once, here)."""
+    negative = config.negative_actions if config is not None and config.enabled else []
+    positive_engagement(torch.zeros(0, dtype=torch.int64), spec.action_vocab, negative)  # names checked now
+    return lambda actions: positive_engagement(actions, spec.action_vocab, negative)
+
+
+def _users_if(negative_users: torch.Tensor | None, users: torch.Tensor) -> torch.Tensor | None:
+    return users if negative_users is not None else None
 
 
 def _next_action_loss(query_dim: int, spec: FeatureSpec, config: NextActionLossConfig | None, device) -> NextActionLoss | None:
@@ -389,7 +418,9 @@ class ActionHistory:
 
 def realtime_history(batch: RankingBatch, model: str, needs_content: bool = True) -> ActionHistory:
     """The realtime engaged history of every row: the batch's ``sequence_features``, or on a
-    lifelong batch (``seq_source`` present) its realtime-recent tokens S_RT[:r] only.
+    lifelong batch (``seq_source`` present) its stored realtime history (``SOURCE_REALTIME_HISTORY``:
+    S_RT's latest ``data.lifelong.realtime_history`` events, 100 by default), or S_RT[:r] when the
+    batch stores none. The encoder then reads the latest ``max_sequence`` of them.
 
     Args:
         batch: a RankingBatch with sequence features.
@@ -405,8 +436,10 @@ def realtime_history(batch: RankingBatch, model: str, needs_content: bool = True
     lengths = features[HISTORY_ITEM_FEATURE].lengths()
     columns = [features[key].values() for key in SEQUENCE_KEYS]
     content = batch.sequence_content
-    if SOURCE_KEY in features:  # lifelong batch: keep S_RT[:r]
-        keep = features[SOURCE_KEY].values() == SOURCE_REALTIME_RECENT  # [V]
+    if SOURCE_KEY in features:  # lifelong batch: keep the realtime history, else S_RT[:r]
+        source = features[SOURCE_KEY].values()
+        stored = bool((source == SOURCE_REALTIME_HISTORY).any())
+        keep = source == (SOURCE_REALTIME_HISTORY if stored else SOURCE_REALTIME_RECENT)  # [V]
         row = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.to(torch.int64))
         lengths = torch.zeros_like(lengths).index_add_(0, row, keep.to(lengths.dtype))  # [B]
         columns = [column[keep] for column in columns]
@@ -414,15 +447,34 @@ def realtime_history(batch: RankingBatch, model: str, needs_content: bool = True
     return ActionHistory(lengths, *columns, content=content)
 
 
-def impression_negatives(batch: RankingBatch, negatives: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(content [M, C], item ids [M])`` of the batch's impression tokens for "impressions"
-    negatives, ``(None, None)`` otherwise or when the batch is not a lifelong one."""
+def impression_negatives(batch: RankingBatch, negatives: str) -> tuple[torch.Tensor | None, ...]:
+    """``(content [M, C], item ids [M], user ids [M])`` of the batch's impression tokens (S_imp:
+    shown to that row's user, not acted on) for "impressions" negatives; ``(None, None, None)``
+    otherwise or when the batch is not a lifelong one."""
     history = batch.sequence_features
     if negatives != "impressions" or history is None or SOURCE_KEY not in history.keys():
-        return None, None
+        return None, None, None
     features = history.to_dict()
     is_impression = features[SOURCE_KEY].values() == SOURCE_IMPRESSION  # [V]
-    return batch.sequence_content[is_impression], features[HISTORY_ITEM_FEATURE].values()[is_impression]
+    lengths = features[SOURCE_KEY].lengths().to(torch.int64)
+    users = torch.repeat_interleave(batch.user_id, lengths)  # [V] each token's row's user
+    return (batch.sequence_content[is_impression], features[HISTORY_ITEM_FEATURE].values()[is_impression],
+            users[is_impression])
+
+
+def s_all_batch(batch: RankingBatch) -> RankingBatch:
+    """A lifelong batch with its sequence cut to S_all (the stored realtime history dropped)."""
+    features = batch.sequence_features.to_dict()
+    source = features[SOURCE_KEY].values()
+    keep = source != SOURCE_REALTIME_HISTORY  # [V]
+    if bool(keep.all()):
+        return batch
+    lengths = features[SOURCE_KEY].lengths()
+    row = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths.to(torch.int64))
+    kept = torch.zeros_like(lengths).index_add_(0, row, keep.to(lengths.dtype))  # [B]
+    columns = {key: (jagged.values()[keep], kept) for key, jagged in features.items()}
+    content = batch.sequence_content[keep] if batch.sequence_content is not None else None
+    return dataclasses.replace(batch, sequence_features=kjt_from_jagged(columns), sequence_content=content)
 
 
 def lifelong_features(batch: RankingBatch, model: str) -> dict:

@@ -7,7 +7,8 @@ next engaged action among negatives, and is added to the ranking loss with a sma
     L = L_CE + w * L_NAL            (w = 0.01 by default)
 
 Over the N (query, next action) pairs of a batch (the caller forms them: :func:`next_token_pairs`,
-:func:`jagged_next_pairs`)::
+:func:`jagged_next_pairs`; the next action is a *positive* engagement, :func:`positive_engagement`:
+a hide is an engagement, but not one to predict as the item the user wants next)::
 
     q_n = normalize(u(t_n))                                  [N, d]
     p_n = normalize(W c(next_n) + b)                          [N, d]  W: Linear(C, d), learned
@@ -20,8 +21,9 @@ width d (the paper does not say how the two spaces meet; a projection of the ite
 encoder untouched). Negatives (``negatives``):
 
 - ``"impressions"``: the items the user was shown and did not act on, the hard negatives of the
-  paper: every impression token of the batch (``seq_source == SOURCE_IMPRESSION``), shared by all
-  queries, deduplicated by item id;
+  paper: the impression tokens (``seq_source == SOURCE_IMPRESSION``) of the query's own user
+  (``query_users`` / ``negative_users``: another user's impressions say nothing about this user's
+  next action), deduplicated by (user, item id);
 - ``"in_batch"``: the positives of the other pairs of the batch (M = N - 1 per query).
 
 A negative with the positive's item id (an *accidental hit*, e.g. an item seen again, or the same
@@ -35,8 +37,8 @@ Shape letters: B rows, L padded sequence length, N pairs, M negatives, d query w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +60,8 @@ class NextActionLossConfig:
         temperature: logits are cosine similarities divided by it.
         max_queries: at most this many (token, next action) pairs per batch, drawn uniformly.
         max_negatives: at most this many impression negatives per batch, drawn uniformly.
+        negative_actions: actions that are not positive engagement (a next action with only these
+            bits is no positive: :func:`positive_engagement`); names of the data's action vocabulary.
     """
 
     enabled: bool = False
@@ -66,8 +70,13 @@ class NextActionLossConfig:
     temperature: float = 0.05
     max_queries: int = 1024
     max_negatives: int = 1024
+    negative_actions: list[str] = field(default_factory=lambda: ["hide"])
 
     def __post_init__(self) -> None:
+        if isinstance(self.negative_actions, str) or not all(isinstance(a, str) for a in self.negative_actions):
+            raise ConfigError(f"next_action_loss.negative_actions must be a list of action names, "
+                              f"got {self.negative_actions!r}")
+        self.negative_actions = list(self.negative_actions)
         if self.negatives not in NEGATIVE_MODES:
             raise ConfigError(f"next_action_loss.negatives must be one of {list(NEGATIVE_MODES)}, got {self.negatives!r}")
         if not self.weight >= 0:
@@ -108,6 +117,8 @@ class NextActionLoss(nn.Module):
         negative_content: torch.Tensor | None = None,
         negative_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        query_users: torch.Tensor | None = None,
+        negative_users: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean next-action cross-entropy.
 
@@ -118,14 +129,22 @@ class NextActionLoss(nn.Module):
             negative_content: ``[M, C]`` impression content ("impressions" mode; may be empty).
             negative_ids: ``[M]`` int64 impression item ids.
             generator: source of the subsampling draws; None = torch's global generator.
+            query_users: ``[N]`` int64 user of each pair ("impressions" mode): a query is scored
+                only against its own user's impressions. None = one user for the whole batch.
+            negative_users: ``[M]`` int64 user of each impression (with ``query_users``).
 
         Returns:
             scalar; 0 when there is no pair.
         """
         _check_pairs(queries, positive_content, positive_ids)
         keep = _draw(queries.shape[0], self.config.max_queries, queries.device, generator)  # [N'] or None
+        if (query_users is None) != (negative_users is None):
+            raise DataError("NextActionLoss: give query_users and negative_users together (or neither)")
+        if query_users is not None and query_users.shape != positive_ids.shape:
+            raise DataError(f"NextActionLoss: query_users must be [N={positive_ids.shape[0]}], got {tuple(query_users.shape)}")
         if keep is not None:
             queries, positive_content, positive_ids = queries[keep], positive_content[keep], positive_ids[keep]
+            query_users = query_users[keep] if query_users is not None else None
         positives = self._items(positive_content)  # [N, d]
         if queries.shape[0] == 0:
             return queries.sum() * 0.0 + positives.sum() * 0.0  # zero, with every parameter in the graph
@@ -136,10 +155,13 @@ class NextActionLoss(nn.Module):
             hits.fill_diagonal_(False)
             labels = torch.arange(query.shape[0], device=query.device)  # [N]
         else:
-            negatives, negative_ids = self._impressions(negative_content, negative_ids, positives, generator)
+            negatives, negative_ids, negative_users = self._impressions(negative_content, negative_ids, negative_users,
+                                                                        generator)
             logits = torch.cat([(query * positives).sum(-1, keepdim=True), query @ negatives.T], dim=1)  # [N, 1 + M]
-            hits = torch.cat([torch.zeros_like(positive_ids, dtype=torch.bool).unsqueeze(1),
-                              positive_ids.unsqueeze(1) == negative_ids.unsqueeze(0)], dim=1)  # [N, 1 + M]
+            masked = positive_ids.unsqueeze(1) == negative_ids.unsqueeze(0)  # [N, M] accidental hits
+            if query_users is not None:  # only the query's own user's impressions are its negatives
+                masked |= query_users.unsqueeze(1) != negative_users.unsqueeze(0)
+            hits = torch.cat([torch.zeros_like(positive_ids, dtype=torch.bool).unsqueeze(1), masked], dim=1)  # [N, 1 + M]
             labels = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)  # [N]
         logits = (logits / self.config.temperature).masked_fill(hits, float("-inf"))
         return F.cross_entropy(logits, labels)
@@ -148,8 +170,9 @@ class NextActionLoss(nn.Module):
         """``[*, d]`` unit-length projections of content embeddings."""
         return F.normalize(self.item_projection(content), dim=-1)
 
-    def _impressions(self, content, ids, positives, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[M, d]`` projected impression negatives (one per item id, at most ``max_negatives``) and their ids."""
+    def _impressions(self, content, ids, users, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``[M, d]`` projected impression negatives (one per (user, item id), at most ``max_negatives``),
+        their ids and users."""
         if content is None or ids is None:
             raise DataError(
                 "next_action_loss.negatives='impressions' needs the batch's impression tokens; use lifelong "
@@ -160,11 +183,25 @@ class NextActionLoss(nn.Module):
                 f"impression content must be [M, {self.item_projection.in_features}] with ids [M]; "
                 f"got {tuple(content.shape)} and {tuple(ids.shape)}"
             )
-        unique_ids, first = first_occurrences(ids)  # [U], [U]
-        keep = _draw(unique_ids.shape[0], self.config.max_negatives, ids.device, generator)
+        if users is not None and users.shape != ids.shape:
+            raise DataError(f"NextActionLoss: negative_users must be [M={ids.shape[0]}], got {tuple(users.shape)}")
+        key = ids if users is None else users * (int(ids.max()) + 1 if ids.numel() else 1) + ids  # (user, item)
+        _, first = first_occurrences(key)  # [U]
+        keep = _draw(first.shape[0], self.config.max_negatives, ids.device, generator)
         if keep is not None:
-            unique_ids, first = unique_ids[keep], first[keep]
-        return self._items(content[first]), unique_ids
+            first = first[keep]
+        return self._items(content[first]), ids[first], (users[first] if users is not None else None)
+
+
+def positive_engagement(actions: torch.Tensor, action_vocab: Sequence[str], negative_actions: Sequence[str]) -> torch.Tensor:
+    """``[V]`` bool: the action bit masks ``[V]`` hold an action outside ``negative_actions``
+    (a click, save, ...; not a hide alone, and not an impression without action)."""
+    unknown = [a for a in negative_actions if a not in action_vocab]
+    if unknown:
+        raise ConfigError(f"next_action_loss.negative_actions names {unknown}, not actions of the data "
+                          f"{list(action_vocab)}; list negative actions of that vocabulary (e.g. ['hide'])")
+    positive_bits = sum(1 << i for i, a in enumerate(action_vocab) if a not in negative_actions)
+    return (actions.to(torch.int64) & positive_bits) != 0
 
 
 def first_occurrences(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,17 +1,20 @@
-"""Pinnability's weighted cross-entropy over several action heads.
+"""Pinnability's weighted cross-entropy over several action heads (TransAct, equation (1)).
 
 Every head h predicts one action (click, save, hide, ...). Each example b contributes to every
-head's binary cross-entropy, weighted by who the user is and by what the user did::
+head's binary cross-entropy, weighted by who the user is and by what the user did; per example,
+equation (1) of the TransAct paper::
 
-    L = sum_h mean_b [ w_user(b) * M[h, e(b)] * BCE(logit_bh, y_bh) ]
+    L_b = w_u(b) * sum_h  -w_h(b) [ y_bh log f(x_b)_h + (1 - y_bh) log(1 - f(x_b)_h) ]     (1)
+    w_h(b) = M[h, e(b)],   f(x) = sigmoid(logits),   L = mean_b L_b = sum_h mean_b [ ... ]
 
 - ``y_bh`` is the label of the action the head is named after (``labels[b, a(h)]``).
 - ``M`` is the label weight matrix ``[H, A + 1]``: columns are the actions, then ``"none"`` for
   impressions without any action. ``e(b)`` is the example's engagement: for an example with
   several actions the weight is the largest ``M[h, a]`` over its actions; without any action it is
   ``M[h, none]``. A weight of 1 everywhere gives plain BCE.
-- ``w_user(b)`` is a per-user weight (:func:`user_weights`), e.g. to keep very active users from
-  dominating the loss.
+- ``w_u(b)`` is the example's user weight (the user's type, or activity), which the *data*
+  provides with every row (``RankingBatch.weights``, from ``data.user_weights``:
+  :mod:`recsys.data.user_weights`); this module only consumes it.
 
 Shape letters: B rows, H heads, A actions, U users.
 """
@@ -25,11 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.data.schema import EventLog
 from recsys.errors import ConfigError
 
 NONE_COLUMN = "none"
-USER_WEIGHT_SCHEMES = ("uniform", "inverse_sqrt_activity")
 
 
 @dataclass
@@ -80,7 +81,8 @@ class WeightedCrossEntropy(nn.Module):
     Args:
         heads: H head names, each an action of ``action_vocab``.
         action_vocab: A action names, the columns of the labels.
-        label_weights: entries of M; None = all ones (plain BCE).
+        label_weights: entries of M (a LabelWeightConfig or its ``weights`` mapping, as in
+            ``loss.label_weights``); None = all ones (plain BCE).
 
     Example::
 
@@ -92,12 +94,14 @@ class WeightedCrossEntropy(nn.Module):
         self,
         heads: list[str],
         action_vocab: tuple[str, ...] | list[str],
-        label_weights: LabelWeightConfig | None = None,
+        label_weights: LabelWeightConfig | dict[str, dict[str, float]] | None = None,
     ):
         super().__init__()
         self.heads = list(heads)
         self.action_vocab = tuple(action_vocab)
         self.register_buffer("head_index", torch.tensor(head_columns(self.heads, self.action_vocab)), persistent=False)
+        if isinstance(label_weights, dict):  # the config's mapping (loss.label_weights)
+            label_weights = LabelWeightConfig(label_weights)
         m = (label_weights or LabelWeightConfig()).matrix(self.heads, self.action_vocab)
         self.register_buffer("label_weight_matrix", m, persistent=False)  # [H, A + 1]
 
@@ -127,7 +131,7 @@ class WeightedCrossEntropy(nn.Module):
             logits: ``[B, H]``.
             labels: ``[B, A]`` multi-hot action labels (head h reads column ``a(h)``).
             actions_multi_hot: ``[B, A]`` the actions of each example (the labels, in a ranking batch).
-            user_weights: ``[B]`` per-example user weight.
+            user_weights: ``[B]`` w_u of each example's user, as the data provides it (``batch.weights``).
 
         Returns:
             ``(loss, per_head)``: scalar sum over heads, and ``[H]`` the weighted mean BCE of each head.
@@ -141,26 +145,3 @@ class WeightedCrossEntropy(nn.Module):
         weights = self.example_weights(actions_multi_hot) * user_weights[:, None].to(logits.dtype)  # [B, H]
         per_head = (weights * bce).mean(dim=0)  # [H]
         return per_head.sum(), per_head
-
-
-def user_weights(log: EventLog, scheme: str = "uniform") -> np.ndarray:
-    """Per-user loss weights ``[U]`` float32, normalised to mean 1 over the log's events.
-
-    Args:
-        log: the events (usually the training events); user u's activity n_u is its event count.
-        scheme: ``"uniform"`` (every user 1) or ``"inverse_sqrt_activity"`` (w_u ∝ 1 / sqrt(n_u), so
-            a user with 100x the events carries 10x, not 100x, the loss). Users without events get
-            the weight of a user with one event.
-
-    Normalisation: sum_u n_u w_u / sum_u n_u = 1, so the loss scale matches unweighted BCE.
-    """
-    if scheme not in USER_WEIGHT_SCHEMES:
-        raise ConfigError(f"user weight scheme {scheme!r} is unknown; use one of {list(USER_WEIGHT_SCHEMES)}")
-    activity = np.bincount(log.user_id, minlength=log.num_users).astype(np.float64)  # [U]
-    if scheme == "uniform":
-        return np.ones(log.num_users, dtype=np.float32)
-    raw = 1.0 / np.sqrt(np.maximum(activity, 1.0))  # [U]
-    total = activity.sum()
-    if total == 0:
-        return np.ones(log.num_users, dtype=np.float32)
-    return (raw * total / (activity * raw).sum()).astype(np.float32)

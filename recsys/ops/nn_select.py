@@ -10,7 +10,8 @@ Backends:
 
 - ``"pytorch"``: the reference, one sequence at a time (CPU and CUDA).
 - ``"triton"``: :mod:`recsys.kernels.nn_select_triton`, one fused kernel (int8 loads, int8 x int8
-  scores, exact per-candidate top-k by bisection on the score, time-ordered output). Chosen by
+  dot products times the token's inverse norm, exact per-candidate top-k by bisection on the
+  score, time-ordered output). Chosen by
   ``"auto"`` on CUDA. On CPU it runs only when asked for by name with ``TRITON_INTERPRET=1`` in the
   environment (the Triton interpreter, for tests). triton is imported on first use, never at
   import time of :mod:`recsys`.
@@ -19,7 +20,8 @@ Example::
 
     values = quantize_int8(content_of_every_history_token)           # [T, C] int8
     idx = nn_select(values, seq_starts, seq_lengths, candidate_content, candidate_seq, k=96)
-    # idx: [B, 96] positions within each candidate's sequence, ascending, -1 padded
+    # idx: [B, 96] positions within each candidate's sequence, ascending, -1 padded; the tokens
+    # nearest to the candidate by cosine with the dequantised, L2-normalised token
 
 Shape letters: T tokens, C content dimension, R sequences, B candidates, k tokens kept.
 """
@@ -33,10 +35,10 @@ import torch
 
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import DEFAULT_SCALE, check_scale
-from recsys.ops.nn_select_reference import nn_select_reference
+from recsys.ops.nn_select_reference import MAX_EXACT_DIM, nn_select_reference, token_inverse_norms
 from recsys.ops.triton_kernels import load_kernel, triton_interpret_requested
 
-MAX_CONTENT_DIM = 100_000  # int32 scores stay exact up to here (C * 127 * 127 < 2^31)
+MAX_CONTENT_DIM = MAX_EXACT_DIM  # dot products stay exact in float32 up to here (C * 127 * 127 < 2^24)
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,12 @@ def nn_select(
     *,
     scale: float = DEFAULT_SCALE,
     kernel: str = "auto",
+    inverse_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Top-``k`` tokens of each candidate's sequence by int8 dot product, in time order.
+    """Top-``k`` tokens of each candidate's sequence by normalised score, in time order.
+
+    ``score(c, t) = (q_c . q_t) / ||q_t||``: the candidate against the dequantised, L2-normalised
+    token (see :mod:`recsys.ops.nn_select_reference` for the exact arithmetic).
 
     Args:
         values: ``[T, C]`` int8 quantised token embeddings (see
@@ -113,6 +119,8 @@ def nn_select(
         k: tokens kept per candidate (>= 0).
         scale: the int8 scale of ``values``.
         kernel: ``"auto"`` or one of :func:`nn_select_kernels`.
+        inverse_norms: ``[T]`` float32 :func:`~recsys.ops.nn_select_reference.token_inverse_norms`
+            of ``values``, for callers that select from one table many times; None = computed here.
 
     Returns:
         ``[B, k]`` int64 positions within each candidate's sequence, ascending, padded with -1
@@ -121,8 +129,16 @@ def nn_select(
     """
     check_scale(scale)
     _check_inputs(values, seq_starts, seq_lengths, candidates, candidate_seq, k)
+    if inverse_norms is None:
+        inverse_norms = token_inverse_norms(values)
+    elif inverse_norms.shape != values.shape[:1] or inverse_norms.dtype != torch.float32 \
+            or inverse_norms.device != values.device:
+        raise DataError(f"nn_select: inverse_norms must be [T={values.size(0)}] float32 on {values.device} "
+                        f"(token_inverse_norms(values)), got {inverse_norms.dtype} {tuple(inverse_norms.shape)} "
+                        f"on {inverse_norms.device}")
     backend = _select_backend(kernel, values)
-    return backend.fn(values, seq_starts, seq_lengths, candidates, candidate_seq, int(k), scale=scale)
+    return backend.fn(values, seq_starts, seq_lengths, candidates, candidate_seq, int(k), scale=scale,
+                      inverse_norms=inverse_norms)
 
 
 def _select_backend(kernel: str, values: torch.Tensor) -> NNSelectBackend:

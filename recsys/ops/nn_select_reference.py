@@ -16,11 +16,22 @@ request share one sequence (the request-level dedup)::
     candidates    [B, C]        c0 c1 c2
     candidate_seq [B]           1  1  0               c0 and c1 rank sequence 1, c2 sequence 0
 
-Scores are exact integers: the candidate is quantised with the sequence's scale (float input;
-int8 input is taken as already quantised) and ``score = q_candidate . q_token`` is the int8 x int8
-dot product accumulated exactly (what int8 tensor cores compute). The dequantised score is
-``score * (s / 127)^2``: one positive factor, so the order is the same. Exact scores make every
-backend, batch split and device select the very same tokens.
+Scores are the paper's serving path: the dequantised token, L2-normalised, against the candidate::
+
+    score(c, t) = (q_c . q_t) / ||q_t||          (a zero token scores 0)
+
+The dequantisation factor ``s / 127`` cancels in the normalisation, and the candidate's own scale
+and norm are one positive factor per candidate, so the order is that of the cosine between the
+candidate and the dequantised token. Raw int8 dot products would rank a long token above a near
+one whenever the stored content is not unit-norm.
+
+Every backend computes the score in the same exactly rounded steps, so every backend, batch split
+and device selects the very same tokens: the candidate is quantised with the sequence's scale
+(float input; int8 input is taken as already quantised); ``q_c . q_t`` is the int8 x int8 dot
+product accumulated exactly (what int8 tensor cores compute; exact in float32 too, for C up to
+:data:`MAX_EXACT_DIM`); ``1 / ||q_t||`` is computed once per token in float64 and rounded to
+float32 (:func:`token_inverse_norms`); the score is their float32 product (one correctly rounded
+multiply), ordered by :func:`ordered_keys` (its float32 bits as a sortable integer).
 
 Selection rule, per candidate with a sequence of length L:
 
@@ -39,6 +50,7 @@ import torch
 from recsys.ops.int8_quantization import DEFAULT_SCALE, INT8_LEVELS, quantize_int8
 
 FP32_EXACT = 1 << 24  # integers up to this are exact in float32
+MAX_EXACT_DIM = (FP32_EXACT - 1) // (INT8_LEVELS * INT8_LEVELS)  # 1040: |q_c . q_t| < 2^24
 SMALL_PRODUCT = 1 << 16  # below this many scores, an int64 matmul on CPU (no BLAS threads to start) is faster
 
 
@@ -51,8 +63,9 @@ def nn_select_reference(
     k: int,
     *,
     scale: float = DEFAULT_SCALE,
+    inverse_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Top-``k`` tokens of each candidate's sequence by int8 dot product, in time order.
+    """Top-``k`` tokens of each candidate's sequence by normalised score, in time order.
 
     One sequence at a time: the sequence's tokens are read once for all its candidates.
 
@@ -64,6 +77,7 @@ def nn_select_reference(
         candidate_seq: ``[B]`` int64 sequence each candidate ranks.
         k: tokens kept per candidate (>= 0).
         scale: the int8 scale of ``values`` (and of float ``candidates``).
+        inverse_norms: ``[T]`` float32 :func:`token_inverse_norms` of ``values`` (computed when None).
 
     Returns:
         ``[B, k]`` int64 chosen positions within the sequence, ascending, -1 padded.
@@ -72,6 +86,7 @@ def nn_select_reference(
     out = torch.full((codes.size(0), k), -1, dtype=torch.int64, device=values.device)
     if k == 0 or codes.size(0) == 0:
         return out
+    inverse_norms = token_inverse_norms(values) if inverse_norms is None else inverse_norms
     float_dtype = torch.float32 if values.size(1) * INT8_LEVELS * INT8_LEVELS < FP32_EXACT else torch.float64
     order = torch.argsort(candidate_seq, stable=True)  # [B] candidates grouped by sequence
     seqs, counts = torch.unique_consecutive(candidate_seq[order], return_counts=True)
@@ -83,9 +98,23 @@ def nn_select_reference(
         small = not values.is_cuda and group.numel() * length < SMALL_PRODUCT
         dtype = torch.int64 if small else float_dtype  # exact either way
         tokens = values[start : start + length].to(dtype)  # [L, C]
-        scores = (codes[group].to(dtype) @ tokens.T).to(torch.int64)  # [n, L] exact integers
+        dots = (codes[group].to(dtype) @ tokens.T).to(torch.float32)  # [n, L] exact integers
+        scores = dots * inverse_norms[start : start + length]  # [n, L] float32, one rounding
         positions = torch.arange(length, device=values.device)
-        keys = scores * length + positions  # [n, L] distinct: score first, then the later position
+        keys = ordered_keys(scores) * length + positions  # [n, L] distinct: score first, then the later position
         chosen = keys.topk(keep, dim=1).indices  # [n, keep]
         out[group, :keep] = chosen.sort(dim=1).values
     return out
+
+
+def token_inverse_norms(values: torch.Tensor) -> torch.Tensor:
+    """``[T]`` float32 ``1 / ||q_t||`` of ``[T, C]`` int8 tokens (0 for a zero token), computed in
+    float64 and rounded once, so every device gets the same bits."""
+    norm = values.to(torch.float64).square().sum(dim=1).sqrt()  # [T] exact sum of squares
+    return torch.where(norm > 0, 1.0 / norm.clamp(min=1.0), torch.zeros_like(norm)).to(torch.float32)
+
+
+def ordered_keys(scores: torch.Tensor) -> torch.Tensor:
+    """float32 scores -> int64 keys in the same order (the float's bits, negatives flipped)."""
+    bits = scores.contiguous().view(torch.int32)
+    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)

@@ -4,7 +4,7 @@ Sections::
 
     model:     name + the model's own config fields (checked against the zoo's config class)
     data:      where events come from, how they are split, how rows and batches are made
-    loss:      Pinnability's label weight matrix M and per-user weights
+    loss:      Pinnability's label weight matrix M (per-user weights: data.user_weights)
     optim:     dense optimizer (Adam, ...) and the fused optimizer of the embedding tables
     sharding:  per-table sharding constraints for the planner
     train:     epochs, batch size, seed, logging, checkpoints
@@ -13,11 +13,13 @@ Sections::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
 from recsys.data.lifelong_pipeline import LifelongDataConfig
 from recsys.data.synthetic import SyntheticConfig
+from recsys.data.user_weights import UserWeightConfig
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig
 from recsys.distributed.sharding import ShardingConfig
 from recsys.errors import ConfigError
@@ -54,6 +56,8 @@ class DataConfig:
         num_workers: DataLoader worker processes.
         lifelong: TransAct V2's lifelong batches: S_all built once per row (cached) and used as
             the batches' sequence (:class:`~recsys.data.lifelong_pipeline.LifelongDataConfig`).
+        user_weights: each user's loss weight w_u (TransAct's equation (1)), computed from the
+            training events and carried by every row (:class:`~recsys.data.user_weights.UserWeightConfig`).
     """
 
     source: Literal["synthetic", "movielens", "amazon", "amazon_ratings", "events", "log"] = "synthetic"
@@ -72,6 +76,7 @@ class DataConfig:
     stochastic_length_alpha: float | None = None
     num_workers: int = 0
     lifelong: LifelongDataConfig = field(default_factory=LifelongDataConfig)
+    user_weights: UserWeightConfig = field(default_factory=UserWeightConfig)
 
     def __post_init__(self) -> None:
         for name in ("negatives_per_target", "eval_negatives_per_target", "max_history", "max_sequence", "num_workers"):
@@ -93,7 +98,9 @@ class LossConfig:
 
     Args:
         label_weights: head -> {action or "none": weight}: the label weight matrix M (1 where unset).
-        user_weighting: "uniform" or "inverse_sqrt_activity" (heavy users weigh less per event).
+        user_weighting: the former place of the user weights' scheme, kept for old configs: a value
+            other than "uniform" sets ``data.user_weights.scheme`` (where user weights now belong:
+            the data provides every row's weight, the loss only consumes it).
     """
 
     label_weights: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -191,6 +198,14 @@ class TrainConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/dlrm-synthetic"
+
+    def __post_init__(self) -> None:
+        legacy = self.loss.user_weighting
+        if legacy != "uniform" and isinstance(self.data, DataConfig):
+            if self.data.user_weights.scheme not in ("uniform", legacy):
+                raise ConfigError(f"loss.user_weighting={legacy!r} and data.user_weights.scheme="
+                                  f"{self.data.user_weights.scheme!r} disagree; set data.user_weights only")
+            self.data.user_weights = dataclasses.replace(self.data.user_weights, scheme=legacy)
 
     @property
     def model_name(self) -> str:

@@ -48,7 +48,7 @@ from recsys.metrics.hit_at_k import HitAtK, head_weights
 from recsys.models import get_model
 from recsys.models.popularity import PopularityModel
 from recsys.models.task import RankingTask
-from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy, user_weights
+from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
 from recsys.train.fault_injection import fail_step, maybe_fail
@@ -104,9 +104,8 @@ class RankingRecipe:
     def _build_data(self) -> RankingData:
         cfg = self.cfg
         log, probabilities = load_events_with_probabilities(cfg.data)
-        weights = user_weights(log, cfg.loss.user_weighting)
-        return build_ranking_data(cfg.data, seed=cfg.train.seed, user_weights=weights, log=log,
-                                  event_probabilities=probabilities)
+        return build_ranking_data(cfg.data, seed=cfg.train.seed, log=log,
+                                  event_probabilities=probabilities)  # rows carry w_u (data.user_weights)
 
     def _build_lifelong(self) -> LifelongData | None:
         """Every split's S_all (cached under ``data.lifelong.cache_dir``) when lifelong batches are on."""

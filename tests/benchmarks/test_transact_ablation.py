@@ -1,6 +1,7 @@
 """The TransAct ablation script's pieces: t intervals, merged row configs that load, and the summary."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -26,15 +27,16 @@ def test_t_quantiles_and_intervals():
     assert single[0] == 0.4 and math.isnan(single[1])
 
 
-SUITE_ROWS = [(suite, name, config) for suite, (_, rows) in ablation.SUITES.items() for name, config in rows]
+SUITE_ROWS = [(suite, row) for suite, (_, rows) in ablation.SUITES.items() for row in rows]
 
 
-@pytest.mark.parametrize("suite, name, config", SUITE_ROWS)
-def test_row_configs_take_the_model_of_the_row_and_the_data_of_the_suite(tmp_path, suite, name, config):
+@pytest.mark.parametrize("suite, row", SUITE_ROWS, ids=[f"{suite}-{row[0]}" for suite, row in SUITE_ROWS])
+def test_row_configs_take_the_model_of_the_row_and_the_data_of_the_suite(tmp_path, suite, row):
+    name, config, overrides = row[0], row[1], ablation.row_overrides(row)
     base_config = ablation.SUITES[suite][0]
     path = ablation.row_config(name, config, tmp_path, base_config)
-    cfg = load_config(TrainConfig, path, ablation.seed_overrides(1, tmp_path))
-    row = load_config(TrainConfig, ROOT / config)
+    cfg = load_config(TrainConfig, path, [*ablation.seed_overrides(1, tmp_path), *overrides])
+    row = load_config(TrainConfig, ROOT / config, [o for o in overrides if o.startswith("model.")])
     base = load_config(TrainConfig, ROOT / base_config)
     assert cfg.model == row.model and cfg.train.seed == 1
     assert cfg.data.source == base.data.source and cfg.data.lifelong.enabled == base.data.lifelong.enabled
@@ -71,3 +73,54 @@ def test_paired_summary_takes_per_seed_differences_to_the_no_sequence_row():
     unpaired = {r["row"]: r for r in ablation.summarise(runs)}["TransAct V2"]["hit@3 click"][1]
     assert unpaired > 0.2  # the spread of the worlds, which pairing removes
     assert "+0.0200" in ablation.format_table(rows, "hit@3")
+
+
+def test_the_rows_separate_the_effects():
+    """The TransAct V2 paper's ablation rows, each differing from its neighbour in one thing."""
+    rows = {row[0]: row for row in ablation.ROWS}
+    assert list(rows) == ["no sequence", "BST", "V1 (100)", "V1 + NAL in-batch", "V1 + NAL impressions",
+                          "V2 without NAL", "V2 + NAL in-batch", "V2 + NAL impressions", "V2 without NN selection"]
+
+    def loaded(name):
+        row = rows[name]
+        return load_config(TrainConfig, ROOT / row[1], ablation.row_overrides(row))
+
+    v1 = loaded("V1 (100)").model_overrides
+    assert model_config("transact_v1", **v1).transact_v1.max_sequence == 100
+    for name in ("V1 + NAL in-batch", "V1 + NAL impressions"):
+        assert model_config("transact_v1", **loaded(name).model_overrides).transact_v1.max_sequence == 100
+    nal = {name: model_config("transact_v2", **loaded(name).model_overrides).next_action_loss
+           for name in ("V2 without NAL", "V2 + NAL in-batch", "V2 + NAL impressions")}
+    assert [n.enabled for n in nal.values()] == [False, True, True]
+    assert nal["V2 + NAL in-batch"].negatives == "in_batch" and nal["V2 + NAL impressions"].negatives == "impressions"
+    assert loaded("V2 without NN selection").data.lifelong.selection == "recent"
+    assert loaded("V2 + NAL impressions").data.lifelong.selection == "nn"
+
+
+SMOKE = [
+    "data.synthetic.num_users=60",
+    "data.synthetic.num_items=200",
+    "data.synthetic.mean_events_per_user=40",
+    "data.synthetic.heavy_user_fraction=0.05",
+    "data.synthetic.heavy_user_events=300",
+    "data.synthetic.days=30",
+    "data.num_workers=0",
+    "model.embedding_dim=8",
+    "model.dense_arch_layers=[16, 8]",
+    "model.cross_layers=1",
+    "model.over_arch_layers=[16]",
+    "train.batch_size=512",
+    "train.eval_batch_size=4096",
+    "train.baseline=false",
+]
+
+
+def test_every_row_runs_on_a_tiny_world(tmp_path, monkeypatch):
+    """One seed of every row, end to end through the script (a tiny world: not a measurement)."""
+    out = tmp_path / "ablation.json"
+    monkeypatch.setattr("sys.argv", ["transact_ablation.py", "--seeds", "0", "--parallel", "2", "--out", str(out),
+                                     *SMOKE])
+    ablation.main()
+    report = json.loads(out.read_text())
+    assert [r["exit_code"] for r in report["runs"]] == [0] * len(ablation.ROWS), report["runs"]
+    assert {r["row"] for r in report["summary"]} == {row[0] for row in ablation.ROWS}

@@ -75,3 +75,14 @@ def test_serving_shape_with_many_candidates_per_request():
         lengths, per_seq, k = [300, 90, 1, 0, 65], 20, 24
     case = make_case(lengths, per_seq, 32, seed=7)
     assert torch.equal(nn_select(*case, k, kernel="triton"), nn_select(*case, k, kernel="pytorch"))
+
+
+def test_kernel_scores_normalised_tokens():
+    """A long token pointing away from the candidate loses to a short one pointing at it."""
+    values = torch.tensor([[120, 90], [20, 0], [0, 0], [-50, 5]], dtype=torch.int8, device=DEVICE)
+    as_index = lambda x: torch.tensor(x, dtype=torch.int64, device=DEVICE)  # noqa: E731
+    cand = torch.tensor([[1.0, 0.0]], device=DEVICE)
+    got = nn_select(values, as_index([0]), as_index([4]), cand, as_index([0]), 1, kernel="triton")
+    assert got.tolist() == [[1]]
+    got = nn_select(values, as_index([0]), as_index([4]), -cand, as_index([0]), 2, kernel="triton")
+    assert got.tolist() == [[2, 3]]  # cosines with (-1, 0): -0.8, -1, 0 (zero token), 0.995

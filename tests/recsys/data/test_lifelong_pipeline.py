@@ -45,7 +45,9 @@ def test_built_once_then_reopened_and_collated(tmp_path, data):
     expected = collate_lifelong(data.valid, reopened.sequences["valid"], rows)
     assert batch.sequence_features.values().equal(expected.sequence_features.values())
     assert batch.sequence_content.equal(expected.sequence_content)
-    assert int(batch.sequence_features.lengths().max()) <= config.sequence_config().sequence_length
+    sequence_config = config.sequence_config()  # S_all, then the stored realtime history
+    assert int(batch.sequence_features.lengths().max()) <= sequence_config.sequence_length + min(
+        sequence_config.realtime_history, sequence_config.realtime_max)
 
     loader = make_dataloader(data.valid, 64, shuffle=False, seed=0, collate=collate)
     first = next(iter(loader))

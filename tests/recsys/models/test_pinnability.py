@@ -12,14 +12,20 @@ from recsys.config import load_config
 from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
-from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_LIFELONG, SOURCE_REALTIME_NN, SOURCE_REALTIME_RECENT
+from recsys.data.lifelong import (
+    SOURCE_IMPRESSION,
+    SOURCE_LIFELONG,
+    SOURCE_REALTIME_HISTORY,
+    SOURCE_REALTIME_NN,
+    SOURCE_REALTIME_RECENT,
+)
 from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig, build_optimizer
 from recsys.distributed.process_group import init_distributed, teardown
 from recsys.distributed.sharding import ShardingConfig, shard_model
 from recsys.errors import ConfigError, DataError
 from recsys.models import get_model, list_models, model_config
 from recsys.models.dlrm import DLRM, DLRMConfig
-from recsys.models.pinnability import BST_ITEM_TABLE, Pinnability, realtime_history
+from recsys.models.pinnability import BST_ITEM_TABLE, Pinnability, impression_negatives, realtime_history
 from recsys.models.task import RankingTask
 from recsys.modules.transact_v1 import TransActV1Quirks
 from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
@@ -284,7 +290,9 @@ def test_transact_v2_next_action_pairs_are_consecutive_realtime_recent_tokens():
     lengths = features["seq_actions"].lengths()
     encoding = arch.encoder.encode(lengths, features["seq_actions"].values(), features["seq_surface"].values(),
                                    batch.sequence_content, batch.dense_features[:, : SPEC.content_dim])
-    query = torch.tensor([2, 3, 8, 12, 13, 14])  # row 0: RT tokens 2,3,4; row 1: 8,9; row 3: RT tokens 12..15
+    # row 0: RT tokens 2,3,4; row 3: RT tokens 12..15. Row 1's pair 8 -> 9 is left out: token 9 is a
+    # hide, an engagement but no positive next action.
+    query = torch.tensor([2, 3, 12, 13, 14])
     following = query + 1
     items = features["seq_item_id"].values()
     expected = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[following], items[following])
@@ -344,3 +352,72 @@ def test_transact_v2_sharded_trains_with_the_next_action_loss(ctx):
     assert losses[-1] < losses[0] / 2, losses
     del dmp, optimizer
     gc.collect()
+
+
+def test_impression_negatives_carry_each_tokens_user():
+    batch = lifelong_batch()
+    content, ids, users = impression_negatives(batch, "impressions")
+    assert ids.tolist() == [24, 25, 26, 4, 28, 29]
+    assert users.tolist() == [batch.user_id[r].item() for r in (0, 0, 1, 3, 3, 3)]
+    assert impression_negatives(batch, "in_batch") == (None, None, None)
+
+
+def test_v2_next_action_loss_scores_each_query_against_its_own_users_impressions():
+    """Rows 0 and 3 hold the pairs; with users made equal the loss changes (more negatives per query)."""
+    model = v2_model().eval()
+    batch = lifelong_batch()
+    batch.user_id = torch.tensor([0, 1, 2, 3])
+    model(batch)
+    separate = model.auxiliary_loss
+    arch = model.sequence_arch
+    features = batch.sequence_features.to_dict()
+    lengths = features["seq_actions"].lengths()
+    encoding = arch.encoder.encode(lengths, features["seq_actions"].values(), features["seq_surface"].values(),
+                                   batch.sequence_content, batch.dense_features[:, : SPEC.content_dim])
+    query = torch.tensor([2, 3, 12, 13, 14])
+    items = features["seq_item_id"].values()
+    impressions = features["seq_source"].values() == SOURCE_IMPRESSION
+    token_users = torch.repeat_interleave(batch.user_id, lengths.to(torch.int64))
+    expected = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[query + 1], items[query + 1],
+                                     batch.sequence_content[impressions], items[impressions],
+                                     query_users=token_users[query], negative_users=token_users[impressions])
+    torch.testing.assert_close(separate, expected)
+    pooled = arch.next_action_loss(encoding.outputs[query], batch.sequence_content[query + 1], items[query + 1],
+                                   batch.sequence_content[impressions], items[impressions])
+    assert not torch.isclose(separate, pooled)
+
+
+RH = SOURCE_REALTIME_HISTORY
+# The realtime history stored after S_all: S_RT's latest events (older ones than S_RT[:r] first).
+HISTORY = [
+    [(13, 0b0001, 0, 9_000, RH), (14, 0b0010, 1, 8_000, RH)] + [(t[0], t[1], t[2], t[3], RH) for t in S_ALL[0] if t[4] == RT],
+    [(15, 0b1000, 2, 7_000, RH)] + [(t[0], t[1], t[2], t[3], RH) for t in S_ALL[1] if t[4] == RT],
+    [],
+    [(t[0], t[1], t[2], t[3], RH) for t in S_ALL[3] if t[4] == RT],
+]
+
+
+@pytest.mark.parametrize("name", ["transact_v1", "bst"])
+def test_v1_and_bst_read_the_stored_realtime_history_of_a_lifelong_batch(name):
+    """Not just S_RT[:r]: the stored history's latest events (V1: the paper's 100 by default)."""
+    model = small_model(name).eval()
+    lifelong = with_sequence(make_batch(), [row + history for row, history in zip(S_ALL, HISTORY)], lifelong=True)
+    plain = with_sequence(make_batch(), HISTORY, lifelong=False)
+    torch.testing.assert_close(model(lifelong), model(plain))
+    assert not torch.allclose(model(lifelong), model(realtime_only_batch()))
+
+
+def test_transact_v1_reads_100_actions_unless_configured():
+    spec = FeatureSpec(num_users=7, num_items=30, content_dim=4, max_sequence=0)  # lifelong data: no plain history
+    model = get_model("transact_v1", feature_spec=spec, **SMALL, **ENCODERS["transact_v1"])
+    assert model.sequence_arch.encoder.max_sequence == 100
+    configured = get_model("transact_v1", feature_spec=spec, **SMALL, transact_v1={"max_sequence": 32})
+    assert configured.sequence_arch.encoder.max_sequence == 32
+
+
+def test_transact_v2_drops_the_stored_realtime_history():
+    model = v2_model().eval()
+    with_history = with_sequence(make_batch(), [row + history for row, history in zip(S_ALL, HISTORY)], lifelong=True)
+    logits, loss = model(with_history), model.auxiliary_loss
+    torch.testing.assert_close(logits, model(lifelong_batch()))
+    torch.testing.assert_close(loss, model.auxiliary_loss)

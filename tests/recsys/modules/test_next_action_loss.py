@@ -14,6 +14,7 @@ from recsys.modules.next_action_loss import (
     first_occurrences,
     jagged_next_pairs,
     next_token_pairs,
+    positive_engagement,
 )
 
 QUERIES = [[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]]
@@ -65,6 +66,36 @@ def test_impression_negatives_by_hand_deduplicated_and_hits_masked():
         expected.append(softmax_loss(cosine(QUERIES[i], NEXT_CONTENT[i]) / t, negatives))
     loss = identity_loss("impressions", t)(queries, content, ids, negative_content, negative_ids)
     assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+
+
+def test_impression_negatives_are_the_query_users_own_impressions():
+    """Each query is scored against its own user's shown-not-engaged items only; an impression of
+    another user (even of the same item) is no negative of it; duplicates count once per user."""
+    t = 0.5
+    impressions = [[0.0, 1.0], [5.0, 5.0], [0.0, 3.0], [-1.0, 2.0], [0.0, 1.0]]
+    impression_ids = [30, 50, 40, 60, 30]
+    impression_users = [7, 8, 7, 8, 8]  # item 30 shown to users 7 and 8
+    query_users = [7, 8, 7]
+    queries, content, ids, negative_content, negative_ids, neg_users, q_users = tensors(
+        QUERIES, NEXT_CONTENT, NEXT_IDS, impressions, impression_ids, impression_users, query_users)
+    expected = []
+    for i in range(3):
+        own = {(u, item): vector for vector, item, u in zip(impressions, impression_ids, impression_users)
+               if u == query_users[i] and item != NEXT_IDS[i]}
+        negatives = [cosine(QUERIES[i], vector) / t for vector in own.values()]
+        expected.append(softmax_loss(cosine(QUERIES[i], NEXT_CONTENT[i]) / t, negatives))
+    loss = identity_loss("impressions", t)(queries, content, ids, negative_content, negative_ids,
+                                           query_users=q_users, negative_users=neg_users)
+    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+
+
+def test_positive_engagement_excludes_hides_and_no_action():
+    vocab = ("click", "save", "hide", "long_view")
+    actions = torch.tensor([0b0001, 0b0100, 0b0101, 0, 0b1000])
+    assert positive_engagement(actions, vocab, ["hide"]).tolist() == [True, False, True, False, True]
+    assert positive_engagement(actions, vocab, []).tolist() == [True, True, True, False, True]
+    with pytest.raises(ConfigError, match="negative_actions"):
+        positive_engagement(actions, vocab, ["dislike"])
 
 
 def test_the_modes_differ_and_impressions_need_impression_tokens():

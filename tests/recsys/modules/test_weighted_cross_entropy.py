@@ -5,13 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys.data.schema import EventLog
 from recsys.errors import ConfigError
 from recsys.modules.weighted_cross_entropy import (
     LabelWeightConfig,
     WeightedCrossEntropy,
     head_columns,
-    user_weights,
 )
 
 ACTIONS = ("click", "save", "hide")
@@ -80,15 +78,15 @@ def test_unknown_names_are_config_errors():
     assert head_columns(["hide", "click"], ACTIONS) == [2, 0]
 
 
-def test_user_weights_schemes():
-    # user 0: 4 events, user 1: 1 event, user 2: none
-    log = EventLog.from_arrays(user_id=[0, 0, 0, 0, 1], item_id=[0, 1, 2, 3, 0], timestamp=[1, 2, 3, 4, 1],
-                               num_users=3, num_items=4)
-    np.testing.assert_array_equal(user_weights(log), np.ones(3, np.float32))
-    w = user_weights(log, "inverse_sqrt_activity")
-    # raw 1/2, 1, 1; scale = 5 / (4 * 1/2 + 1 * 1) = 5/3
-    np.testing.assert_allclose(w, [5 / 6, 5 / 3, 5 / 3], rtol=1e-6)
-    counts = np.bincount(log.user_id, minlength=3)
-    assert (counts * w).sum() / counts.sum() == pytest.approx(1.0)
-    with pytest.raises(ConfigError, match="inverse_sqrt_activity"):
-        user_weights(log, "log")
+def test_equation_one_with_the_configs_mapping_of_label_weights():
+    """L = mean_b w_u(b) sum_h M[h, e(b)] BCE_bh, with M given as loss.label_weights gives it (a mapping)."""
+    heads = ["click", "save"]
+    logits = torch.tensor([[0.3, -1.0], [2.0, 0.5], [-0.4, 0.1]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])  # click, save, nothing
+    user = torch.tensor([1.5, 1.0, 0.5])
+    mapping = {"save": {"save": 2.0, "none": 0.5}, "click": {"click": 3.0}}
+    loss, _ = WeightedCrossEntropy(heads, ACTIONS, mapping)(logits, labels, labels, user)
+    m = {("click", 0): 3.0, ("click", 1): 1.0, ("click", 2): 1.0, ("save", 0): 1.0, ("save", 1): 2.0, ("save", 2): 0.5}
+    expected = sum(float(user[b]) * sum(m[(h, b)] * _bce(float(logits[b, i]), float(labels[b, ACTIONS.index(h)]))
+                                        for i, h in enumerate(heads)) for b in range(3)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -1,7 +1,9 @@
 """Nearest-neighbour selection: the op against a brute force written from the definition."""
 
+import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,15 +13,24 @@ from recsys.ops.nn_select import nn_select, nn_select_kernels
 from recsys.ops.nn_select_reference import nn_select_reference
 
 
+def normalised_score(query, token):
+    """(q_c . q_t) / ||q_t|| as the op rounds it: exact integer dot, float32 of the float64
+    inverse norm, one float32 product (0 for a zero token)."""
+    dot = sum(q * int(v) for q, v in zip(query, token))
+    norm = math.sqrt(sum(int(v) * int(v) for v in token))
+    inverse = np.float32(1.0 / norm) if norm > 0 else np.float32(0.0)
+    return float(np.float32(dot) * inverse)
+
+
 def brute_force(values, starts, lengths, candidates, candidate_seq, k, scale=0.65):
-    """Per candidate, Python integers: sort (score desc, position desc), keep min(k, L), ascending."""
+    """Per candidate, Python numbers: sort (score desc, position desc), keep min(k, L), ascending."""
     codes = candidates if candidates.dtype == torch.int8 else quantize_int8(candidates, scale)
     out = []
     for b in range(codes.size(0)):
         r = int(candidate_seq[b])
         start, length = int(starts[r]), int(lengths[r])
         query = codes[b].tolist()
-        scored = [(sum(q * int(v) for q, v in zip(query, values[start + j].tolist())), j) for j in range(length)]
+        scored = [(normalised_score(query, values[start + j].tolist()), j) for j in range(length)]
         kept = sorted(j for _, j in sorted(scored, reverse=True)[: min(k, length)])
         out.append(kept + [-1] * (k - len(kept)))
     return torch.tensor(out, dtype=torch.int64).reshape(codes.size(0), k)
@@ -34,12 +45,27 @@ def one_dim(tokens):
     return torch.tensor(tokens, dtype=torch.int8).reshape(-1, 1)
 
 
+def angles(degrees, radius=100):
+    """2-D int8 tokens at these angles (degrees) from the x axis."""
+    rad = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+    return torch.stack([radius * rad.cos(), radius * rad.sin()], dim=1).round().to(torch.int8)
+
+
 def test_known_selection_in_time_order():
-    values = one_dim([1, 3, 2, 3])  # scores against candidate [1]: 1, 3, 2, 3
-    cand = one_dim([1])
+    values = angles([80, 10, 45, 10])  # cosines with candidate (1, 0): 0.17, 0.98, 0.71, 0.98
+    cand = torch.tensor([[1, 0]], dtype=torch.int8)
     assert select(values, [0], [4], cand, [0], 2).tolist() == [[1, 3]]
     assert select(values, [0], [4], cand, [0], 3).tolist() == [[1, 2, 3]]
-    assert select(values, [0], [4], -cand, [0], 1).tolist() == [[0]]  # negated candidate: smallest token wins
+    assert select(values, [0], [4], -cand, [0], 1).tolist() == [[0]]  # negated candidate: farthest token wins
+
+
+def test_tokens_are_scored_normalised_not_by_raw_dot_product():
+    """A long token pointing away from the candidate loses to a short one pointing at it: the score
+    is the candidate against the L2-normalised dequantised token, as the paper's serving path."""
+    values = torch.tensor([[120, 90], [20, 0], [0, 0]], dtype=torch.int8)  # raw dots with (1, 0): 120, 20, 0
+    cand = torch.tensor([[1.0, 0.0]])
+    assert select(values, [0], [3], cand, [0], 1).tolist() == [[1]]  # cosines 0.8, 1.0, 0 (zero token)
+    assert select(values, [0], [3], cand, [0], 2).tolist() == [[0, 1]]
 
 
 def test_ties_go_to_the_most_recent_tokens():
@@ -67,8 +93,8 @@ def test_empty_sequences_and_k_zero():
 
 def test_overlapping_windows_share_one_token_table():
     """History as of two times is two windows of one stream: no copy, each window ranked alone."""
-    values = one_dim([9, 1, 8, 2, 7])
-    cand = one_dim([1, 1])
+    values = angles([0, 80, 10, 70, 20])  # nearest to (1, 0) first: 0, 2, 4, 3, 1
+    cand = torch.tensor([[1, 0], [1, 0]], dtype=torch.int8)
     got = select(values, [0, 0], [3, 5], cand, [0, 1], 2)
     assert got.tolist() == [[0, 2], [0, 2]]
     got = select(values, [1, 2], [2, 3], cand, [0, 1], 1)
