@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from recsys.config import to_dict
-from recsys.data.features import FeatureSpec
+from recsys.data.features import FEATURE_SPEC_FILE, FeatureSpec, save_feature_spec
 from recsys.data.pipeline import load_events
 from recsys.data.sequences import SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
@@ -73,6 +73,7 @@ class RetrievalRecipe:
         if self.ctx.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.output_dir / "config.json", to_dict(cfg))
+            save_feature_spec(self.spec, self.output_dir / FEATURE_SPEC_FILE)
             save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
             print(self.summary())
         if resume:
