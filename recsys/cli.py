@@ -142,11 +142,18 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from recsys.config import load_config
+    from recsys.models import get_model_spec
     from recsys.train.config import TrainConfig
-    from recsys.train.ranking import run_evaluation
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    run_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
+    if get_model_spec(cfg.model_name).task == "retrieval":
+        from recsys.train.retrieval import run_retrieval_evaluation
+
+        run_retrieval_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
+    else:
+        from recsys.train.ranking import run_evaluation
+
+        run_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
     return 0
 
 
