@@ -123,3 +123,22 @@ def test_eval_of_a_retrieval_run_prints_the_training_table(tmp_path, capsys, one
     assert "checkpoint of step" in header and "epoch 1" in header
     rows = [line for line in evaluated[evaluated.index(header) + 1:] if line.split()[:1] and "@" in line.split()[0] or line.startswith("mrr")]
     assert len(rows) >= 5 and all(row in trained for row in rows)  # the training table's rows: test at epoch 1 = the checkpoint
+
+
+def test_version(capsys):
+    import recsys
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"recsys-zoo {recsys.__version__}"
+
+
+def test_configs_lists_the_installed_configs_and_train_reads_them_outside_a_checkout(tmp_path, capsys, monkeypatch):
+    assert main(["configs", "dlrm/*"]) == 0
+    out = capsys.readouterr().out
+    assert "configs/dlrm/synthetic.yaml" in out and "configs/hstu" not in out
+    from recsys.config import load_config
+    from recsys.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the installed copy is read
+    assert load_config(TrainConfig, "configs/dlrm/synthetic.yaml").model_name == "dlrm"
