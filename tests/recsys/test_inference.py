@@ -1,5 +1,5 @@
 """recsys.load gives back the trained model, unsharded and in eval mode, from any of a run's
-folders; batches are pytrees; the exported dense part of DLRM, TransAct V2 and HSTU gives the
+folders; batches are pytrees; the exported dense part of DLRM, TransAct V2, HSTU and SASRec gives the
 eager model's outputs on batches of other sizes than the one it was traced on."""
 
 import shutil
@@ -57,11 +57,11 @@ def transact_v2_run(tmp_path_factory):
     return _ranking_run(tmp_path_factory.mktemp("transact_v2"), "configs/transact/transact_v2_synthetic.yaml", overrides)
 
 
-@pytest.fixture(scope="module")
-def hstu_run(tmp_path_factory):
-    """A tiny HSTU run on item walks: (run folder, two test batches, the trained model's user vectors)."""
-    root = tmp_path_factory.mktemp("hstu")
-    cfg = retrieval_config(root / "run", "hstu", write_walks(root / "walks.csv"), "train.epochs=1")
+@pytest.fixture(scope="module", params=["hstu", "sasrec"])
+def retrieval_run(tmp_path_factory, request):
+    """A tiny retrieval run on item walks: (run folder, two test batches, the trained model's user vectors)."""
+    root = tmp_path_factory.mktemp(request.param)
+    cfg = retrieval_config(root / "run", request.param, write_walks(root / "walks.csv"), "train.epochs=1")
     recipe = RetrievalRecipe(cfg)
     recipe.setup()
     try:
@@ -107,8 +107,8 @@ def test_import_recsys_loads_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_batches_are_pytrees(dlrm_run, hstu_run):
-    for batch in (dlrm_run[1][0], hstu_run[1][0]):
+def test_batches_are_pytrees(dlrm_run, retrieval_run):
+    for batch in (dlrm_run[1][0], retrieval_run[1][0]):
         leaves, spec = pytree.tree_flatten(batch)  # TorchRec's jagged tensors flatten their unset fields to None
         tensors = [leaf for leaf in leaves if leaf is not None]
         assert all(isinstance(leaf, torch.Tensor) for leaf in tensors)
@@ -142,8 +142,8 @@ def test_exported_transact_v2_dense_part_matches_eager(transact_v2_run):
     _check_export(model, batches, logits)
 
 
-def test_exported_hstu_dense_part_matches_eager(hstu_run):
-    run, batches, users = hstu_run
+def test_exported_retrieval_dense_part_matches_eager(retrieval_run):
+    run, batches, users = retrieval_run
     model = recsys.load(run)
     with torch.no_grad():
         assert torch.allclose(model.user_vectors(batches[0]), users[0], atol=1e-6)
