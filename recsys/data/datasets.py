@@ -109,3 +109,25 @@ def _fetch_file(url: str, path: Path, sha256: str) -> None:
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+DATASET_SCHEME = "dataset:"
+"""``data.path: dataset:<name>[/<file>]`` reads ``<cache>/<name>[/<file>]`` (with ``data.download=true``
+the set is fetched first), so a config names a data set rather than a folder of one checkout."""
+
+
+def dataset_path(path: str, fetch: bool = False) -> Path:
+    """``dataset:ml-1m`` -> ``<cache>/ml-1m``; ``dataset:amazon-beauty/Beauty.txt`` -> ``<cache>/amazon-beauty/Beauty.txt``.
+
+    Args:
+        path: a ``data.path`` starting with :data:`DATASET_SCHEME`.
+        fetch: download the set first when it is not in the cache yet.
+    """
+    name, _, rest = path.removeprefix(DATASET_SCHEME).partition("/")
+    if name not in DATASETS:
+        raise ConfigError(f"data.path={path!r} names no known data set; use dataset:<name> with a name of {sorted(DATASETS)}")
+    folder = fetch_dataset(name) if fetch else data_home() / name
+    resolved = folder / rest if rest else folder
+    if not resolved.exists():
+        raise DataError(f"{resolved} does not exist; fetch it with `recsys data fetch {name}` or set data.download=true")
+    return resolved

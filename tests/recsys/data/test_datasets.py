@@ -90,3 +90,21 @@ def test_pinned_checksums_are_those_of_the_published_s3rec_files(tmp_path, name)
     folder = fetch_dataset(name, root=tmp_path, base_url=SHARED_S3REC.as_uri())
     for file_name, expected in datasets.DATASETS[name].files.items():
         assert sha256((folder / file_name).read_bytes()) == expected
+
+
+def test_a_config_names_a_cached_set_and_download_fetches_it(tmp_path, monkeypatch, fake_beauty):
+    from recsys.config import load_config
+    from recsys.data.pipeline import load_events
+    from recsys.data.datasets import dataset_path
+    from recsys.train.config import TrainConfig
+
+    monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="recsys data fetch amazon-beauty"):
+        dataset_path("dataset:amazon-beauty/Beauty.txt")
+    with pytest.raises(ConfigError, match="amazon-sports"):
+        dataset_path("dataset:amazon-books")
+    monkeypatch.setattr(datasets, "S3REC_URL", fake_beauty)
+    cfg = load_config(TrainConfig, "configs/hstu/beauty.yaml",
+                      ["data.path=dataset:amazon-beauty/Beauty.txt", "data.download=true"])
+    log = load_events(cfg.data)
+    assert log.num_users == 2 and (tmp_path / "cache" / "amazon-beauty" / "Beauty.txt").is_file()
