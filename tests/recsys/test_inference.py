@@ -155,3 +155,24 @@ def test_dense_part_names_the_models_it_covers():
 
     with pytest.raises(ConfigError, match="no export boundary"):
         dense_part(get_model("hstu_ranking"))
+
+
+def test_load_reads_a_checkpoint_of_a_two_rank_row_wise_job(tmp_path):
+    """The unsharded model equals what a 1-rank DMP job loads from the same 2-rank checkpoint."""
+    from tests.recsys.train.torchrun_jobs import CONFIG, ROW_WISE, TINY, torchrun
+
+    torchrun("train", tmp_path, ROW_WISE, "train.epochs=1")
+    assert "row_wise" in (tmp_path / "plan.json").read_text()
+    cfg = load_config(TrainConfig, CONFIG, [*TINY, "train.epochs=1", f"output_dir={tmp_path}"])
+    recipe = RankingRecipe(cfg)
+    recipe.setup(write_run_files=False)
+    try:
+        recipe.checkpoints.load(recipe.model, recipe.optimizer)
+        recipe.model.eval()
+        batch = next(iter(make_dataloader(recipe.data.test, 64, shuffle=False, seed=0)))
+        with torch.no_grad():
+            expected = recipe.model(batch)[1]
+    finally:
+        recipe.cleanup()
+    with torch.no_grad():
+        assert torch.allclose(recsys.load(tmp_path)(batch), expected, atol=1e-6)
