@@ -21,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from recsys.atomic_files import write_json_atomic
+from recsys.plots import grouped_bars, png_beside
 from recsys.cli import _quiet_library_noise
 from recsys.config import load_config
 from recsys.train.config import TrainConfig
@@ -80,6 +81,18 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> Path:
+    """Test AUC of DLRM and popularity side by side, per config and head (error bars: std over seeds)."""
+    groups = {
+        f"{Path(r['config']).stem} {r['head']}": {
+            "DLRM": (r["model_auc_mean"], r["model_auc_std"]),
+            "popularity": (r["popularity_auc_mean"], r["popularity_auc_std"]),
+        }
+        for r in rows
+    }
+    return grouped_bars(groups, path, "test AUC (mean ± std over seeds)", "DLRM vs popularity")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["configs/dlrm/synthetic.yaml", "configs/dlrm/ml100k.yaml"])
@@ -96,7 +109,7 @@ def main() -> None:
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "summary": rows, "runs": runs,
     })
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot(rows, png_beside(out))}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from recsys.atomic_files import write_json_atomic
+from recsys.plots import line_plot, png_beside
 from recsys.ops.hstu_attention import hstu_attention
 from recsys.ops.hstu_attention_layout import build_hstu_attention_layout
 
@@ -118,6 +119,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(report: dict, path: Path) -> Path:
+    """Latency vs the longest sequence, one line per backend and dtype."""
+    series: dict[str, list] = {}
+    for r in report["rows"]:
+        series.setdefault(f"{r['backend']} {r['dtype']}", []).append((r["longest"], r["ms"]))
+    return line_plot(series, path, "longest sequence (tokens)", "ms (median)", log_x=True, log_y=True,
+                     title=f"jagged HSTU attention forward on {report['device']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run the reference on CPU (small shapes)")
@@ -139,7 +149,7 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "peak_tflops": PEAK_TFLOPS, "allow_tf32": args.tf32, "rows": rows}
     write_json_atomic(args.out, report)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(report, png_beside(args.out))}")
 
 
 if __name__ == "__main__":

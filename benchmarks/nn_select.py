@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from recsys.atomic_files import write_json_atomic
+from recsys.plots import line_plot, png_beside
 from recsys.ops.int8_quantization import quantize_int8
 from recsys.ops.nn_select import nn_select
 
@@ -101,6 +102,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(report: dict, path: Path) -> Path:
+    """Latency vs the lifelong sequence length, one line per backend and k."""
+    series: dict[str, list] = {}
+    for r in report["rows"]:
+        series.setdefault(f"{r['backend']} k={r['k']}", []).append((r["length"], r["ms"]))
+    return line_plot(series, path, "lifelong sequence length", "ms (median)", log_x=True, log_y=True,
+                     title=f"candidate-conditioned NN selection on {report['device']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run the reference on CPU (small shapes)")
@@ -118,7 +128,7 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "hbm_gb_per_s": HBM_GBPS, "rows": rows}
     write_json_atomic(args.out, report)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot(report, png_beside(args.out))}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+from recsys.plots import grouped_bars, png_beside
+
 METRICS = ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "hr@200", "mrr")
 
 
@@ -62,6 +64,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> Path:
+    """Test metrics of every config side by side (error bars: std over seeds)."""
+    groups = {metric: {r["config"]: tuple(r[metric]) for r in rows} for metric in METRICS}
+    return grouped_bars(groups, path, "test metric (mean ± std over seeds)", "full-ranking retrieval, test split")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", required=True)
@@ -82,7 +90,7 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"date": date.today().isoformat(), "summary": rows, "runs": runs}, indent=2))
     os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot(rows, png_beside(out))}")
 
 
 if __name__ == "__main__":

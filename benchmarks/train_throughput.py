@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from recsys.atomic_files import write_json_atomic
+from recsys.plots import line_plot, png_beside
 from recsys.cli import _quiet_library_noise
 from recsys.config import load_config
 from recsys.env import check_environment
@@ -355,6 +356,18 @@ def format_table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(reports: list[dict], path: str | Path) -> Path:
+    """Throughput vs the batch per rank, one line per (config, world size, phase): the reports
+    of several runs (e.g. ``--out`` files of a batch-size sweep) on one figure."""
+    series: dict[str, list] = {}
+    for r in reports:
+        for phase in PHASES:
+            name = f"{Path(r['config']).stem}, {r['world_size']} x {r['device_type']}, {phase}"
+            series.setdefault(name, []).append((r["batch_per_rank"], r[phase]["examples_per_s"]))
+    return line_plot(series, path, "batch per rank", "examples/s (whole job)", log_x=True,
+                     title="training throughput")
+
+
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -395,7 +408,7 @@ def run(args: argparse.Namespace) -> dict | None:
     if report is not None:
         print(format_table([report]))
         write_json_atomic(args.out, report)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} and {plot([report], png_beside(args.out))}")
     return report
 
 

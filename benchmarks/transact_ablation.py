@@ -42,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from recsys.atomic_files import write_json_atomic
+from recsys.plots import grouped_bars, png_beside
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = "configs/transact/transact_v2_synthetic.yaml"
@@ -210,6 +211,19 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    """The rows side by side per head, one PNG per metric: ``<out>.png`` (HIT@3), ``<out>_auc.png``
+    (error bars: 95% CI half-widths over seeds)."""
+    paths = []
+    for i, metric in enumerate(METRICS):
+        heads = [key.removeprefix(metric + " ") for key in (rows[0] if rows else {}) if key.startswith(metric + " ")]
+        groups = {head: {r["row"]: tuple(r[f"{metric} {head}"]) for r in rows} for head in heads}
+        path = png_beside(out) if i == 0 else out.with_name(f"{out.stem}_{metric.replace('@', '')}.png")
+        note = " (hide: lower is better)" if metric == "hit@3" else ""
+        paths.append(grouped_bars(groups, path, f"test {metric.upper()} (mean ± 95% CI)", f"TransAct ablation{note}"))
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -254,7 +268,7 @@ def main() -> None:
     report = {"date": date.today().isoformat(), "suite": args.suite, "base_config": base_config, "seeds": args.seeds, "overrides": args.overrides,
               "data_build_seconds": build_seconds, "summary": rows, "paired_with_no_sequence": paired, "runs": runs}
     write_json_atomic(out, report)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {', '.join(str(p) for p in plot(rows, out))}")
 
 
 if __name__ == "__main__":

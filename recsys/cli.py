@@ -8,8 +8,11 @@
     recsys data inspect --source movielens PATH
     recsys data convert --source movielens PATH OUT
     recsys data synthetic OUT [key=value ...]
+    recsys data fetch amazon-beauty|amazon-sports|ml-100k|ml-1m|ml-20m [--root DIR]
     recsys models [PATTERN]
+    recsys configs [PATTERN]
     recsys env
+    recsys --version
 
 Errors in the input (files, configs, checkpoints) are printed as one message naming the problem
 and the fix, with exit status 2; ``--traceback`` shows the stack as well.
@@ -25,12 +28,21 @@ from recsys.errors import RecsysError
 
 # The keys of recsys.data.readers.READERS, named here so that parsing arguments imports no reader.
 READER_NAMES = ("amazon", "amazon_ratings", "events", "log", "movielens")
+# The keys of recsys.data.datasets.DATASETS, likewise.
+DATASET_NAMES = ("amazon-beauty", "amazon-sports", "ml-100k", "ml-1m", "ml-20m")
+
+
+def _version() -> str:
+    import recsys
+
+    return recsys.__version__
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__.split("\n")[0])
     parser.add_argument("--traceback", action="store_true", help="show the full stack on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="keep the libraries' own warnings")
+    parser.add_argument("--version", action="version", version=f"recsys-zoo {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a zoo model from a YAML config")
@@ -66,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("out")
     synth.add_argument("overrides", nargs="*", help="SyntheticConfig fields, e.g. num_users=10000")
 
+    fetch = data_sub.add_parser("fetch", help="download a public data set into the cache folder, checksum-verified")
+    fetch.add_argument("name", choices=DATASET_NAMES)
+    fetch.add_argument("--root", default=None, help="cache folder (default: $RECSYS_DATA or ~/.cache/recsys-zoo/data)")
+    fetch.add_argument("--url", default=None, help="base address of the files (default: the original source)")
+
+    configs = sub.add_parser("configs", help="list the installed YAML configs")
+    configs.add_argument("pattern", nargs="?", default="*")
+
     models = sub.add_parser("models", help="list the model zoo")
     models.add_argument("pattern", nargs="?", default="*")
 
@@ -95,7 +115,21 @@ def _reader_options(options: list[str]) -> dict:
     return parse_overrides(options)
 
 
+def _cmd_configs(args) -> int:
+    from recsys.packaged_configs import configs_dir, list_configs
+
+    for name, description in list_configs(args.pattern):
+        print(f"{name:<52} {description}")
+    print(f"(installed in {configs_dir()}; `recsys train --config <name>` reads ./<name> first)")
+    return 0
+
+
 def _cmd_data(args) -> int:
+    if args.data_command == "fetch":
+        from recsys.data.datasets import fetch_dataset
+
+        print(fetch_dataset(args.name, root=args.root, base_url=args.url))
+        return 0
     from recsys.data.describe import describe_log, format_description
     from recsys.data.log_io import write_log
 
@@ -142,11 +176,18 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from recsys.config import load_config
+    from recsys.models import get_model_spec
     from recsys.train.config import TrainConfig
-    from recsys.train.ranking import run_evaluation
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    run_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
+    if get_model_spec(cfg.model_name).task == "retrieval":
+        from recsys.train.retrieval import run_retrieval_evaluation
+
+        run_retrieval_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
+    else:
+        from recsys.train.ranking import run_evaluation
+
+        run_evaluation(cfg, checkpoint_dir=args.checkpoint, step=args.step)
     return 0
 
 
@@ -173,6 +214,7 @@ def _cmd_plan(args) -> int:
 COMMANDS = {
     "env": _cmd_env,
     "models": _cmd_models,
+    "configs": _cmd_configs,
     "data": _cmd_data,
     "train": _cmd_train,
     "eval": _cmd_eval,

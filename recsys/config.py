@@ -27,8 +27,11 @@ T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Reads a YAML mapping; an empty file is an empty mapping."""
-    path = Path(path)
+    """Reads a YAML mapping; an empty file is an empty mapping. A relative path that does not exist
+    is looked up among the installed configs (``recsys.packaged_configs``)."""
+    from recsys.packaged_configs import resolve_config
+
+    path = resolve_config(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML, e.g. configs/dlrm/synthetic.yaml")
     try:

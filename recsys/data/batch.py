@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.pipelineable import TensorDataclass
+from recsys.data.pipelineable import TensorDataclass, pytree_dataclass
 
 
+@pytree_dataclass
 @dataclass
 class RankingBatch(TensorDataclass):
     """A batch of candidates.

@@ -107,3 +107,25 @@ class FeatureSpec:
         if feature in self.attribute_features:
             return self.item_attributes[feature[len("item_"):]]
         raise KeyError(f"unknown sparse feature {feature!r}; known: {self.sparse_features}")
+
+
+FEATURE_SPEC_FILE = "feature_spec.json"
+"""Name of the FeatureSpec file a training run writes beside its config.json (``recsys.load`` reads it)."""
+
+
+def save_feature_spec(spec: FeatureSpec, path) -> None:
+    """Writes ``spec`` as JSON (atomically)."""
+    from recsys.atomic_files import write_json_atomic
+    from recsys.config import to_dict
+
+    write_json_atomic(path, to_dict(spec))
+
+
+def load_feature_spec(path) -> FeatureSpec:
+    """The FeatureSpec :func:`save_feature_spec` wrote to ``path``."""
+    import json
+    from pathlib import Path
+
+    from recsys.config import from_dict
+
+    return from_dict(FeatureSpec, json.loads(Path(path).read_text(encoding="utf-8")), where=str(path))

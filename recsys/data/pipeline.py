@@ -53,9 +53,14 @@ def load_events(data_cfg) -> EventLog:
         raise ConfigError(f"data.path is required for data.source={data_cfg.source!r}; set data.path=<file or folder>")
     from recsys.data.readers import read_events
 
-    path = Path(data_cfg.path)
-    if data_cfg.download:
-        path = fetch_source(data_cfg.source, path)
+    if data_cfg.path.startswith("dataset:"):  # a named set in the cache folder (recsys.data.datasets)
+        from recsys.data.datasets import dataset_path
+
+        path = dataset_path(data_cfg.path, fetch=data_cfg.download)
+    else:
+        path = Path(data_cfg.path)
+        if data_cfg.download:
+            path = fetch_source(data_cfg.source, path)
     return read_events(data_cfg.source, path, **data_cfg.options)
 
 

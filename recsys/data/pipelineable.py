@@ -12,6 +12,23 @@ import torch
 from torchrec.streamable import Pipelineable
 
 
+def pytree_dataclass(cls: type) -> type:
+    """Class decorator (above ``@dataclass``): registers ``cls`` as a pytree node over its fields.
+
+    Example::
+
+        @pytree_dataclass
+        @dataclass
+        class Pair(TensorDataclass):
+            a: torch.Tensor
+            b: torch.Tensor | None = None
+
+        leaves, spec = torch.utils._pytree.tree_flatten(Pair(torch.zeros(2)))  # [tensor([0., 0.])]
+    """
+    torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+    return cls
+
+
 class TensorDataclass(Pipelineable):
     """Pipelineable over every (non-None) field of a dataclass."""
 

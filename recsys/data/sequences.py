@@ -51,7 +51,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recsys.data.collate import LENGTH_DTYPE, kjt_from_jagged
 from recsys.data.loader import BatchDataset, ResumableDataLoader, resumable_loader
-from recsys.data.pipelineable import TensorDataclass
+from recsys.data.pipelineable import TensorDataclass, pytree_dataclass
 from recsys.data.schema import EventLog
 from recsys.data.splits import Split
 from recsys.errors import ConfigError, DataError
@@ -61,6 +61,7 @@ ITEM_KEY = "item_id"
 NO_TARGET = -1
 
 
+@pytree_dataclass
 @dataclass
 class SequenceBatch(TensorDataclass):
     """B user sequences, one per row, as jagged tensors.

@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -398,12 +397,9 @@ def format_markdown(report: PlanReport) -> str:
 
 def plot_ranks(report: PlanReport, path: str | Path) -> Path:
     """A PNG with two bar charts over ranks: memory used vs capacity, and estimated time per step."""
-    import matplotlib
+    from recsys.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    plt = pyplot()
     path = Path(path)
     ranks = [r.rank for r in report.ranks]
     on_device = report.topology.compute_device == "cuda"

@@ -165,11 +165,24 @@ class DLRM(nn.Module):
         """
         if not isinstance(batch, torch.fx.Proxy):  # TorchRec's train pipeline traces this forward
             self._check_batch(batch)
-        dense = self.dense_arch(batch.dense_features)  # [B, D']
         pooled = self.pooled_embeddings(self.sparse_arch(batch.sparse_features))  # [B, F * D]
-        parts = [dense, pooled]
-        if self.sequence_arch is not None:
-            parts.append(self.sequence_arch(batch))  # [B, F_seq]
+        sequence = self.sequence_arch(batch) if self.sequence_arch is not None else None  # [B, F_seq]
+        return self.interact(batch.dense_features, pooled, sequence)  # [B, H]
+
+    def interact(self, dense_features: torch.Tensor, pooled: torch.Tensor, sequence: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the lookups and the sequence encoder (the dense part ``recsys.inference`` exports).
+
+        Args:
+            dense_features: ``[B, C + T]``.
+            pooled: ``[B, F * D]`` from :meth:`pooled_embeddings`.
+            sequence: ``[B, F_seq]`` sequence-arch features, or None for plain DLRM.
+
+        Returns:
+            ``[B, H]`` logits.
+        """
+        parts = [self.dense_arch(dense_features), pooled]  # [B, D'], [B, F * D]
+        if sequence is not None:
+            parts.append(sequence)  # [B, F_seq]
         x_0 = torch.cat(parts, dim=1)  # [B, N]
         crossed = self.cross_net(x_0)  # [B, N]: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l
         return self.head_layer(self.over_arch(crossed))  # [B, H]

@@ -28,6 +28,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.data.sequences import ITEM_KEY, SequenceBatch
 from recsys.errors import ConfigError
 from recsys.modules.position_embedding import learned_position_table
+from recsys.ops.hstu_attention_layout import sequence_ids
 from recsys.modules.sampled_softmax import SampledSoftmaxLoss
 
 ITEM_TABLE = "t_item_id"
@@ -131,10 +132,27 @@ class SequentialRetrieval(nn.Module):
         encoder's time bias (training gives every other token its next token's time); None uses
         the last token's own time.
         """
-        x = self._lookup(batch.item_ids) * self.input_scale  # [T, D]
+        return self.encode_embeddings(self._lookup(batch.item_ids), batch.seq_offsets, batch.timestamps,
+                                      next_timestamp)
+
+    def encode_embeddings(self, embeddings: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor,
+                          next_timestamp: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything after the item lookup (the dense part ``recsys.inference`` exports).
+
+        Args:
+            embeddings: ``[T, D]`` raw item embeddings of every token (``embed_items``).
+            seq_offsets: ``[B + 1]`` int64.
+            timestamps: ``[T]`` int64.
+            next_timestamp: ``[B]`` int64 time of the event each sequence's last token predicts, or None.
+
+        Returns:
+            ``[T, D]`` L2-normalised user vector after each token.
+        """
+        x = embeddings * self.input_scale  # [T, D]
         if self.positions is not None:
-            x = x + self.positions(_positions_in_sequence(batch.seq_offsets).clamp(max=self.max_seq_len - 1))
-        h = self.encoder(self.input_dropout(x), batch.seq_offsets, timestamps=batch.timestamps,
+            positions = _positions_in_sequence(seq_offsets, x.size(0))  # [T]
+            x = x + self.positions(positions.clamp(max=self.max_seq_len - 1))
+        h = self.encoder(self.input_dropout(x), seq_offsets, timestamps=timestamps,
                          next_timestamp=next_timestamp)  # [T, D]
         return F.normalize(h, dim=-1)
 
@@ -161,8 +179,10 @@ class SequentialRetrieval(nn.Module):
         return self.loss(u[position], items[position + 1], self.embed_items)
 
 
-def _positions_in_sequence(seq_offsets: torch.Tensor) -> torch.Tensor:
-    """``[T]`` index of each token within its sequence: offsets [0, 3, 5] -> [0, 1, 2, 0, 1]."""
-    lengths = seq_offsets[1:] - seq_offsets[:-1]
-    starts = torch.repeat_interleave(seq_offsets[:-1], lengths)
-    return torch.arange(int(seq_offsets[-1]), device=seq_offsets.device) - starts
+def _positions_in_sequence(seq_offsets: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``[T]`` index of each token within its sequence: offsets [0, 3, 5] -> [0, 1, 2, 0, 1].
+
+    ``num_tokens`` is T (``seq_offsets[-1]``), given so that nothing reads the offsets on the host.
+    """
+    sequence = sequence_ids(seq_offsets, num_tokens)  # [T]
+    return torch.arange(num_tokens, device=seq_offsets.device) - seq_offsets[sequence]

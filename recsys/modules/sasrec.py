@@ -149,7 +149,10 @@ class SASRecEncoder(nn.Module):
             num_targets: ``[B]`` int64 targets at the end of each sequence, or None.
         """
         lengths = self._check_input(values, seq_offsets, num_targets)  # [B]
-        n = max(int(lengths.max()) if lengths.numel() else 0, 1)  # N >= 1 keeps empty batches regular
+        if torch.compiler.is_exporting():  # no host read of the lengths: pad to max_seq_len (same outputs)
+            n = self.max_seq_len
+        else:
+            n = max(int(lengths.max()) if lengths.numel() else 0, 1)  # N >= 1 keeps empty batches regular
         x = jagged_to_padded(values, seq_offsets, n)  # [B, N, D]
         if self.position_embedding is not None:
             x = x + self.position_embedding(effective_positions(lengths, num_targets, n))  # [B, N, D]
@@ -157,7 +160,7 @@ class SASRecEncoder(nn.Module):
         mask = sasrec_mask(lengths, num_targets, n)  # [B, N, N]
         for layer in self.layers:
             x = layer(x, mask)
-        return padded_to_jagged(self.final_norm(x), seq_offsets)  # [T, D]
+        return padded_to_jagged(self.final_norm(x), seq_offsets, num_rows=values.size(0))  # [T, D]
 
     def _check_input(self, values: torch.Tensor, seq_offsets: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
         """Validate the jagged input and return the ``[B]`` lengths."""
@@ -168,6 +171,8 @@ class SASRecEncoder(nn.Module):
                 f"SASRecEncoder: seq_offsets must be a [B + 1] int64 tensor; got {seq_offsets.dtype} {tuple(seq_offsets.shape)}"
             )
         lengths = seq_offsets[1:] - seq_offsets[:-1]
+        if torch.compiler.is_exporting():  # the value checks read tensors on the host; eager calls run them
+            return lengths
         if int(seq_offsets[0]) != 0 or int(seq_offsets[-1]) != values.size(0) or bool((lengths < 0).any()):
             raise DataError(
                 f"SASRecEncoder: seq_offsets must start at 0, never decrease and end at the row count {values.size(0)}"

@@ -213,7 +213,8 @@ class TransActV2(nn.Module):
                   + self.surface_embedding(surface) + self.position_embedding(positions))  # [V, 2C]
         tokens = self.input_projection(tokens)  # [V, d]
         features, outputs, rows, token_index = [], [], [], []
-        for group in length_groups(lengths, self.config.length_groups):
+        groups = 1 if torch.compiler.is_exporting() else self.config.length_groups  # export: one static shape
+        for group in length_groups(lengths, groups):
             group_features, group_outputs, group_index = self._encode_rows(tokens, starts[group], lengths[group])
             features.append(group_features)
             outputs.append(group_outputs)
@@ -226,7 +227,10 @@ class TransActV2(nn.Module):
     def _encode_rows(self, tokens, starts, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows ``starts, lengths`` (``[b]`` each) padded to their longest: ``features [b, F]``,
         their real tokens' outputs ``[v, d]`` and those tokens' indices ``[v]`` among all tokens."""
-        width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        if torch.compiler.is_exporting():  # no host read of the lengths: pad to the table's size (same outputs)
+            width = self.max_sequence
+        else:
+            width = max(int(lengths.max()) if lengths.numel() else 0, 1)
         index, real = jagged_index(lengths, width, starts)  # [b, L], [b, L]
         padded = torch.cat([tokens, tokens.new_zeros(1, tokens.shape[1])])[torch.where(real, index, tokens.shape[0])]
         # Padding sits at the end of each row, so a real token t reads only real tokens s <= t under
@@ -253,6 +257,8 @@ class TransActV2(nn.Module):
         return multi_hot @ self.action_embedding.weight  # [V, A] @ [A, 2C]
 
     def _check_inputs(self, lengths, action_bits, surface, content, candidate_content) -> None:
+        if torch.compiler.is_exporting():  # the value checks read tensors on the host; eager calls run them
+            return
         num_rows, total = lengths.shape[0], action_bits.shape[0]
         if lengths.dim() != 1 or int(lengths.sum()) != total or surface.shape != action_bits.shape:
             raise DataError(

@@ -27,7 +27,12 @@ from recsys.errors import DataError
 from recsys.ops.relative_bias_index import history_lengths, relative_bias_index
 
 CHECK_INPUTS = True
-"""Check offset, length and target values (host syncs) when a layout is built; shapes are always checked."""
+"""Check offset, length and target values (host syncs) when a layout is built; shapes are always
+checked. ``torch.export`` traces skip the value checks (eager calls of the exported model run them)."""
+
+
+def _check_values() -> bool:
+    return CHECK_INPUTS and not torch.compiler.is_exporting()
 
 
 @dataclass
@@ -223,7 +228,7 @@ def check_offsets(name: str, offsets: torch.Tensor, num_rows: int) -> torch.Tens
     if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
         raise DataError(f"hstu_attention: {name} must be a [B + 1] int64 tensor; got {offsets.dtype} {tuple(offsets.shape)}")
     lengths = offsets[1:] - offsets[:-1]
-    if CHECK_INPUTS and (int(offsets[0]) != 0 or int(offsets[-1]) != num_rows or bool((lengths < 0).any())):
+    if _check_values() and (int(offsets[0]) != 0 or int(offsets[-1]) != num_rows or bool((lengths < 0).any())):
         raise DataError(
             f"hstu_attention: {name} must start at 0, never decrease and end at the row count {num_rows}; "
             f"got {offsets.tolist() if offsets.numel() <= 10 else '...'}"
@@ -238,14 +243,14 @@ def _check_queries(query_offsets, lengths, num_queries: int, num_rows: int) -> t
             raise DataError(f"hstu_attention: q has {num_queries} rows, k {num_rows}; pass query_offsets when q is a subset")
         return lengths
     query_lengths = check_offsets("query_offsets", query_offsets, num_queries)
-    if query_lengths.numel() != lengths.numel() or (CHECK_INPUTS and bool((query_lengths > lengths).any())):
+    if query_lengths.numel() != lengths.numel() or (_check_values() and bool((query_lengths > lengths).any())):
         raise DataError("hstu_attention: query_offsets must give each of the B sequences at most its length in queries")
     return query_lengths
 
 
 def _check_sequences(lengths, max_seq_len: int, timestamps, num_targets, num_rows: int) -> None:
     """Lengths within ``max_seq_len``, timestamps ``[T]``, targets ``[B]`` within each length."""
-    if CHECK_INPUTS and lengths.numel() and int(lengths.max()) > max_seq_len:
+    if _check_values() and lengths.numel() and int(lengths.max()) > max_seq_len:
         raise DataError(
             f"hstu_attention: a sequence has {int(lengths.max())} tokens > max_seq_len={max_seq_len}; "
             "truncate the sequences or raise max_seq_len"
@@ -255,13 +260,14 @@ def _check_sequences(lengths, max_seq_len: int, timestamps, num_targets, num_row
     if num_targets is not None:
         if num_targets.shape != lengths.shape:
             raise DataError(f"hstu_attention: num_targets must be [B] = [{lengths.numel()}]; got {tuple(num_targets.shape)}")
-        if CHECK_INPUTS and (bool((num_targets < 0).any()) or bool((num_targets > lengths).any())):
+        if _check_values() and (bool((num_targets < 0).any()) or bool((num_targets > lengths).any())):
             raise DataError("hstu_attention: num_targets[b] must lie in [0, length of sequence b]")
 
 
 def _padded_width(lengths: torch.Tensor, max_seq_len: int) -> int:
-    """N: the longest sequence on CPU (one read), ``max_seq_len`` on an accelerator (no sync)."""
-    if lengths.device.type != "cpu":
+    """N: the longest sequence on CPU (one read), ``max_seq_len`` on an accelerator or under
+    ``torch.export`` (no sync)."""
+    if lengths.device.type != "cpu" or torch.compiler.is_exporting():
         return max_seq_len
     return int(lengths.max()) if lengths.numel() else 0
 

@@ -34,7 +34,8 @@ class DataConfig:
         source: "synthetic" (built-in generator), "movielens", "amazon" (S3-Rec format),
             "amazon_ratings" (an Amazon ratings-only CSV such as ``ratings_Books.csv``),
             "events" (CSV/Parquet with a column mapping) or "log" (``recsys data convert`` output).
-        path: file or folder of the source (unused for synthetic).
+        path: file or folder of the source (unused for synthetic), or ``dataset:<name>[/<file>]`` for a
+            set of ``recsys data fetch`` in the cache folder (``recsys.data.datasets``).
         download: for MovieLens, fetch ``<name>.zip`` from GroupLens (MD5-checked) into
             ``path``'s parent when ``path`` (e.g. ``data/ml-1m``) does not hold the files yet; for
             amazon_ratings, fetch ``path`` (e.g. ``data/amzn-books/ratings_Books.csv``) from SNAP

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from recsys.config import to_dict
+from recsys.data.features import FEATURE_SPEC_FILE, save_feature_spec
 from recsys.data.lifelong_pipeline import LifelongData, prepare_lifelong_data
 from recsys.data.loader import make_dataloader
 from recsys.data.pipeline import RankingData, build_ranking_data, load_events_with_probabilities
@@ -148,6 +149,7 @@ class RankingRecipe:
     def _write_run_files(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.output_dir / "config.json", to_dict(self.cfg))
+        save_feature_spec(self.data.spec, self.output_dir / FEATURE_SPEC_FILE)
         save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
 
     # ------------------------------------------------------------------ checkpoints

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from recsys.config import to_dict
-from recsys.data.features import FeatureSpec
+from recsys.data.features import FEATURE_SPEC_FILE, FeatureSpec, save_feature_spec
 from recsys.data.pipeline import load_events
 from recsys.data.sequences import ITEM_KEY, SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
@@ -54,7 +54,7 @@ class RetrievalRecipe:
         self.epoch = 0
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: bool = False) -> None:
+    def setup(self, resume: bool = False, write_run_files: bool = True) -> None:
         cfg = self.cfg
         self._build_data()  # before the process group: a config or data error leaves nothing to tear down
         self.ctx: DistContext = init_distributed()
@@ -74,9 +74,11 @@ class RetrievalRecipe:
         )
         self.run_log = RunLog(self.output_dir, rank=self.ctx.rank)
         if self.ctx.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.output_dir / "config.json", to_dict(cfg))
-            save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
+            if write_run_files:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(self.output_dir / "config.json", to_dict(cfg))
+                save_feature_spec(self.spec, self.output_dir / FEATURE_SPEC_FILE)
+                save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
             print(self.summary())
         if resume:
             self._resume()
@@ -244,9 +246,11 @@ class RetrievalRecipe:
         teardown(self.ctx)
 
 
-def format_retrieval_report(report: dict) -> str:
+def format_retrieval_report(report: dict, note: str | None = None) -> str:
+    """The valid / test table of a report; ``note`` replaces the header's "(best validation epoch ...)"."""
     names = list(report["test"] or report["valid"] or {})
-    lines = [f"{'metric':<10}{'valid':>10}{'test':>10}   (best validation epoch {report['best_epoch']}, {report['epochs_run']} epochs run)"]
+    note = note or f"best validation epoch {report['best_epoch']}, {report['epochs_run']} epochs run"
+    lines = [f"{'metric':<10}{'valid':>10}{'test':>10}   ({note})"]
     for name in names:
         lines.append(f"{name:<10}{report['valid'][name]:>10.4f}{report['test'][name]:>10.4f}")
     lines.append(f"protocol: full ranking, {report['protocol']}")
@@ -262,6 +266,26 @@ def run_retrieval_training(cfg: TrainConfig, resume: bool = False) -> dict:
         if recipe.ctx.is_main:
             print("\n" + format_retrieval_report(report))
             write_json_atomic(recipe.output_dir / "results.json", report)
+        return report
+    finally:
+        recipe.cleanup()
+
+
+def run_retrieval_evaluation(cfg: TrainConfig, checkpoint_dir: str | None = None, step: int | None = None) -> dict:
+    """``recsys eval`` for retrieval models: loads a checkpoint (default: the latest), prints the
+    valid / test table of training for it and returns the report."""
+    if checkpoint_dir is not None:
+        cfg.output_dir = str(Path(checkpoint_dir).parent)
+    recipe = RetrievalRecipe(cfg)
+    recipe.setup(resume=False, write_run_files=False)
+    try:
+        state = recipe.checkpoints.load(recipe.model, recipe.optimizer, step=step)
+        report = {
+            "model": cfg.model_name, "step": state["step"], "epoch": state["epoch"],
+            "valid": recipe.evaluate("valid"), "test": recipe.evaluate("test"),
+        }
+        if recipe.ctx.is_main:
+            print("\n" + format_retrieval_report(report, note=f"checkpoint of step {state['step']}, epoch {state['epoch']}"))
         return report
     finally:
         recipe.cleanup()

@@ -76,3 +76,69 @@ def test_data_source_choices_are_the_registered_readers():
     from recsys.data.readers import READERS
 
     assert sorted(READER_NAMES) == sorted(READERS)
+
+
+def _table(out: str, start: str, end: str) -> str:
+    """The lines of ``out`` from the first one starting with ``start`` through the next one starting with ``end``."""
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(start))
+    last = next(i for i in range(first, len(lines)) if lines[i].startswith(end))
+    return "\n".join(lines[first:last + 1])
+
+
+def test_eval_of_a_ranking_run_prints_the_training_table(tmp_path, capsys, one_thread):
+    from tests.tiny import TINY_SYNTHETIC_DLRM
+
+    overrides = [*TINY_SYNTHETIC_DLRM, f"output_dir={tmp_path}", "train.progress=false", "train.baseline=false"]
+    assert main(["train", "--config", "configs/dlrm/synthetic.yaml", *overrides]) == 0
+    trained = capsys.readouterr().out
+    assert main(["eval", "--config", "configs/dlrm/synthetic.yaml", *overrides]) == 0
+    evaluated = capsys.readouterr().out
+    for split in ("valid", "test"):
+        table = _table(trained, f"{split} split, per-head metrics", "HIT@3:")
+        assert "dlrm " + split in table and table == _table(evaluated, f"{split} split, per-head metrics", "HIT@3:")
+    checkpoints = tmp_path / "checkpoints"
+    step = next(checkpoints.glob("step_*")).name
+    elsewhere = [*TINY_SYNTHETIC_DLRM, "output_dir=/nonexistent", "train.progress=false", "train.baseline=false"]
+    assert main(["eval", "--config", "configs/dlrm/synthetic.yaml", "--checkpoint", str(checkpoints),
+                 "--step", str(int(step.split("_")[1])), *elsewhere]) == 0
+    assert _table(capsys.readouterr().out, "test split", "HIT@3:") == _table(trained, "test split", "HIT@3:")
+
+
+@pytest.mark.parametrize("model", ["hstu", "sasrec"])
+def test_eval_of_a_retrieval_run_prints_the_training_table(tmp_path, capsys, one_thread, model):
+    import yaml
+
+    from recsys.config import to_dict
+    from tests.recsys.train.test_retrieval_recipe import retrieval_config, write_walks
+
+    cfg = retrieval_config(tmp_path / "run", model, write_walks(tmp_path / "walks.csv"), "train.epochs=1")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert main(["train", "--config", str(config)]) == 0
+    trained = capsys.readouterr().out.splitlines()
+    assert main(["eval", "--config", str(config)]) == 0
+    evaluated = capsys.readouterr().out.splitlines()
+    header = next(line for line in evaluated if line.startswith("metric"))
+    assert "checkpoint of step" in header and "epoch 1" in header
+    rows = [line for line in evaluated[evaluated.index(header) + 1:] if line.split()[:1] and "@" in line.split()[0] or line.startswith("mrr")]
+    assert len(rows) >= 5 and all(row in trained for row in rows)  # the training table's rows: test at epoch 1 = the checkpoint
+
+
+def test_version(capsys):
+    import recsys
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"recsys-zoo {recsys.__version__}"
+
+
+def test_configs_lists_the_installed_configs_and_train_reads_them_outside_a_checkout(tmp_path, capsys, monkeypatch):
+    assert main(["configs", "dlrm/*"]) == 0
+    out = capsys.readouterr().out
+    assert "configs/dlrm/synthetic.yaml" in out and "configs/hstu" not in out
+    from recsys.config import load_config
+    from recsys.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the installed copy is read
+    assert load_config(TrainConfig, "configs/dlrm/synthetic.yaml").model_name == "dlrm"

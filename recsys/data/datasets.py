@@ -1,0 +1,133 @@
+"""Named public data sets fetched into a cache folder, checksum-verified: ``recsys data fetch NAME``.
+
+=================  =========================================================  ===========================
+name               what                                                       check
+=================  =========================================================  ===========================
+``amazon-beauty``  S3-Rec's Amazon Beauty (``Beauty.txt`` + item attributes)  SHA-256 pinned here
+``amazon-sports``  S3-Rec's Amazon Sports_and_Outdoors                         SHA-256 pinned here
+``ml-100k``        MovieLens 100K from GroupLens                              GroupLens' published MD5
+``ml-1m``          MovieLens 1M                                               GroupLens' published MD5
+``ml-20m``         MovieLens 20M                                              GroupLens' published MD5
+=================  =========================================================  ===========================
+
+The cache folder is ``$RECSYS_DATA`` when set, else ``~/.cache/recsys-zoo/data``; a set lives in
+``<cache>/<name>/`` and is fetched once (a second fetch finds it and downloads nothing). Every file
+is downloaded next to its target and renamed into place only once its checksum matches.
+
+Example::
+
+    folder = fetch_dataset("amazon-beauty")   # <cache>/amazon-beauty/Beauty.txt, ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from recsys.data.download import BASE_URL as MOVIELENS_URL
+from recsys.data.download import TIMEOUT_S, fetch_movielens
+from recsys.errors import ConfigError, DataError
+
+S3REC_URL = "https://raw.githubusercontent.com/RUCAIBox/CIKM2020-S3Rec/master/data"
+CACHE_ENV = "RECSYS_DATA"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class S3RecSet:
+    """Files of one S3-Rec Amazon set: file name -> SHA-256 of the published file."""
+
+    files: dict[str, str]
+
+
+DATASETS: dict[str, S3RecSet | str] = {
+    "amazon-beauty": S3RecSet({
+        "Beauty.txt": "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+        "Beauty_item2attributes.json": "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4",
+    }),
+    "amazon-sports": S3RecSet({
+        "Sports_and_Outdoors.txt": "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
+        "Sports_and_Outdoors_item2attributes.json": "7fb10733ac4f1811384a52144cdefa7fcc7536fa80a7232c5da9bd789155c34b",
+    }),
+    "ml-100k": "movielens",
+    "ml-1m": "movielens",
+    "ml-20m": "movielens",
+}
+
+
+def data_home() -> Path:
+    """The cache folder: ``$RECSYS_DATA``, else ``~/.cache/recsys-zoo/data``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "recsys-zoo" / "data")
+
+
+def fetch_dataset(name: str, root: str | Path | None = None, base_url: str | None = None) -> Path:
+    """Returns ``<root>/<name>/`` holding data set ``name``, downloading what is missing.
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        root: the cache folder; None = :func:`data_home`.
+        base_url: where the files are (``<base_url>/<file>``; MovieLens: ``<base_url>/<name>.zip``
+            and its ``.md5``); None = the original source. ``file://`` addresses work too.
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    root = Path(root) if root is not None else data_home()
+    entry = DATASETS[name]
+    if entry == "movielens":
+        return fetch_movielens(name, root, url=f"{base_url or MOVIELENS_URL}/{name}.zip")
+    target = root / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file_name, sha256 in entry.files.items():
+        if not (target / file_name).is_file():
+            _fetch_file(f"{base_url or S3REC_URL}/{file_name}", target / file_name, sha256)
+    return target
+
+
+def _fetch_file(url: str, path: Path, sha256: str) -> None:
+    """Downloads ``url`` beside ``path`` and renames it into place once its SHA-256 is ``sha256``."""
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    staging = Path(staging)
+    by_hand = f"download {url} by hand to {path}"
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                    while chunk := response.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except (urllib.error.URLError, OSError) as exc:
+                raise DataError(f"could not download {url} ({exc}); without network access, {by_hand}") from None
+        if digest.hexdigest() != sha256:
+            raise DataError(f"{url}: SHA-256 {digest.hexdigest()} is not the expected {sha256}; the download is "
+                            f"corrupt or the file changed upstream: retry, or {by_hand} and check it")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+DATASET_SCHEME = "dataset:"
+"""``data.path: dataset:<name>[/<file>]`` reads ``<cache>/<name>[/<file>]`` (with ``data.download=true``
+the set is fetched first), so a config names a data set rather than a folder of one checkout."""
+
+
+def dataset_path(path: str, fetch: bool = False) -> Path:
+    """``dataset:ml-1m`` -> ``<cache>/ml-1m``; ``dataset:amazon-beauty/Beauty.txt`` -> ``<cache>/amazon-beauty/Beauty.txt``.
+
+    Args:
+        path: a ``data.path`` starting with :data:`DATASET_SCHEME`.
+        fetch: download the set first when it is not in the cache yet.
+    """
+    name, _, rest = path.removeprefix(DATASET_SCHEME).partition("/")
+    if name not in DATASETS:
+        raise ConfigError(f"data.path={path!r} names no known data set; use dataset:<name> with a name of {sorted(DATASETS)}")
+    folder = fetch_dataset(name) if fetch else data_home() / name
+    resolved = folder / rest if rest else folder
+    if not resolved.exists():
+        raise DataError(f"{resolved} does not exist; fetch it with `recsys data fetch {name}` or set data.download=true")
+    return resolved

@@ -1,0 +1,100 @@
+"""Every benchmark script turns its JSON report into the figure beside it: tested on small fake
+reports (the benchmarks themselves are not run)."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark_plots", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(path).std() > 0.01
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replaces a module's plotting call to record what it would draw (then draws it for real)."""
+    calls = []
+
+    def capture(module, name):
+        real = getattr(module, name)
+
+        def record(data, path, *args, **kwargs):
+            calls.append(data)
+            return real(data, path, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, record)
+        return calls
+
+    return capture
+
+
+def test_hstu_attention_latency_vs_length(tmp_path, captured):
+    bench = load("hstu_attention")
+    calls = captured(bench, "line_plot")
+    rows = [dict(backend=b, dtype="bfloat16", longest=n, ms=ms) for b, n, ms in
+            [("pytorch", 256, 1.0), ("pytorch", 1024, 9.0), ("triton", 256, 0.1), ("triton", 1024, 0.5)]]
+    assert_png(bench.plot({"device": "H100", "rows": rows}, tmp_path / "h.png"))
+    assert calls == [{"pytorch bfloat16": [(256, 1.0), (1024, 9.0)], "triton bfloat16": [(256, 0.1), (1024, 0.5)]}]
+
+
+def test_nn_select_latency_vs_length(tmp_path, captured):
+    bench = load("nn_select")
+    calls = captured(bench, "line_plot")
+    rows = [dict(backend="pytorch", k=96, length=n, ms=n / 1e3) for n in (1000, 10000)]
+    assert_png(bench.plot({"device": "cpu", "rows": rows}, tmp_path / "n.png"))
+    assert calls == [{"pytorch k=96": [(1000, 1.0), (10000, 10.0)]}]
+
+
+def test_train_throughput_vs_batch(tmp_path, captured):
+    bench = load("train_throughput")
+    calls = captured(bench, "line_plot")
+    reports = [{"config": "configs/dlrm/synthetic.yaml", "world_size": 2, "device_type": "cpu", "batch_per_rank": b,
+                "loader": {"examples_per_s": 100.0 * b}, "in_memory": {"examples_per_s": 150.0 * b}} for b in (512, 1024)]
+    assert_png(bench.plot(reports, tmp_path / "t.png"))
+    assert calls[0]["synthetic, 2 x cpu, loader"] == [(512, 51200.0), (1024, 102400.0)]
+    assert calls[0]["synthetic, 2 x cpu, in_memory"] == [(512, 76800.0), (1024, 153600.0)]
+
+
+def test_dlrm_vs_popularity_bars(tmp_path, captured):
+    bench = load("dlrm_vs_popularity")
+    calls = captured(bench, "grouped_bars")
+    rows = [{"config": "configs/dlrm/ml100k.yaml", "head": "click", "model_auc_mean": 0.75, "model_auc_std": 0.01,
+             "popularity_auc_mean": 0.68, "popularity_auc_std": 0.0}]
+    assert_png(bench.plot(rows, tmp_path / "d.png"))
+    assert calls == [{"ml100k click": {"DLRM": (0.75, 0.01), "popularity": (0.68, 0.0)}}]
+
+
+def test_retrieval_runs_bars(tmp_path, captured):
+    bench = load("retrieval_runs")
+    calls = captured(bench, "grouped_bars")
+    rows = [{"config": c, **{m: (v, 0.001) for m in bench.METRICS}} for c, v in (("hstu", 0.05), ("sasrec", 0.04))]
+    assert_png(bench.plot(rows, tmp_path / "r.png"))
+    assert list(calls[0]) == list(bench.METRICS) and calls[0]["ndcg@10"] == {"hstu": (0.05, 0.001), "sasrec": (0.04, 0.001)}
+
+
+def test_transact_ablation_bars_one_png_per_metric(tmp_path, captured):
+    bench = load("transact_ablation")
+    calls = captured(bench, "grouped_bars")
+    rows = [{"row": r, "seeds": 3, "hit@3 click": (v, 0.01), "hit@3 hide": (v / 2, math.nan),
+             "auc click": (0.6 + v, 0.01), "auc hide": (0.6, 0.02)} for r, v in (("no sequence", 0.30), ("transact v1", 0.35))]
+    paths = bench.plot(rows, tmp_path / "ablation.json")
+    assert paths == [tmp_path / "ablation.png", tmp_path / "ablation_auc.png"]
+    for path in paths:
+        assert_png(path)
+    assert calls[0]["click"] == {"no sequence": (0.30, 0.01), "transact v1": (0.35, 0.01)}
+    assert set(calls[1]) == {"click", "hide"}
