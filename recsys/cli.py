@@ -159,7 +159,9 @@ def _cmd_plan(args) -> int:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     topology = load_config(TopologyConfig, args.topology)
     spec = feature_spec_for_plan(cfg.data)
-    report = plan_dry_run(cfg.model_name, spec, topology, cfg.sharding, **cfg.model_overrides)
+    report = plan_dry_run(
+        cfg.model_name, spec, topology, cfg.sharding, batch_size=cfg.train.batch_size, **cfg.model_overrides
+    )
     paths = report.write(args.out)
     for table in report.tables:
         print(f"{table.name:<24} {table.rows:>14,} x {table.dim:<4} {table.sharding_type:<18} ranks {len(set(table.ranks))}")

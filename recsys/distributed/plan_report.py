@@ -201,7 +201,7 @@ def plan_dry_run(
     features: FeatureSpec | Mapping[str, int],
     topology: TopologyConfig,
     constraints: ShardingConfig | None = None,
-    batch_size: int | None = None,
+    batch_size: int = 512,
     **model_overrides: Any,
 ) -> PlanReport:
     """Plans `model_name`'s tables for `topology.world_size` ranks on this machine.
@@ -212,7 +212,7 @@ def plan_dry_run(
             (``{"t_item_id": 10**9}``, see :func:`feature_spec_with_rows`).
         topology: the cluster to plan for.
         constraints: per-table sharding constraints (a run's ``sharding`` section).
-        batch_size: examples per rank per step; None = ``topology.batch_size``.
+        batch_size: examples per rank per step (a run's ``train.batch_size``).
         **model_overrides: fields of the model's config, e.g. ``embedding_dim=128``.
     """
     from recsys.models import default_feature_spec, get_model
@@ -221,7 +221,8 @@ def plan_dry_run(
     constraints = constraints or ShardingConfig()
     _check_cpu_constraints(topology, constraints)
     spec = features if isinstance(features, FeatureSpec) else feature_spec_with_rows(default_feature_spec(), features)
-    batch_size = batch_size or topology.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"train.batch_size (examples per rank per step) must be an integer >= 1, got {batch_size!r}")
     model = get_model(model_name, feature_spec=spec, device=torch.device("meta"), **model_overrides)
     torch_topology = topology.to_topology()
     stats = _RecordingStats()

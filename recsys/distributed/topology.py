@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Dict, Literal
 
 from recsys.errors import ConfigError
 
@@ -34,8 +34,15 @@ class TopologyConfig:
         ddr_gb: host memory per rank in GB.
         intra_host_bw_gbps: bandwidth between ranks of one host in GB/s (NVLink: 450 on H100).
         inter_host_bw_gbps: bandwidth between hosts per rank in GB/s (a 400 Gb/s NIC: 50).
-        batch_size: training examples per rank per step (the planner's per-rank batch).
+
+    The batch is not part of the cluster: the planner plans for the run's ``train.batch_size``
+    (examples per rank per step), read from the run config.
     """
+
+    MOVED_KEYS: ClassVar[Dict[str, str]] = {
+        "batch_size": "the planner plans for train.batch_size (examples per rank per step) of the run "
+        "config (--config); set it there, e.g. `recsys plan ... train.batch_size=4096`",
+    }
 
     hosts: int = 1
     devices_per_host: int = 8
@@ -44,10 +51,9 @@ class TopologyConfig:
     ddr_gb: float = 256.0
     intra_host_bw_gbps: float = 450.0
     inter_host_bw_gbps: float = 50.0
-    batch_size: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("hosts", "devices_per_host", "batch_size"):
+        for name in ("hosts", "devices_per_host"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"topology.{name} must be an integer >= 1, got {value!r}")

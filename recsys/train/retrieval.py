@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from recsys.config import to_dict
 from recsys.data.features import FeatureSpec
+from recsys.data.loader import position_for_sampler
 from recsys.data.pipeline import load_events
 from recsys.data.sequences import SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
@@ -58,7 +59,7 @@ class RetrievalRecipe:
         seed_everything(cfg.train.seed)
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
-        self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse)
+        self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size)
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
         self.loader = make_sequence_dataloader(
             self.train_rows, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
@@ -123,7 +124,7 @@ class RetrievalRecipe:
             return
         state = self.checkpoints.load(self.model, self.optimizer)
         self.step, self.epoch = state["step"], state["epoch"]
-        self.loader.load_state_dict(state["loader"])
+        self.loader.load_state_dict(position_for_sampler(state["loader"], self.loader.sampler))
         self.stopper.load_state_dict(state["early_stopping"])
         restore_rng_state(state["rng"])
 

@@ -75,7 +75,7 @@ def test_dry_run_honours_constraints(hosts, devices):
 def test_billion_row_table_plans_in_seconds_without_allocating():
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     report = plan_dry_run(
-        "dlrm", {"t_item_id": 10**9, "t_user_id": 10**8}, TopologyConfig(hosts=8, devices_per_host=8, batch_size=4096),
+        "dlrm", {"t_item_id": 10**9, "t_user_id": 10**8}, TopologyConfig(hosts=8, devices_per_host=8), batch_size=4096,
         embedding_dim=128,
     )
     peak_growth_gb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024**2
@@ -130,3 +130,22 @@ def test_synthetic_feature_spec_matches_the_generated_log():
     cfg = SyntheticConfig(num_users=30, num_items=200, num_topics=8, days=20, heavy_user_fraction=0.0,
                           mean_events_per_user=20)
     assert synthetic_feature_spec(cfg, max_history=7) == FeatureSpec.from_log(generate(cfg), max_history=7)
+
+
+def test_topology_refuses_batch_size_naming_train_batch_size(tmp_path):
+    from recsys.config import load_config
+
+    path = tmp_path / "topology.yaml"
+    path.write_text("hosts: 1\ndevices_per_host: 2\nbatch_size: 4096\n")
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(TopologyConfig, path)
+
+
+def test_recsys_plan_plans_for_the_runs_batch_per_rank(tmp_path):
+    from recsys.cli import main
+
+    main(["plan", "--config", "configs/plan/dlrm_1b.yaml", "--topology", "configs/plan/h100_8x8.yaml",
+          "--out", str(tmp_path), "data.synthetic.num_items=100000", "data.synthetic.num_users=10000",
+          "train.batch_size=1024"])
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["batch_size_per_rank"] == 1024
