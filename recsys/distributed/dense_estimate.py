@@ -238,7 +238,7 @@ def _sampled_softmax(t: _Tally, loss: nn.Module, queries: float, d: int, num_ite
         t.add("loss", flops=_matmul_flops(queries, d, queries))
         return
     draws = queries * (1 + k)
-    distinct = min(draws, num_items * (1 - math.exp(-draws / max(num_items, 1))))
+    distinct = _distinct_draws(queries, k, num_items)
     common = 4 + I64 * (queries + draws) + (F32 + BOOL) * draws + F32 * queries * (1 + 3 * d) + F32 * distinct * (2 + 2 * d)
     if distinct <= k * d:  # scores against every distinct item, then gathered
         t.add("loss", common + F32 * distinct * d + F32 * queries * distinct)
@@ -336,6 +336,30 @@ def _pinnability_sequence(t: _Tally, model: nn.Module, work: Workload) -> None:
         _transact_v2(t, arch, lengths, work)
     else:
         raise ConfigError(f"no dense estimate for sequence arch {name}; add one to recsys/distributed/dense_estimate.py")
+
+
+def _distinct_draws(queries: float, negatives: int, num_items: int) -> float:
+    """Expected distinct items among the positives and uniform negatives of N queries (U)."""
+    draws = queries * (1 + negatives)
+    return min(draws, num_items * (1 - math.exp(-draws / max(num_items, 1))))
+
+
+def sequence_ids_per_row(model: nn.Module, work: Workload) -> float:
+    """Ids one row looks up in the sequence (EmbeddingCollection) tables per step: its history
+    tokens, plus for retrieval the distinct items its sampled softmax embeds (U / B). The
+    planner's pooling factor of those tables."""
+    if type(model).__name__ == "RankingTask":
+        model = model.model
+    cap = getattr(model, "max_seq_len", None) or getattr(model, "max_sequence", None)
+    lengths = work.lengths.typical_batch(work.batch_size)
+    lengths = np.minimum(lengths, cap) if cap else lengths
+    tokens = float(lengths.sum())
+    if type(model).__name__ != "SequentialRetrieval":
+        return max(tokens / work.batch_size, 1.0)
+    loss = model.loss
+    queries = max(tokens - work.batch_size, 0.0)
+    extra = queries if loss.negatives == "in_batch" else _distinct_draws(queries, loss.num_negatives, work.num_items)
+    return max((tokens + extra) / work.batch_size, 1.0)
 
 
 # ------------------------------------------------------------------------------------ entry point

@@ -34,6 +34,13 @@ class TopologyConfig:
         ddr_gb: host memory per rank in GB.
         intra_host_bw_gbps: bandwidth between ranks of one host in GB/s (NVLink: 450 on H100).
         inter_host_bw_gbps: bandwidth between hosts per rank in GB/s (a 400 Gb/s NIC: 50).
+        headroom: fraction of each rank's memory the plan keeps free (allocator fragmentation,
+            workspaces, the CUDA context), in [0, 1).
+        fp32_tflops / tf32_tflops / bf16_tflops: the device's dense peak in TFLOP/s for float32
+            matmuls at ``train.matmul_precision`` "highest" / "high" / "medium" (H100 SXM: 67 /
+            495 / 989).
+        compute_efficiency: the fraction of that peak the dense layers reach, in (0, 1]; the
+            plan's dense compute time is FLOPs / (peak x efficiency).
 
     The batch is not part of the cluster: the planner plans for the run's ``train.batch_size``
     (examples per rank per step), read from the run config.
@@ -51,6 +58,11 @@ class TopologyConfig:
     ddr_gb: float = 256.0
     intra_host_bw_gbps: float = 450.0
     inter_host_bw_gbps: float = 50.0
+    headroom: float = 0.15
+    fp32_tflops: float = 67.0
+    tf32_tflops: float = 495.0
+    bf16_tflops: float = 989.0
+    compute_efficiency: float = 0.4
 
     def __post_init__(self) -> None:
         for name in ("hosts", "devices_per_host"):
@@ -65,11 +77,28 @@ class TopologyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"topology.{name} must be a number > 0, got {value!r}")
+        for name in ("fp32_tflops", "tf32_tflops", "bf16_tflops"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"topology.{name} must be a number > 0, got {value!r}")
+        if not isinstance(self.headroom, (int, float)) or not 0 <= self.headroom < 1:
+            raise ConfigError(f"topology.headroom must be in [0, 1), got {self.headroom!r}")
+        if not isinstance(self.compute_efficiency, (int, float)) or not 0 < self.compute_efficiency <= 1:
+            raise ConfigError(f"topology.compute_efficiency must be in (0, 1], got {self.compute_efficiency!r}")
         if self.hosts > 1 and self.inter_host_bw_gbps > self.intra_host_bw_gbps:
             raise ConfigError(
                 f"topology.inter_host_bw_gbps ({self.inter_host_bw_gbps}) exceeds intra_host_bw_gbps "
                 f"({self.intra_host_bw_gbps}); links between hosts are the slower ones: swap or fix the values"
             )
+
+    def peak_tflops(self, matmul_precision: str = "highest") -> float:
+        """Dense peak TFLOP/s for float32 training at ``train.matmul_precision``."""
+        return {"highest": self.fp32_tflops, "high": self.tf32_tflops, "medium": self.bf16_tflops}[matmul_precision]
+
+    @property
+    def memory_gb(self) -> float:
+        """The memory that trains, per rank: HBM on cuda, DDR on cpu."""
+        return self.hbm_gb if self.compute_device == "cuda" else self.ddr_gb
 
     @property
     def world_size(self) -> int:
