@@ -149,3 +149,46 @@ def test_recsys_plan_plans_for_the_runs_batch_per_rank(tmp_path):
           "train.batch_size=1024"])
     report = json.loads((tmp_path / "plan.json").read_text())
     assert report["batch_size_per_rank"] == 1024
+
+
+def test_hstu_1b_at_4096_per_rank_is_refused_with_the_numbers_and_a_batch_size_that_fits(tmp_path, capsys):
+    import re
+
+    from recsys.cli import main
+
+    args = ["plan", "--config", "configs/plan/hstu_1b.yaml", "--topology", "configs/plan/h100_8x8.yaml", "--out", str(tmp_path)]
+    assert main(args) == 2
+    message = capsys.readouterr().err
+    assert "hstu does not fit 64 ranks at train.batch_size=4096" in message
+    assert re.search(r"activations kept for backward \d+\.\d GB", message)
+    for knob in ("shorter sequences", "activation checkpointing", "more ranks", "fused_uvm_caching"):
+        assert knob in message
+    assert not (tmp_path / "plan.json").exists()
+    fitting = int(re.search(r"train\.batch_size=(\d+) \(the largest", message).group(1))
+    assert 1 <= fitting < 4096
+    assert main([*args, f"train.batch_size={fitting}"]) == 0
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["batch_size_per_rank"] == fitting and report["largest_batch_size_per_rank"] >= fitting
+    used = max(rank["memory_gb"]["total"] for rank in report["ranks"])
+    assert used <= 80 * (1 - report["topology"]["headroom"])
+    assert report["dense"]["activation_gb"] > 1  # hundreds of MB per sequence of 1024 tokens x 16 layers
+
+
+def test_report_splits_memory_and_time_by_part_and_keeps_torchrecs_stats(tmp_path):
+    report = plan_dry_run("dlrm", SMALL, TopologyConfig(hosts=1, devices_per_host=2), batch_size=256, embedding_dim=16)
+    dense = report.dense
+    for rank in report.ranks:
+        m, p = rank.memory_gb, rank.perf_ms
+        assert m["total"] == pytest.approx(m["tables"] + m["dense"] + m["activations"] + m["inputs"])
+        assert m["activations"] == pytest.approx(dense.activation_gb) and dense.activation_gb > 0
+        assert p["step"] == pytest.approx(p["total"] + p["dense_compute"] + p["dense_allreduce"])
+    assert dense.compute_ms == pytest.approx(dense.flops / (67e12 * 0.4) * 1e3)
+    # the planner reserved the dense model and the activations, not TorchRec's guess
+    reserved = report.reserved_gb["hbm"]
+    assert reserved == pytest.approx(dense.parameter_gb * 4 + dense.activation_gb + dense.input_gb, rel=1e-3)
+    markdown = report.to_markdown()
+    assert "| rank | host | tables | dense | activations | inputs |" in markdown
+    assert "dense compute (fwd + bwd)" in markdown and "## TorchRec planner stats" in markdown
+    assert report.largest_batch_size > 256
+    paths = report.write(tmp_path)
+    assert json.loads(paths["json"].read_text())["torchrec_stats"]
