@@ -87,6 +87,7 @@ class DenseEstimate:
     optimizer_bytes: int
     activation_parts: Dict[str, int]
     flop_parts: Dict[str, float]
+    launches: int = 0
 
     @property
     def gradient_bytes(self) -> int:
@@ -104,6 +105,10 @@ class DenseEstimate:
     @property
     def flops(self) -> float:
         return float(sum(self.flop_parts.values()))
+
+    def overhead_ms(self, launch_us: float) -> float:
+        """Per-step framework time of eager execution: ``launches`` x ``launch_us`` (dominates small models)."""
+        return self.launches * launch_us / 1e3
 
     def compute_ms(self, peak_tflops: float, efficiency: float) -> float:
         """Dense forward + backward time in ms at ``efficiency`` x ``peak_tflops``."""
@@ -399,5 +404,6 @@ def estimate_dense(model: nn.Module, work: Workload, optimizer: str = "adam") ->
         optimizer_bytes=params * OPTIMIZER_STATES[optimizer],
         activation_parts=t.bytes,
         flop_parts=t.flops,
+        launches=3 * sum(1 for m in model.modules() if not list(m.children())),  # fwd, bwd, optimizer per leaf
     )
 

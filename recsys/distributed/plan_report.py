@@ -115,6 +115,7 @@ class DenseReport:
     peak_tflops: float
     compute_efficiency: float
     compute_ms: float
+    overhead_ms: float
     allreduce_ms: float
     max_length: int
     mean_length: float
@@ -412,6 +413,7 @@ def _dense_report(dense: DenseEstimate, inputs: float, topology: TopologyConfig,
         peak_tflops=peak,
         compute_efficiency=topology.compute_efficiency,
         compute_ms=dense.compute_ms(peak, topology.compute_efficiency),
+        overhead_ms=dense.overhead_ms(topology.launch_overhead_us),
         allreduce_ms=allreduce,
         max_length=lengths.max,
         mean_length=lengths.mean,
@@ -424,6 +426,7 @@ def _step_ms(ranks: List[RankReport]) -> Dict[str, float]:
     return {
         "embedding": slowest.perf_ms["total"],
         "dense_compute": slowest.perf_ms["dense_compute"],
+        "framework_overhead": slowest.perf_ms["framework_overhead"],
         "dense_allreduce": slowest.perf_ms["dense_allreduce"],
         "total": slowest.perf_ms["step"],
     }
@@ -541,8 +544,9 @@ def _rank_reports(stats: _RecordingStats, torch_topology, topology: TopologyConf
         memory = {"tables": tables, "dense": dense.parameter_gb + dense.gradient_gb + dense.optimizer_gb,
                   "activations": dense.activation_gb, "inputs": dense.input_gb}
         memory["total"] = sum(memory.values())
-        times = {**perf[rank], "dense_compute": dense.compute_ms, "dense_allreduce": dense.allreduce_ms}
-        times["step"] = times["total"] + dense.compute_ms + dense.allreduce_ms
+        times = {**perf[rank], "dense_compute": dense.compute_ms, "framework_overhead": dense.overhead_ms,
+                 "dense_allreduce": dense.allreduce_ms}
+        times["step"] = times["total"] + dense.compute_ms + dense.overhead_ms + dense.allreduce_ms
         ranks.append(RankReport(
             rank=rank,
             host=rank // topology.devices_per_host,
@@ -627,8 +631,8 @@ def format_markdown(report: PlanReport) -> str:
         f"{memory} GB per rank by part; time in ms per step (embedding: the planner's fwd/bwd compute + comms).",
         "",
         f"| rank | host | tables | dense | activations | inputs | {memory} used / cap | fwd compute | fwd comms | "
-        "bwd compute | bwd comms | dense compute | dense all-reduce | step ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "bwd compute | bwd comms | dense compute | overhead | dense all-reduce | step ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report.ranks:
         p, m = r.perf_ms, r.memory_gb
@@ -637,7 +641,7 @@ def format_markdown(report: PlanReport) -> str:
             f"| {r.rank} | {r.host} | {_fmt(m['tables'], 2)} | {_fmt(m['dense'], 2)} | {_fmt(m['activations'], 2)} | "
             f"{_fmt(m['inputs'], 2)} | {_fmt(m['total'], 2)} / {_fmt(cap, 0)} | {_fmt(p['fwd_compute'])} | "
             f"{_fmt(p['fwd_comms'])} | {_fmt(p['bwd_compute'])} | {_fmt(p['bwd_comms'])} | {_fmt(p['dense_compute'])} | "
-            f"{_fmt(p['dense_allreduce'])} | {_fmt(p['step'])} |"
+            f"{_fmt(p['framework_overhead'])} | {_fmt(p['dense_allreduce'])} | {_fmt(p['step'])} |"
         )
     if report.torchrec_stats:
         lines += ["", "## TorchRec planner stats", "", "```", *report.torchrec_stats, "```"]
@@ -669,6 +673,7 @@ def _dense_lines(report: PlanReport) -> List[str]:
         "| --- | --- |",
         f"| embedding lookups + comms | {step['embedding']:.3f} |",
         f"| dense compute (fwd + bwd) | {step['dense_compute']:.3f} |",
+        f"| framework overhead ({report.topology.launch_overhead_us:g} us x layer calls) | {step['framework_overhead']:.3f} |",
         f"| dense gradient all-reduce | {step['dense_allreduce']:.3f} |",
         f"| total | {step['total']:.3f} |",
         "",
@@ -699,7 +704,7 @@ def plot_ranks(report: PlanReport, path: str | Path) -> Path:
                      "memory and estimated time per rank")
     mem_ax.legend(loc="upper right")
     _stacked(perf_ax, ranks, [(name, [r.perf_ms[name] for r in report.ranks])
-                              for name in (*_PERF_FIELDS, "dense_compute", "dense_allreduce")])
+                              for name in (*_PERF_FIELDS, "dense_compute", "framework_overhead", "dense_allreduce")])
     perf_ax.set_ylabel("ms per step")
     perf_ax.set_xlabel("rank")
     perf_ax.legend(loc="upper right")

@@ -72,6 +72,45 @@ def _sequence_data(synthetic: SyntheticConfig, max_len: int):
     return spec, SequenceExamples.build(log, leave_one_out(log), "train", max_len)
 
 
+@dataclass
+class ProbeData:
+    """One batch of a zoo model's data (on the CPU), the data's FeatureSpec, the Workload of the
+    batch and the model overrides the batch needs (TransAct V2: S_all's length)."""
+
+    spec: Any
+    batch: Any
+    work: Workload
+    overrides: dict
+
+
+def probe_data(
+    name: str,
+    batch_size: int,
+    max_len: int,
+    synthetic: SyntheticConfig = SMALL_WORLD,
+    cache_dir: str = "runs/probe-lifelong",
+    fused_attention: bool = False,
+) -> ProbeData:
+    """``batch_size`` rows of model ``name``'s input, histories up to ``max_len`` (see :func:`probe_case`)."""
+    from recsys.data.loader import make_dataloader
+    from recsys.data.sequences import make_sequence_dataloader
+    from recsys.models import get_model_spec
+
+    if get_model_spec(name).task == "retrieval":
+        spec, rows = _sequence_data(synthetic, max_len)
+        batch = next(iter(make_sequence_dataloader(rows, batch_size, shuffle=True, seed=0)))
+        lengths = LengthDistribution.from_lengths(batch.lengths.numpy())
+        work = Workload(batch.batch_size, lengths, num_items=spec.num_items, fused_attention=fused_attention)
+        return ProbeData(spec, batch, work, {"max_seq_len": max_len})
+    lifelong = name == "transact_v2"
+    data, collate = _ranking_data(synthetic, max_len, lifelong, cache_dir)
+    batch = next(iter(make_dataloader(data.train, batch_size, shuffle=True, seed=0, collate=collate)))
+    work = Workload(batch.batch_size, _history_lengths(batch), fused_attention=fused_attention,
+                    **(_lifelong_counts(batch) if lifelong else {}))
+    overrides = {"transact_v2": {"max_sequence": max_len + 24}} if lifelong else {}
+    return ProbeData(data.spec, batch, work, overrides)
+
+
 def probe_case(
     name: str,
     batch_size: int,
@@ -89,49 +128,36 @@ def probe_case(
         batch_size: B.
         max_len: most events per history (``data.max_sequence``; TransAct V2: the lifelong NN
             selection size; retrieval: the model's ``max_seq_len``).
-        device: where the model and batch live.
+        device: where the model (unsharded) and batch live.
         synthetic: the synthetic world the batch comes from.
         cache_dir: TransAct V2's lifelong store.
         **overrides: model config fields.
     """
-    from recsys.models import get_model, get_model_spec
+    from recsys.models import get_model
 
     device = torch.device(device)
     torch.manual_seed(seed)
-    if get_model_spec(name).task == "retrieval":
-        return _retrieval_case(name, batch_size, max_len, device, synthetic, overrides)
-    return _ranking_case(name, batch_size, max_len, device, synthetic, cache_dir, overrides)
+    data = probe_data(name, batch_size, max_len, synthetic, cache_dir, fused_attention=device.type == "cuda")
+    model = with_loss(get_model(name, feature_spec=data.spec, **{**data.overrides, **overrides}), data.spec).to(device)
+    batch = data.batch.to(device)
+    return ProbeCase(name, model, lambda: training_loss(model, batch), data.work)
 
 
-def _retrieval_case(name, batch_size, max_len, device, synthetic, overrides) -> ProbeCase:
-    from recsys.data.sequences import make_sequence_dataloader
-    from recsys.models import get_model
-
-    spec, rows = _sequence_data(synthetic, max_len)
-    model = get_model(name, feature_spec=spec, max_seq_len=max_len, **overrides).to(device)
-    batch = next(iter(make_sequence_dataloader(rows, batch_size, shuffle=True, seed=0))).to(device)
-    lengths = LengthDistribution.from_lengths(batch.lengths.cpu().numpy())
-    work = Workload(batch_size=batch.batch_size, lengths=lengths, num_items=spec.num_items,
-                    fused_attention=device.type == "cuda")
-    return ProbeCase(name, model, lambda: model(batch), work)
-
-
-def _ranking_case(name, batch_size, max_len, device, synthetic, cache_dir, overrides) -> ProbeCase:
-    from recsys.data.loader import make_dataloader
-    from recsys.models import get_model
+def with_loss(model: nn.Module, spec) -> nn.Module:
+    """A ranking model inside its RankingTask (model + weighted cross-entropy); retrieval models
+    compute their loss themselves."""
     from recsys.models.task import RankingTask
     from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
 
-    lifelong = name == "transact_v2"
-    data, collate = _ranking_data(synthetic, max_len, lifelong, cache_dir)
-    if lifelong:
-        overrides = {"transact_v2": {"max_sequence": max_len + 24}, **overrides}
-    model = get_model(name, feature_spec=data.spec, **overrides)
-    task = RankingTask(model, WeightedCrossEntropy(list(model.heads), data.spec.action_vocab)).to(device)
-    batch = next(iter(make_dataloader(data.train, batch_size, shuffle=True, seed=0, collate=collate))).to(device)
-    work = Workload(batch_size=batch.batch_size, lengths=_history_lengths(batch), fused_attention=device.type == "cuda",
-                    **(_lifelong_counts(batch) if lifelong else {}))
-    return ProbeCase(name, task, lambda: task(batch)[0], work)
+    if not hasattr(model, "heads"):
+        return model
+    return RankingTask(model, WeightedCrossEntropy(list(model.heads), spec.action_vocab))
+
+
+def training_loss(model: nn.Module, batch) -> torch.Tensor:
+    """The scalar training loss of ``model`` (``with_loss``, possibly DMP-wrapped) on ``batch``."""
+    out = model(batch)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _history_lengths(batch) -> LengthDistribution:

@@ -41,6 +41,9 @@ class TopologyConfig:
             495 / 989).
         compute_efficiency: the fraction of that peak the dense layers reach, in (0, 1]; the
             plan's dense compute time is FLOPs / (peak x efficiency).
+        launch_overhead_us: eager framework time per layer call and step phase (forward, backward,
+            optimizer) in microseconds; it bounds the step of small models from below. A rough
+            default: calibrate it with ``benchmarks/plan_vs_measured.py``.
 
     The batch is not part of the cluster: the planner plans for the run's ``train.batch_size``
     (examples per rank per step), read from the run config.
@@ -63,6 +66,7 @@ class TopologyConfig:
     tf32_tflops: float = 495.0
     bf16_tflops: float = 989.0
     compute_efficiency: float = 0.4
+    launch_overhead_us: float = 20.0
 
     def __post_init__(self) -> None:
         for name in ("hosts", "devices_per_host"):
@@ -81,6 +85,9 @@ class TopologyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"topology.{name} must be a number > 0, got {value!r}")
+        if isinstance(self.launch_overhead_us, bool) or not isinstance(self.launch_overhead_us, (int, float)) \
+                or self.launch_overhead_us < 0:
+            raise ConfigError(f"topology.launch_overhead_us must be a number >= 0, got {self.launch_overhead_us!r}")
         if not isinstance(self.headroom, (int, float)) or not 0 <= self.headroom < 1:
             raise ConfigError(f"topology.headroom must be in [0, 1), got {self.headroom!r}")
         if not isinstance(self.compute_efficiency, (int, float)) or not 0 < self.compute_efficiency <= 1:

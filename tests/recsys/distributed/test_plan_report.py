@@ -181,7 +181,7 @@ def test_report_splits_memory_and_time_by_part_and_keeps_torchrecs_stats(tmp_pat
         m, p = rank.memory_gb, rank.perf_ms
         assert m["total"] == pytest.approx(m["tables"] + m["dense"] + m["activations"] + m["inputs"])
         assert m["activations"] == pytest.approx(dense.activation_gb) and dense.activation_gb > 0
-        assert p["step"] == pytest.approx(p["total"] + p["dense_compute"] + p["dense_allreduce"])
+        assert p["step"] == pytest.approx(p["total"] + p["dense_compute"] + p["framework_overhead"] + p["dense_allreduce"])
     assert dense.compute_ms == pytest.approx(dense.flops / (67e12 * 0.4) * 1e3)
     # the planner reserved the dense model and the activations, not TorchRec's guess
     reserved = report.reserved_gb["hbm"]
