@@ -29,17 +29,18 @@ SAMPLE_USERS = 400  # users drawn from a synthetic world to measure its length d
 _ROWS_PER_USER = 32  # history lengths sampled per user for ranking rows
 
 
-def _engaged_per_user(data_cfg) -> tuple[np.ndarray, np.ndarray]:
-    """``(engaged, events)`` per user of the run's data (a sample of users for synthetic data)."""
+def _engaged_per_user(data_cfg, log=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(engaged, events)`` per user of ``log``, else of the run's data (a sample of users for
+    synthetic data)."""
     from recsys.data.pipeline import load_events
 
-    if data_cfg.source == "synthetic":
+    if log is None and data_cfg.source == "synthetic":
         from recsys.data.synthetic import generate
 
         sample = dataclasses.replace(data_cfg.synthetic, num_users=min(data_cfg.synthetic.num_users, SAMPLE_USERS),
                                      num_items=min(data_cfg.synthetic.num_items, 100_000))
         log = generate(sample)
-    else:
+    elif log is None:
         log = load_events(data_cfg)
     engaged = np.bincount(log.user_id[log.engaged()], minlength=log.num_users)
     events = np.bincount(log.user_id, minlength=log.num_users)
@@ -70,8 +71,10 @@ def ranking_lengths(engaged: np.ndarray, events: np.ndarray, max_sequence: int) 
     return LengthDistribution.from_lengths(np.floor(picked).astype(np.int64), cap=max_sequence)
 
 
-def plan_lengths(cfg, model_config) -> LengthDistribution:
-    """The per-row sequence lengths of run ``cfg`` (a TrainConfig) for the model ``model_config``."""
+def plan_lengths(cfg, model_config, log=None) -> LengthDistribution:
+    """The per-row sequence lengths of run ``cfg`` (a TrainConfig) for ``model_config`` (the model's
+    config or the model: a ``max_seq_len`` marks a retrieval model); ``log``: the run's events if
+    already loaded."""
     lifelong = cfg.data.lifelong
     if lifelong.enabled:
         return LengthDistribution.fixed(
@@ -80,7 +83,7 @@ def plan_lengths(cfg, model_config) -> LengthDistribution:
     max_seq_len = getattr(model_config, "max_seq_len", None)
     if max_seq_len is None and cfg.data.max_sequence == 0:
         return LengthDistribution.fixed(0)
-    engaged, events = _engaged_per_user(cfg.data)
+    engaged, events = _engaged_per_user(cfg.data, log)
     if max_seq_len is not None:  # a retrieval model
         return retrieval_lengths(engaged, min(max_seq_len, cfg.data.max_sequence or max_seq_len))
     return ranking_lengths(engaged, events, cfg.data.max_sequence)

@@ -34,7 +34,6 @@ import logging
 import math
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -42,13 +41,13 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.stats import EmbeddingStats
-from torchrec.distributed.planner.storage_reservations import HeuristicalStorageReservation
 from torchrec.distributed.planner.types import PlannerError, Stats
 from torchrec.distributed.types import ShardingPlan
 
 from recsys.data.features import FeatureSpec
 from recsys.atomic_files import write_atomic, write_json_atomic
 from recsys.distributed.dense_estimate import DenseEstimate, Workload, estimate_dense, sequence_ids_per_row
+from recsys.distributed.dense_reservation import dense_reservation
 from recsys.distributed.plan_budget import MemoryBudget, does_not_fit_message, largest_batch
 from recsys.distributed.plan_io import plan_document
 from recsys.distributed.sequence_lengths import LengthDistribution
@@ -311,15 +310,10 @@ def plan_dry_run(
     if not budget.fits:
         raise refuse(budget)
     stats, torchrec_stats = _RecordingStats(), EmbeddingStats()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchRec's notice on dry-run dense estimates: we pass ours
-        reservation = HeuristicalStorageReservation(
-            percentage=topology.headroom, dense_tensor_estimate=max(dense.dense_bytes + dense.activation_bytes, 1)
-        )
     planner = EmbeddingShardingPlanner(
         topology=torch_topology,
         batch_size=batch_size,
-        storage_reservation=reservation,
+        storage_reservation=dense_reservation(dense, topology.headroom),
         constraints=planner_constraints_,
         stats=[torchrec_stats, stats],
     )

@@ -38,7 +38,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.planner.types import StorageReservation
+from torchrec.distributed.planner.types import PlannerError, StorageReservation
 from torchrec.distributed.sharding_plan import row_wise, table_row_wise
 from torchrec.distributed.types import (
     EmbeddingModuleShardingPlan,
@@ -309,10 +309,17 @@ def plan_sharding(
         storage_reservation=storage_reservation,
         constraints=planner_constraints(model, sharding, on_cpu),
     )
-    if dist.is_initialized():
-        plan = planner.collective_plan(model, default_sharders(), dist.GroupMember.WORLD)
-    else:
-        plan = planner.plan(model, default_sharders())
+    try:
+        if dist.is_initialized():
+            plan = planner.collective_plan(model, default_sharders(), dist.GroupMember.WORLD)
+        else:
+            plan = planner.plan(model, default_sharders())
+    except PlannerError as e:
+        raise ConfigError(
+            f"the sharding planner found no plan for {ctx.world_size} ranks at train.batch_size={batch_size} per rank "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}); `recsys plan --config ... --topology ...` shows the "
+            "memory per part and the batch size that fits"
+        ) from None
     if on_cpu:
         _place_refused_tables(model, plan, ctx, sharding)
     return plan

@@ -33,6 +33,7 @@ from recsys.config import to_dict
 from recsys.data.lifelong_pipeline import LifelongData, prepare_lifelong_data
 from recsys.data.loader import make_dataloader, position_for_sampler
 from recsys.data.pipeline import RankingData, build_ranking_data, load_events
+from recsys.distributed.dense_reservation import training_reservation
 from recsys.distributed.optimizers import build_optimizer
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
 from recsys.atomic_files import write_json_atomic
@@ -112,8 +113,10 @@ class RankingRecipe:
         model = get_model(cfg.model_name, feature_spec=self.data.spec, device=torch.device("meta"), **cfg.model_overrides)
         heads = list(model.heads)
         loss = WeightedCrossEntropy(heads, self.data.spec.action_vocab, cfg.loss.label_weights)
+        task = RankingTask(model, loss)
+        reservation = training_reservation(task, cfg, self.data.spec, self.ctx.device.type, log=self.data.log)
         self.model = shard_model(
-            RankingTask(model, loss), self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size
+            task, self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size, storage_reservation=reservation
         )
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
         return heads

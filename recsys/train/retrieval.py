@@ -27,6 +27,7 @@ from recsys.data.loader import position_for_sampler
 from recsys.data.pipeline import load_events
 from recsys.data.sequences import SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
+from recsys.distributed.dense_reservation import training_reservation
 from recsys.distributed.optimizers import build_optimizer
 from recsys.atomic_files import write_json_atomic
 from recsys.distributed.plan_io import save_plan
@@ -59,7 +60,10 @@ class RetrievalRecipe:
         seed_everything(cfg.train.seed)
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
-        self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size)
+        reservation = training_reservation(model, cfg, self.spec, self.ctx.device.type, log=self.log)
+        self.model = shard_model(
+            model, self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size, storage_reservation=reservation
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
         self.loader = make_sequence_dataloader(
             self.train_rows, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
