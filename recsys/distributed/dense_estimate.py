@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 from torch import nn
@@ -174,7 +174,10 @@ def _torch_encoder_layer(t: _Tally, part: str, layer: nn.TransformerEncoderLayer
         e = rows * width
         scores = (3 if drop else 2) * rows * heads * width * width
         per_token = 12 * d + 4 + (3 if drop else 2) * ff - (0 if drop else 2 * d)
-        t.add(part, F32 * (e * per_token + (0 if fused else scores) + (4 * e * d + rows * heads * width if fused else 0)))
+        # fused: the packed q/k/v storage, the output and logsumexp + the padding mask [b H, 1, N]
+        # replace the scaled q / k^T copies and the [b, H, N, N] tensors
+        fused_extra = -e * d + 2 * rows * heads * width
+        t.add(part, F32 * (e * per_token + (fused_extra if fused else scores)))
         t.add(part, flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
               + _matmul_flops(e, ff, d) + _attention_flops(rows, heads, width, width, d // heads, d // heads))
 
@@ -212,7 +215,8 @@ def _sasrec_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, fused: bo
         h, ff = layer.num_heads, layer.ffn[0].out_features
         per_token = 2 * (d + 2) + 4 * d + (3 * ff + 2 * d if drop else ff + d) + 3 * d
         scores = (3 if drop else 1) * b * h * n * n
-        t.add("encoder", F32 * (e * per_token + (b * h * n + b * n * n if fused else scores)))
+        fused_extra = e * d + b * h * n + b * n * n  # output + logsumexp + the float mask [B, 1, N, N]
+        t.add("encoder", F32 * (e * per_token + (fused_extra if fused else scores)))
         t.add("encoder", flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
               + _matmul_flops(e, ff, d) + _attention_flops(b, h, n, n, d // h, d // h))
     t.add("encoder", F32 * e * d * (1 if drop else 0) + I64 * (e + b + 1) + _layer_norm(e, d))
