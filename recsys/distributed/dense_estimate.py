@@ -164,20 +164,23 @@ def _torch_encoder_layer(t: _Tally, part: str, layer: nn.TransformerEncoderLayer
                          fused: bool) -> None:
     """``nn.TransformerEncoderLayer`` (post-norm, ReLU) on padded groups of (rows, width) each.
 
-    Per group of E = b N tokens: attention keeps q, k^T, v and the packed in-projection (7 E d), the
-    probabilities, their dropout mask and the pre-softmax scores (3 b H N^2, unless fused); the
-    feed-forward its input, ReLU output, dropout mask (3 E F); norms, dropouts and linears' inputs 5 E d.
+    Per group of E = b N tokens: both norms (2 E d + 4 E), linear1's input (E d), the ReLU output
+    and linear2's input (2 E F); with dropout its masks (2 E d + E F). Attention: the in/out
+    projections' inputs, the packed q/k/v and, on the math path, scaled q and k^T copies (7 E d)
+    with scores, probabilities and their dropout mask (3 b H N^2, 2 without dropout); a fused kernel
+    (CUDA, or no dropout) keeps the output and logsumexp and the padding mask (5 E d + 2 b H N).
     """
     d, ff, heads = layer.linear1.in_features, layer.linear1.out_features, layer.self_attn.num_heads
     drop = layer.dropout.p > 0
+    fused = fused or not drop  # without dropout SDPA runs a fused kernel on CPU too
     for rows, width in groups:
         e = rows * width
-        scores = (3 if drop else 2) * rows * heads * width * width
-        per_token = 12 * d + 4 + (3 if drop else 2) * ff - (0 if drop else 2 * d)
-        # fused: the packed q/k/v storage, the output and logsumexp + the padding mask [b H, 1, N]
-        # replace the scaled q / k^T copies and the [b, H, N, N] tensors
-        fused_extra = -e * d + 2 * rows * heads * width
-        t.add(part, F32 * (e * per_token + (fused_extra if fused else scores)))
+        kept = e * (3 * d + 4 + 2 * ff) + (e * (2 * d + ff) if drop else 0)
+        if fused:
+            kept += 5 * e * d + 2 * rows * heads * width
+        else:
+            kept += 7 * e * d + (3 if drop else 2) * rows * heads * width * width
+        t.add(part, F32 * kept)
         t.add(part, flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
               + _matmul_flops(e, ff, d) + _attention_flops(rows, heads, width, width, d // heads, d // heads))
 
@@ -207,16 +210,23 @@ def _hstu_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray) -> None:
 
 
 def _sasrec_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, fused: bool) -> None:
-    """SASRec blocks (pre-norm, SDPA attention, ReLU FFN) padded to ``[B, N, D]``."""
+    """SASRec blocks (pre-norm, SDPA attention, ReLU FFN) padded to ``[B, N, D]``.
+
+    Per block: norms (2 E D + 4 E), the qkv and FFN inputs (2 E D), the ReLU output (E F); with
+    dropout the FFN's masks and second input (2 E F + E D). Attention on the math path: q, k^T, v
+    copies and the output projection's input (4 E D) with scores, probabilities and dropout mask
+    (3 B H N^2); a fused kernel (CUDA, or no dropout): the packed qkv, output, logsumexp and the
+    float mask (4 E D + B H N + B N^2).
+    """
     b, n = len(lengths), max(int(lengths.max()), 1)
     e, d = b * n, encoder.embedding_dim
     drop = _dropout_on(encoder)
+    fused = fused or not drop
     for layer in encoder.layers:
         h, ff = layer.num_heads, layer.ffn[0].out_features
-        per_token = 2 * (d + 2) + 4 * d + (3 * ff + 2 * d if drop else ff + d) + 3 * d
-        scores = (3 if drop else 1) * b * h * n * n
-        fused_extra = e * d + b * h * n + b * n * n  # output + logsumexp + the float mask [B, 1, N, N]
-        t.add("encoder", F32 * (e * per_token + (fused_extra if fused else scores)))
+        kept = e * (4 * d + 4 + ff) + (e * (2 * ff + d) if drop else 0) + 4 * e * d
+        kept += b * h * n + b * n * n if fused else 3 * b * h * n * n
+        t.add("encoder", F32 * kept)
         t.add("encoder", flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
               + _matmul_flops(e, ff, d) + _attention_flops(b, h, n, n, d // h, d // h))
     t.add("encoder", F32 * e * d * (1 if drop else 0) + I64 * (e + b + 1) + _layer_norm(e, d))

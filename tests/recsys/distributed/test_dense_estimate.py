@@ -32,6 +32,26 @@ def test_activation_estimate_matches_saved_tensors(name, batch_size, max_len, tm
     assert estimated == pytest.approx(measured, rel=0.10), by_module
 
 
+NO_DROPOUT = {
+    "sasrec": {"embedding_dim": 16, "dropout": 0.0},
+    "hstu": {"embedding_dim": 16, "num_negatives": 8, "dropout": 0.0},
+    "bst": {"embedding_dim": 16, "bst": {"dropout": 0.0}},
+    "transact_v1": {"embedding_dim": 16, "transact_v1": {"dropout": 0.0}},
+    "transact_v2": {"embedding_dim": 16, "transact_v2": {"dropout": 0.0}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_DROPOUT))
+@pytest.mark.parametrize("batch_size, max_len", [(8, 12), (24, 30)])
+def test_activation_estimate_without_dropout_follows_the_fused_attention_kernel(name, batch_size, max_len, tmp_path_factory):
+    """Without dropout, scaled_dot_product_attention runs a fused kernel on CPU as on CUDA: no
+    [B, H, N, N] tensors are kept, and no dropout masks."""
+    cache = tmp_path_factory.getbasetemp() / "lifelong"
+    case = probe_case(name, batch_size, max_len, cache_dir=str(cache), **NO_DROPOUT[name])
+    measured, by_module = saved_activation_bytes(case.model, case.step)
+    assert estimate_dense(case.model, case.work).activation_bytes == pytest.approx(measured, rel=0.10), by_module
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_flop_estimate_matches_the_flop_counter(name, tmp_path_factory):
     case = _case(name, 16, 20, tmp_path_factory)
