@@ -10,7 +10,7 @@ per-row lengths and answers with the *typical batch*: the B lengths at the quant
 Example::
 
     lengths = LengthDistribution.from_lengths([3, 50, 50, 7, 20], cap=50)
-    lengths.typical_batch(4)   # [3, 20, 50, 50]
+    lengths.typical_batch(4)   # [3, 7, 50, 50]
     LengthDistribution.fixed(1024).typical_batch(2)   # [1024, 1024]
 """
 
