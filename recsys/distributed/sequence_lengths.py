@@ -5,7 +5,9 @@ attention) or work on the jagged tokens (HSTU's linear layers), so their activat
 on the whole length distribution, not only on its maximum: a batch of B rows holds ``sum(lengths)``
 tokens and is padded to ``max(lengths)``. :class:`LengthDistribution` keeps a sorted sample of
 per-row lengths and answers with the *typical batch*: the B lengths at the quantiles
-``(i + 0.5) / B`` (its sum is B times the mean, its maximum the length one row in B exceeds).
+``(i + 0.5) / B`` (its sum is B times the mean), except its longest row, which is the length the
+longest of B rows stays within in 99% of batches (the quantile ``0.99 ** (1 / B)``): memory
+must fit the batches that pad to a long row, not only the average one.
 
 Example::
 
@@ -24,6 +26,7 @@ import numpy as np
 from recsys.errors import ConfigError
 
 _SAMPLE = 4096  # lengths kept: enough quantiles for any batch's shape
+BATCH_MAX_CONFIDENCE = 0.99  # share of batches whose longest row the typical batch covers
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ class LengthDistribution:
         return cls((int(length),))
 
     def typical_batch(self, batch_size: int) -> np.ndarray:
-        """``[B]`` int64: the lengths at quantiles ``(i + 0.5) / B``, ascending."""
+        """``[B]`` int64, ascending: the lengths at quantiles ``(i + 0.5) / B``, the last one at
+        ``BATCH_MAX_CONFIDENCE ** (1 / B)`` (the longest row of 99% of batches)."""
         quantiles = (np.arange(batch_size) + 0.5) / batch_size
+        quantiles[-1] = max(quantiles[-1], BATCH_MAX_CONFIDENCE ** (1.0 / batch_size))
         index = np.minimum((quantiles * len(self.lengths)).astype(np.int64), len(self.lengths) - 1)
         return np.asarray(self.lengths, dtype=np.int64)[index]
 

@@ -23,3 +23,11 @@ def test_large_samples_are_thinned_to_quantiles_and_bad_lengths_refused():
     assert len(lengths.lengths) == 4096 and lengths.lengths[0] == 0 and lengths.max == 99_999
     with pytest.raises(ConfigError, match="lengths >= 0"):
         LengthDistribution((-1,))
+
+
+def test_the_longest_row_covers_99_percent_of_batches():
+    one_in_a_hundred_long = LengthDistribution.from_lengths([10] * 99 + [1000])
+    # 48 rows: the chance that none is long is 0.99 ** 48 = 62%, so a batch often pads to 1000
+    assert one_in_a_hundred_long.typical_batch(48)[-1] == 1000
+    assert one_in_a_hundred_long.typical_batch(48)[:-1].tolist() == [10] * 47
+    assert LengthDistribution.from_lengths([10] * 9999 + [1000]).typical_batch(4)[-1] == 10  # 1 in 10^4: rare
