@@ -18,7 +18,7 @@ one after the other on the same model, each ``--warmup`` untimed steps then ``--
 ``--profile-steps K`` then runs K more in-memory steps under ``torch.profiler`` and prints the ops
 that took the most self time (device time on GPU, host time on CPU); the top ops go into the JSON.
 
-``train.batch_size`` is the global batch: each of the W ranks trains ``batch_size / W`` rows a step.
+``train.batch_size`` is the batch per rank: the W ranks train ``W * batch_size`` rows a step.
 Global examples/s = the examples all ranks trained in the timed steps / the slowest rank's wall time
 (``torch.cuda.synchronize()`` on both sides of the timed region on GPU). Step times per step come
 from CUDA events on GPU and the host clock on CPU; a step's time is the slowest rank's.
@@ -324,8 +324,8 @@ def build_report(args, cfg: TrainConfig, recipe, per_rank: list[dict[str, Timing
         "backend": ctx.backend,
         "world_size": ctx.world_size,
         "torch_threads": torch.get_num_threads(),
-        "global_batch_size": cfg.train.batch_size,
-        "batch_per_rank": cfg.train.batch_size / ctx.world_size,
+        "global_batch_size": cfg.train.batch_size * ctx.world_size,
+        "batch_per_rank": cfg.train.batch_size,
         "batch_per_rank_trained": phases["loader"]["examples"] / (args.steps * ctx.world_size),
         "num_workers": cfg.data.num_workers,
         "warmup": args.warmup,

@@ -199,14 +199,26 @@ def _cmd_plan(args) -> int:
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
     topology = load_config(TopologyConfig, args.topology)
+    from recsys.distributed.plan_lengths import lifelong_rows, plan_lengths
+    from recsys.models import model_config
+
     spec = feature_spec_for_plan(cfg.data)
-    report = plan_dry_run(cfg.model_name, spec, topology, cfg.sharding, **cfg.model_overrides)
+    report = plan_dry_run(
+        cfg.model_name, spec, topology, cfg.sharding, batch_size=cfg.train.batch_size,
+        lengths=plan_lengths(cfg, model_config(cfg.model_name, **cfg.model_overrides)),
+        optimizer=cfg.optim.dense.name, matmul_precision=cfg.train.matmul_precision,
+        lifelong_rows=lifelong_rows(cfg.data), **cfg.model_overrides,
+    )
     paths = report.write(args.out)
     for table in report.tables:
         print(f"{table.name:<24} {table.rows:>14,} x {table.dim:<4} {table.sharding_type:<18} ranks {len(set(table.ranks))}")
     for name, stats in report.imbalance.items():
         ratio = stats["max_over_mean"]
         print(f"{name:<8} max {stats['max']:.3f}  max/mean {'-' if ratio is None else f'{ratio:.2f}'}")
+    step, dense = report.step_ms, report.dense
+    print(f"per rank: activations {dense.activation_gb:.2f} GB, dense {dense.parameter_gb + dense.gradient_gb + dense.optimizer_gb:.2f} GB, "
+          f"step {step['total']:.2f} ms (dense compute {step['dense_compute']:.2f}); "
+          f"largest batch per rank that fits: {report.largest_batch_size}")
     print(f"planned {topology.world_size} ranks in {report.dry_run_seconds:.1f} s; wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

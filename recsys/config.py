@@ -96,6 +96,9 @@ def from_dict(cls: type[T], data: dict, where: str = "config", prefix: str = "")
     kwargs = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
+        moved = getattr(cls, "MOVED_KEYS", {})
+        if key not in known and key in moved:
+            raise ConfigError(f"{where}: key {name!r} is no longer read: {moved[key]}")
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""

@@ -14,7 +14,7 @@ run would have yielded next. Because workers prefetch, the sampler runs ahead of
 
 Example::
 
-    loader = make_dataloader(examples, batch_size=512, shuffle=True, seed=0, num_workers=2)
+    loader = make_dataloader(examples, batch_size=512, shuffle=True, seed=0, num_workers=2)  # 512 rows per rank
     loader.load_state_dict(saved)               # optional: resume
     for epoch in range(loader.state_dict()["epoch"], num_epochs):
         loader.set_epoch(epoch)                 # keeps a restored position within that epoch
@@ -191,6 +191,28 @@ class ResumableDataLoader(DataLoader):
         self.sampler.load_state_dict(state)
 
 
+def position_for_sampler(saved: dict, sampler: ResumableBatchSampler) -> dict:
+    """A sampler position saved with another global batch (another world size) for ``sampler``.
+
+    Batches are per rank, so a job resumed on another world size draws global batches of another
+    size. The position carries over in rows: the new sampler resumes at the first of its batches
+    that starts at or after the rows already trained (a partly trained batch is skipped), and a
+    finished epoch stays finished. Settings other than the batch size and ``drop_last`` must match
+    (``load_state_dict`` checks them).
+    """
+    same = saved.get("batch_size", sampler.batch_size) == sampler.batch_size
+    if same and saved.get("drop_last", sampler.drop_last) == sampler.drop_last:
+        return saved
+    old_batch = int(saved.get("batch_size", sampler.batch_size))
+    old_batches = ResumableBatchSampler(sampler.num_rows, old_batch, drop_last=bool(saved.get("drop_last", False)))
+    consumed = int(saved["batches_consumed"])
+    if consumed >= len(old_batches):
+        position = len(sampler)
+    else:
+        position = min(-(-consumed * old_batch // sampler.batch_size), len(sampler))
+    return {**saved, "batch_size": sampler.batch_size, "drop_last": sampler.drop_last, "batches_consumed": position}
+
+
 def make_dataloader(
     examples: RankingExamples,
     batch_size: int,
@@ -206,17 +228,18 @@ def make_dataloader(
 
     Args:
         examples: the rows.
-        batch_size: B, rows per batch.
+        batch_size: B, rows per rank per batch (TorchRec's convention, and what the sharding
+            planner plans for): a step of ``world_size`` ranks trains ``B * world_size`` rows.
         shuffle: permute the rows each epoch (permutation fixed by seed and epoch).
         seed: seed of the permutations.
         num_workers: worker processes that build batches (0 = in this process).
         drop_last: drop the last, smaller batch of each epoch.
-        rank / world_size: with several processes, ``batch_size`` is the global batch and each
-            rank collates its ``1 / world_size`` share.
+        rank / world_size: with several processes the sampler draws global batches of
+            ``B * world_size`` rows and each rank collates its ``1 / world_size`` share (B rows).
         collate: ``rows -> RankingBatch``; None = ``examples.collate``.
     """
     dataset = BatchDataset(examples, rank=rank, world_size=world_size, collate=collate)
-    return resumable_loader(dataset, batch_size, shuffle, seed, num_workers, drop_last)
+    return resumable_loader(dataset, batch_size * world_size, shuffle, seed, num_workers, drop_last)
 
 
 def resumable_loader(

@@ -328,13 +328,14 @@ def make_sequence_dataloader(
 
     Args:
         examples: the rows.
-        batch_size: B, rows per (global) batch.
+        batch_size: B, rows per rank per batch (TorchRec's convention, and what the sharding
+            planner plans for): a step of ``world_size`` ranks trains ``B * world_size`` rows.
         shuffle: permute the rows each epoch (permutation fixed by seed and epoch).
         seed: seed of the permutations.
         num_workers: worker processes that build batches (0 = in this process).
         drop_last: drop the last, smaller batch of each epoch.
-        rank / world_size: with several processes each rank collates its ``1 / world_size`` share
-            of every global batch.
+        rank / world_size: with several processes the sampler draws global batches of
+            ``B * world_size`` rows and each rank collates its ``1 / world_size`` share (B rows).
     """
     dataset = SequenceBatchDataset(examples, rank=rank, world_size=world_size)
-    return resumable_loader(dataset, batch_size, shuffle, seed, num_workers, drop_last, loader_cls=SequenceDataLoader)
+    return resumable_loader(dataset, batch_size * world_size, shuffle, seed, num_workers, drop_last, loader_cls=SequenceDataLoader)

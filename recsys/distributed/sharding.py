@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -37,6 +38,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.types import PlannerError, StorageReservation
 from torchrec.distributed.sharding_plan import row_wise, table_row_wise
 from torchrec.distributed.types import (
     EmbeddingModuleShardingPlan,
@@ -197,8 +199,25 @@ def planner_constraints(
     return constraints
 
 
+def _memory_caps(ctx: DistContext) -> Tuple[Optional[int], Optional[int]]:
+    """(HBM, DDR) bytes per rank of this machine: the GPU's memory, and host memory shared by the
+    host's ranks; None where unknown (the planner then uses its defaults)."""
+    hbm = None
+    if ctx.device.type == "cuda":
+        import torch
+
+        hbm = int(torch.cuda.get_device_properties(ctx.device).total_memory)
+    try:
+        ddr = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(ctx.local_world_size, 1)
+    except (ValueError, OSError, AttributeError):
+        ddr = None
+    return hbm, ddr
+
+
 def _make_topology(ctx: DistContext) -> Topology:
+    """This job's topology with its real memory per rank (TorchRec's defaults are 32 GB HBM, 128 GB DDR)."""
     compute_device = ctx.device.type
+    hbm, ddr = _memory_caps(ctx)
     try:
         from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     except ImportError:  # older torchrec: no factory
@@ -206,10 +225,12 @@ def _make_topology(ctx: DistContext) -> Topology:
             world_size=ctx.world_size,
             local_world_size=ctx.local_world_size,
             compute_device=compute_device,
+            hbm_cap=hbm,
+            ddr_cap=ddr,
         )
     return TopologyFactory.create_topology(
         trainer_config=TrainerConfig(
-            world_size=ctx.world_size, local_world_size=ctx.local_world_size
+            world_size=ctx.world_size, local_world_size=ctx.local_world_size, hbm_cap_bytes=hbm, ddr_cap_bytes=ddr
         ),
         kernel_config=KernelConfig(compute_device=compute_device),
     )
@@ -251,6 +272,8 @@ def plan_sharding(
     ctx: DistContext,
     sharding: ShardingConfig,
     plan: Optional[ShardingPlan] = None,
+    batch_size: Optional[int] = None,
+    storage_reservation: Optional[StorageReservation] = None,
 ) -> ShardingPlan:
     """The sharding plan of `model`'s tables over `ctx.world_size` ranks.
 
@@ -263,6 +286,11 @@ def plan_sharding(
         ctx (DistContext): world size and compute device.
         sharding (ShardingConfig): per-table constraints, or the plan file to use.
         plan (ShardingPlan | None): a plan to use exactly (e.g. from `plan_io.load_plan`).
+        batch_size (int | None): examples per rank per step (``train.batch_size``), which sizes
+            the planner's estimates of lookups, comms and input memory; None = TorchRec's 512.
+        storage_reservation (StorageReservation | None): memory held back from the tables per
+            rank (dense model, activations: ``dense_estimate.DenseReservation``); None =
+            TorchRec's heuristic.
     """
     if plan is None and sharding.plan is not None:
         from recsys.distributed.plan_io import load_plan
@@ -277,12 +305,21 @@ def plan_sharding(
     on_cpu = ctx.device.type == "cpu"
     planner = EmbeddingShardingPlanner(
         topology=_make_topology(ctx),
+        batch_size=batch_size,
+        storage_reservation=storage_reservation,
         constraints=planner_constraints(model, sharding, on_cpu),
     )
-    if dist.is_initialized():
-        plan = planner.collective_plan(model, default_sharders(), dist.GroupMember.WORLD)
-    else:
-        plan = planner.plan(model, default_sharders())
+    try:
+        if dist.is_initialized():
+            plan = planner.collective_plan(model, default_sharders(), dist.GroupMember.WORLD)
+        else:
+            plan = planner.plan(model, default_sharders())
+    except PlannerError as e:
+        raise ConfigError(
+            f"the sharding planner found no plan for {ctx.world_size} ranks at train.batch_size={batch_size} per rank "
+            f"({type(e).__name__}: {str(e).splitlines()[0]}); `recsys plan --config ... --topology ...` shows the "
+            "memory per part and the batch size that fits"
+        ) from None
     if on_cpu:
         _place_refused_tables(model, plan, ctx, sharding)
     return plan
@@ -294,6 +331,8 @@ def shard_model(
     sharding: ShardingConfig,
     fused_optimizer: FusedOptimizerConfig,
     plan: Optional[ShardingPlan] = None,
+    batch_size: Optional[int] = None,
+    storage_reservation: Optional[StorageReservation] = None,
 ) -> DistributedModelParallel:
     """Attach the fused optimizer, plan the tables and wrap `model` in DMP.
 
@@ -306,6 +345,8 @@ def shard_model(
         fused_optimizer (FusedOptimizerConfig): optimizer run inside the tables' backward.
         plan (ShardingPlan | None): use exactly this plan (see `plan_sharding`); a plan that does
             not fit the model or the world size is a ConfigError naming the difference.
+        batch_size (int | None): examples per rank per step, for the planner (``train.batch_size``).
+        storage_reservation (StorageReservation | None): memory per rank held back from the tables.
 
     Returns:
         DistributedModelParallel: the sharded model; `dmp.plan` is its ShardingPlan (print it
@@ -321,7 +362,7 @@ def shard_model(
     if ctx.device.type == "cuda":
         _check_gpu_table_widths(model)
     apply_fused_optimizer(model, fused_optimizer)
-    plan = plan_sharding(model, ctx, sharding, plan)
+    plan = plan_sharding(model, ctx, sharding, plan, batch_size, storage_reservation)
     return DistributedModelParallel(
         module=model, device=ctx.device, plan=plan, sharders=default_sharders()
     )

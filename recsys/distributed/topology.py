@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Dict, Literal
 
 from recsys.errors import ConfigError
 
@@ -34,8 +34,25 @@ class TopologyConfig:
         ddr_gb: host memory per rank in GB.
         intra_host_bw_gbps: bandwidth between ranks of one host in GB/s (NVLink: 450 on H100).
         inter_host_bw_gbps: bandwidth between hosts per rank in GB/s (a 400 Gb/s NIC: 50).
-        batch_size: training examples per rank per step (the planner's per-rank batch).
+        headroom: fraction of each rank's memory the plan keeps free (allocator fragmentation,
+            workspaces, the CUDA context), in [0, 1).
+        fp32_tflops / tf32_tflops / bf16_tflops: the device's dense peak in TFLOP/s for float32
+            matmuls at ``train.matmul_precision`` "highest" / "high" / "medium" (H100 SXM: 67 /
+            495 / 989).
+        compute_efficiency: the fraction of that peak the dense layers reach, in (0, 1]; the
+            plan's dense compute time is FLOPs / (peak x efficiency).
+        launch_overhead_us: eager framework time per layer call and step phase (forward, backward,
+            optimizer) in microseconds; it bounds the step of small models from below. A rough
+            default: calibrate it with ``benchmarks/plan_vs_measured.py``.
+
+    The batch is not part of the cluster: the planner plans for the run's ``train.batch_size``
+    (examples per rank per step), read from the run config.
     """
+
+    MOVED_KEYS: ClassVar[Dict[str, str]] = {
+        "batch_size": "the planner plans for train.batch_size (examples per rank per step) of the run "
+        "config (--config); set it there, e.g. `recsys plan ... train.batch_size=4096`",
+    }
 
     hosts: int = 1
     devices_per_host: int = 8
@@ -44,10 +61,15 @@ class TopologyConfig:
     ddr_gb: float = 256.0
     intra_host_bw_gbps: float = 450.0
     inter_host_bw_gbps: float = 50.0
-    batch_size: int = 512
+    headroom: float = 0.15
+    fp32_tflops: float = 67.0
+    tf32_tflops: float = 495.0
+    bf16_tflops: float = 989.0
+    compute_efficiency: float = 0.4
+    launch_overhead_us: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("hosts", "devices_per_host", "batch_size"):
+        for name in ("hosts", "devices_per_host"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"topology.{name} must be an integer >= 1, got {value!r}")
@@ -59,11 +81,31 @@ class TopologyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"topology.{name} must be a number > 0, got {value!r}")
+        for name in ("fp32_tflops", "tf32_tflops", "bf16_tflops"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"topology.{name} must be a number > 0, got {value!r}")
+        if isinstance(self.launch_overhead_us, bool) or not isinstance(self.launch_overhead_us, (int, float)) \
+                or self.launch_overhead_us < 0:
+            raise ConfigError(f"topology.launch_overhead_us must be a number >= 0, got {self.launch_overhead_us!r}")
+        if not isinstance(self.headroom, (int, float)) or not 0 <= self.headroom < 1:
+            raise ConfigError(f"topology.headroom must be in [0, 1), got {self.headroom!r}")
+        if not isinstance(self.compute_efficiency, (int, float)) or not 0 < self.compute_efficiency <= 1:
+            raise ConfigError(f"topology.compute_efficiency must be in (0, 1], got {self.compute_efficiency!r}")
         if self.hosts > 1 and self.inter_host_bw_gbps > self.intra_host_bw_gbps:
             raise ConfigError(
                 f"topology.inter_host_bw_gbps ({self.inter_host_bw_gbps}) exceeds intra_host_bw_gbps "
                 f"({self.intra_host_bw_gbps}); links between hosts are the slower ones: swap or fix the values"
             )
+
+    def peak_tflops(self, matmul_precision: str = "highest") -> float:
+        """Dense peak TFLOP/s for float32 training at ``train.matmul_precision``."""
+        return {"highest": self.fp32_tflops, "high": self.tf32_tflops, "medium": self.bf16_tflops}[matmul_precision]
+
+    @property
+    def memory_gb(self) -> float:
+        """The memory that trains, per rank: HBM on cuda, DDR on cpu."""
+        return self.hbm_gb if self.compute_device == "cuda" else self.ddr_gb
 
     @property
     def world_size(self) -> int:

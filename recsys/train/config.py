@@ -120,7 +120,10 @@ class TrainerConfig:
 
     Args:
         epochs: passes over the training rows (>= 1).
-        batch_size / eval_batch_size: rows per batch.
+        batch_size / eval_batch_size: rows per rank per batch (TorchRec's convention): a job of
+            W ranks trains ``W * batch_size`` rows a step. ``recsys plan`` and the sharding planner
+            plan for ``batch_size``. A job resumed on another world size keeps the batch per rank
+            (so another global batch) and continues from the rows already trained.
         seed: seeds model init, shuffling and negative sampling.
         log_every: steps between JSONL/TensorBoard records (>= 1).
         checkpoint_every: steps between checkpoints (>= 0; 0 = only at the end).

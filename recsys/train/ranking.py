@@ -36,8 +36,9 @@ from tqdm import tqdm
 from recsys.config import to_dict
 from recsys.data.features import FEATURE_SPEC_FILE, save_feature_spec
 from recsys.data.lifelong_pipeline import LifelongData, prepare_lifelong_data
-from recsys.data.loader import make_dataloader
+from recsys.data.loader import make_dataloader, position_for_sampler
 from recsys.data.pipeline import RankingData, build_ranking_data, load_events_with_probabilities
+from recsys.distributed.dense_reservation import training_reservation
 from recsys.distributed.optimizers import build_optimizer
 from recsys.distributed.process_group import DistContext, init_distributed, teardown
 from recsys.atomic_files import write_json_atomic
@@ -125,7 +126,11 @@ class RankingRecipe:
         model = get_model(cfg.model_name, feature_spec=self.data.spec, device=torch.device("meta"), **cfg.model_overrides)
         heads = list(model.heads)
         loss = WeightedCrossEntropy(heads, self.data.spec.action_vocab, cfg.loss.label_weights)
-        self.model = shard_model(RankingTask(model, loss), self.ctx, cfg.sharding, cfg.optim.sparse)
+        task = RankingTask(model, loss)
+        reservation = training_reservation(task, cfg, self.data.spec, self.ctx.device.type, log=self.data.log)
+        self.model = shard_model(
+            task, self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size, storage_reservation=reservation
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
         return heads
 
@@ -185,15 +190,9 @@ class RankingRecipe:
         return state
 
     def _position_for_this_world(self, saved: dict) -> dict:
-        """A loader position saved by a job of another world size, for this job's loader.
-
-        Batches are global (each rank takes its share), so a position carries over; only the last,
-        partial batch differs: several ranks drop it (``drop_last``), one rank keeps it.
-        """
-        drop_last = self.loader.sampler.drop_last
-        if saved.get("drop_last", drop_last) == drop_last:
-            return saved
-        return {**saved, "drop_last": drop_last, "batches_consumed": min(saved["batches_consumed"], len(self.loader))}
+        """A loader position saved by a job of another world size, for this job's loader: batches
+        are per rank, so the global batch differs and the position carries over in rows."""
+        return position_for_sampler(saved, self.loader.sampler)
 
     # ------------------------------------------------------------------ train
     def train(self, on_step: Callable[[int], None] | None = None) -> None:

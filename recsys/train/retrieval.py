@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 from recsys.config import to_dict
 from recsys.data.features import FEATURE_SPEC_FILE, FeatureSpec, save_feature_spec
+from recsys.data.loader import position_for_sampler
 from recsys.data.pipeline import load_events
 from recsys.data.sequences import ITEM_KEY, SequenceExamples, make_sequence_dataloader
 from recsys.data.splits import leave_one_out
+from recsys.distributed.dense_reservation import training_reservation
 from recsys.distributed.optimizers import build_optimizer
 from recsys.atomic_files import write_json_atomic
 from recsys.distributed.plan_io import save_plan
@@ -61,7 +63,10 @@ class RetrievalRecipe:
         seed_everything(cfg.train.seed)
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
-        self.model = shard_model(model, self.ctx, cfg.sharding, cfg.optim.sparse)
+        reservation = training_reservation(model, cfg, self.spec, self.ctx.device.type, log=self.log)
+        self.model = shard_model(
+            model, self.ctx, cfg.sharding, cfg.optim.sparse, batch_size=cfg.train.batch_size, storage_reservation=reservation
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim.dense)
         self.loader = make_sequence_dataloader(
             self.train_rows, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
@@ -138,7 +143,7 @@ class RetrievalRecipe:
             return
         state = self.checkpoints.load(self.model, self.optimizer, step=step)
         self.step, self.epoch = state["step"], state["epoch"]
-        self.loader.load_state_dict(state["loader"])
+        self.loader.load_state_dict(position_for_sampler(state["loader"], self.loader.sampler))
         self.stopper.load_state_dict(state["early_stopping"])
         restore_rng_state(state["rng"])
         self.run_log.truncate_after(self.step)

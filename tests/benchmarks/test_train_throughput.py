@@ -53,14 +53,14 @@ def args(config: str, out: Path, overrides: list[str]) -> list[str]:
 
 
 def assert_report(report: dict, world_size: int, batch_size: int, model: str) -> None:
-    """Both phases timed ``STEPS`` steps of ``batch_size`` global rows on every rank, at a positive rate."""
+    """Both phases timed ``STEPS`` steps of ``batch_size`` rows per rank on every rank, at a positive rate."""
     assert report["model"] == model and report["world_size"] == world_size
     assert report["steps"] == STEPS and report["warmup"] == WARMUP
-    assert report["global_batch_size"] == batch_size and report["batch_per_rank"] == batch_size / world_size
+    assert report["global_batch_size"] == batch_size * world_size and report["batch_per_rank"] == batch_size
     assert report["versions"]["torch"] == torch.__version__ and report["device_type"] == "cpu"
     for phase in ("loader", "in_memory"):
         result = report[phase]
-        assert result["examples"] == STEPS * batch_size  # no epoch ends within the timed steps
+        assert result["examples"] == STEPS * batch_size * world_size  # no epoch ends within the timed steps
         assert result["examples_per_s"] > 0 and result["seconds"] > 0
         assert result["examples_per_s"] == pytest.approx(result["examples"] / result["seconds"])
         assert 0 < result["step_ms_p50"] <= result["step_ms_p90"]
@@ -96,12 +96,12 @@ def test_hstu_one_process_on_the_synthetic_feed(tmp_path):
 def test_dlrm_two_processes_under_torchrun_with_the_sparse_dist_pipeline(tmp_path):
     out = tmp_path / "dlrm2.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-               *args("configs/dlrm/synthetic.yaml", out, [*DLRM_TINY, "train.pipeline=sparse_dist"])]
+               *args("configs/dlrm/synthetic.yaml", out, [*DLRM_TINY, "train.pipeline=sparse_dist", "train.batch_size=256"])]
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
-    assert_report(report, world_size=2, batch_size=512, model="dlrm")
+    assert_report(report, world_size=2, batch_size=256, model="dlrm")  # per rank: the same 512 rows a step
     assert report["train_step"] == "sparse_dist" and report["backend"] == "gloo"
     assert [r["examples"] for r in report["loader"]["per_rank"]] == [STEPS * 256] * 2
     assert report["command"].startswith("torchrun --nproc_per_node 2 ")

@@ -178,3 +178,28 @@ def test_collate_throughput():
     print(f"collate: {rate:.0f} batches/s (B=512, max_history=50)")
     assert batch.sparse_features["history_click"].lengths().max() == 50
     assert rate >= 10
+
+
+# ---------------------------------------------------------------- batch per rank
+def test_batch_size_is_per_rank(examples):
+    """Each of W ranks gets ``batch_size`` rows a step; together they cover a global batch of W x batch_size."""
+    ranks = [make_dataloader(examples, batch_size=16, shuffle=True, seed=3, rank=r, world_size=2) for r in range(2)]
+    first = [next(iter(loader)) for loader in ranks]
+    assert [batch.batch_size for batch in first] == [16, 16]
+    assert ranks[0].sampler.batch_size == 32
+    assert len(ranks[0]) == -(-len(examples) // 32)
+
+
+def test_position_carries_over_in_rows_to_another_world_size(examples):
+    from recsys.data.loader import position_for_sampler
+
+    one = make_dataloader(examples, batch_size=16, shuffle=True, seed=3)
+    batches = iter(one)
+    for _ in range(4):  # 64 rows trained
+        next(batches)
+    two = make_dataloader(examples, batch_size=16, shuffle=True, seed=3, rank=0, world_size=2, drop_last=True)
+    two.load_state_dict(position_for_sampler(one.state_dict(), two.sampler))
+    assert two.state_dict()["batches_consumed"] == 2  # 2 global batches of 32 rows = the same 64 rows
+    done = make_dataloader(examples, batch_size=16, shuffle=True, seed=3)
+    done.load_state_dict({**one.state_dict(), "batches_consumed": len(done)})
+    assert position_for_sampler(done.state_dict(), two.sampler)["batches_consumed"] == len(two)  # a finished epoch stays finished

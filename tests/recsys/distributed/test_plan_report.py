@@ -75,7 +75,7 @@ def test_dry_run_honours_constraints(hosts, devices):
 def test_billion_row_table_plans_in_seconds_without_allocating():
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     report = plan_dry_run(
-        "dlrm", {"t_item_id": 10**9, "t_user_id": 10**8}, TopologyConfig(hosts=8, devices_per_host=8, batch_size=4096),
+        "dlrm", {"t_item_id": 10**9, "t_user_id": 10**8}, TopologyConfig(hosts=8, devices_per_host=8), batch_size=4096,
         embedding_dim=128,
     )
     peak_growth_gb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024**2
@@ -120,7 +120,7 @@ def test_errors_name_the_problem():
     cpu = TopologyConfig(hosts=1, devices_per_host=2, compute_device="cpu")
     with pytest.raises(ConfigError, match="compute_device=cuda"):
         plan_dry_run("dlrm", SMALL, cpu, CONSTRAINED)
-    with pytest.raises(ConfigError, match="no sharding plan fits 2 ranks"):
+    with pytest.raises(ConfigError, match="dlrm does not fit 2 ranks(.|\n)*embedding tables at least(.|\n)*fused_uvm_caching"):
         plan_dry_run("dlrm", {"t_item_id": 10**9}, TopologyConfig(hosts=1, devices_per_host=2, hbm_gb=1, ddr_gb=1))
     with pytest.raises(ConfigError, match="t_item_colour"):
         feature_spec_with_rows(SMALL, {"t_item_colour": 10})
@@ -130,3 +130,65 @@ def test_synthetic_feature_spec_matches_the_generated_log():
     cfg = SyntheticConfig(num_users=30, num_items=200, num_topics=8, days=20, heavy_user_fraction=0.0,
                           mean_events_per_user=20)
     assert synthetic_feature_spec(cfg, max_history=7) == FeatureSpec.from_log(generate(cfg), max_history=7)
+
+
+def test_topology_refuses_batch_size_naming_train_batch_size(tmp_path):
+    from recsys.config import load_config
+
+    path = tmp_path / "topology.yaml"
+    path.write_text("hosts: 1\ndevices_per_host: 2\nbatch_size: 4096\n")
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(TopologyConfig, path)
+
+
+def test_recsys_plan_plans_for_the_runs_batch_per_rank(tmp_path):
+    from recsys.cli import main
+
+    main(["plan", "--config", "configs/plan/dlrm_1b.yaml", "--topology", "configs/plan/h100_8x8.yaml",
+          "--out", str(tmp_path), "data.synthetic.num_items=100000", "data.synthetic.num_users=10000",
+          "train.batch_size=1024"])
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["batch_size_per_rank"] == 1024
+
+
+def test_hstu_1b_at_4096_per_rank_is_refused_with_the_numbers_and_a_batch_size_that_fits(tmp_path, capsys):
+    import re
+
+    from recsys.cli import main
+
+    args = ["plan", "--config", "configs/plan/hstu_1b.yaml", "--topology", "configs/plan/h100_8x8.yaml", "--out", str(tmp_path)]
+    assert main(args) == 2
+    message = capsys.readouterr().err
+    assert "hstu does not fit 64 ranks at train.batch_size=4096" in message
+    assert re.search(r"activations kept for backward \d+\.\d GB", message)
+    for knob in ("shorter sequences", "activation checkpointing", "more ranks", "fused_uvm_caching"):
+        assert knob in message
+    assert not (tmp_path / "plan.json").exists()
+    fitting = int(re.search(r"train\.batch_size=(\d+) \(the largest", message).group(1))
+    assert 1 <= fitting < 4096
+    assert main([*args, f"train.batch_size={fitting}"]) == 0
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["batch_size_per_rank"] == fitting and report["largest_batch_size_per_rank"] >= fitting
+    used = max(rank["memory_gb"]["total"] for rank in report["ranks"])
+    assert used <= 80 * (1 - report["topology"]["headroom"])
+    assert report["dense"]["activation_gb"] > 1  # hundreds of MB per sequence of 1024 tokens x 16 layers
+
+
+def test_report_splits_memory_and_time_by_part_and_keeps_torchrecs_stats(tmp_path):
+    report = plan_dry_run("dlrm", SMALL, TopologyConfig(hosts=1, devices_per_host=2), batch_size=256, embedding_dim=16)
+    dense = report.dense
+    for rank in report.ranks:
+        m, p = rank.memory_gb, rank.perf_ms
+        assert m["total"] == pytest.approx(m["tables"] + m["dense"] + m["activations"] + m["inputs"])
+        assert m["activations"] == pytest.approx(dense.activation_gb) and dense.activation_gb > 0
+        assert p["step"] == pytest.approx(p["total"] + p["dense_compute"] + p["framework_overhead"] + p["dense_allreduce"])
+    assert dense.compute_ms == pytest.approx(dense.flops / (67e12 * 0.4) * 1e3)
+    # the planner reserved the dense model and the activations, not TorchRec's guess
+    reserved = report.reserved_gb["hbm"]
+    assert reserved == pytest.approx(dense.parameter_gb * 4 + dense.activation_gb + dense.input_gb, rel=1e-3)
+    markdown = report.to_markdown()
+    assert "| rank | host | tables | dense | activations | inputs |" in markdown
+    assert "dense compute (fwd + bwd)" in markdown and "## TorchRec planner stats" in markdown
+    assert report.largest_batch_size > 256
+    paths = report.write(tmp_path)
+    assert json.loads(paths["json"].read_text())["torchrec_stats"]

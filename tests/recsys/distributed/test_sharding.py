@@ -66,3 +66,23 @@ def test_sequence_tables_stay_off_data_parallel_on_cpu(ctx):
             ctx,
             ShardingConfig({"s0": {"sharding_types": ["data_parallel"]}}),
         )
+
+
+def test_training_planner_sees_this_machines_memory(ctx):
+    import os
+
+    from recsys.distributed.sharding import _make_topology
+
+    topology = _make_topology(ctx)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert topology.devices[0].storage.ddr == physical // ctx.local_world_size  # not TorchRec's 128 GB default
+
+
+def test_training_planner_refuses_a_reservation_beyond_memory_naming_recsys_plan(ctx):
+    from recsys.distributed.dense_estimate import DenseEstimate
+    from recsys.distributed.dense_reservation import dense_reservation
+
+    huge = DenseEstimate(parameter_bytes=0, optimizer_bytes=0, activation_parts={"encoder": 10**15}, flop_parts={})
+    with pytest.raises(ConfigError, match="train.batch_size=64 per rank.*recsys plan"):
+        plan_sharding(ToyRanker(torch.device("meta")), ctx, ShardingConfig(), batch_size=64,
+                      storage_reservation=dense_reservation(huge))

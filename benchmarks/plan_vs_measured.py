@@ -1,0 +1,198 @@
+"""Planned vs measured memory and step time per rank, for every zoo model at three batch sizes.
+
+For each model and batch size B the script plans the job as ``recsys plan`` does (one rank of this
+machine: its memory, ``--peak-tflops`` and ``--efficiency``), then trains it for real with that plan
+(DMP, the fused table optimizer, Adam on the dense layers) on batches of the synthetic feed with
+histories of up to ``--max-len`` events, and compares:
+
+- planned memory per rank (tables + dense + activations + inputs) with
+  ``torch.cuda.max_memory_allocated`` over one training step after warm-up (GPU only);
+- planned step time (embedding lookups + dense compute + all-reduce) with the measured median
+  step (CUDA-synchronised wall time).
+
+Writes ``plan_vs_measured.json`` (one row per model and batch) and ``plan_vs_measured.png``
+(planned vs measured, both quantities) into ``--out``.
+
+On the GPU machine::
+
+    python benchmarks/plan_vs_measured.py --out runs/bench/plan-vs-measured
+
+CPU smoke run (tiny models, memory not measured, seconds)::
+
+    python benchmarks/plan_vs_measured.py --device cpu --tiny --batch-sizes 4 8 16 --out runs/plan-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torchrec.distributed.types import ShardingPlan
+
+from recsys.atomic_files import write_atomic, write_json_atomic
+from recsys.data.synthetic import SyntheticConfig
+from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerConfig, build_optimizer
+from recsys.distributed.plan_report import plan_dry_run
+from recsys.distributed.probe_workloads import probe_data, training_loss, with_loss
+from recsys.distributed.process_group import init_distributed, teardown
+from recsys.distributed.sharding import ShardingConfig, shard_model
+from recsys.distributed.topology import GB, TopologyConfig
+from recsys.models import get_model, list_models
+
+# Models at the sizes their configs in configs/ train (the zoo defaults), and tiny ones for CPU.
+TINY = {"hstu": {"embedding_dim": 16, "num_negatives": 8}, "sasrec": {"embedding_dim": 16}}
+TINY_DEFAULT = {"embedding_dim": 16}
+GPU_WORLD = SyntheticConfig(num_users=2000, num_items=20000, mean_events_per_user=150, heavy_user_fraction=0.05,
+                            heavy_user_events=2000)
+CPU_WORLD = SyntheticConfig(num_users=60, num_items=300, mean_events_per_user=80, heavy_user_fraction=0.1,
+                            heavy_user_events=600)
+
+
+def measure(name: str, batch_size: int, args, ctx) -> dict:
+    """Plans and trains one (model, batch size); returns the planned and measured numbers."""
+    device = ctx.device
+    world = GPU_WORLD if device.type == "cuda" else CPU_WORLD
+    overrides = (TINY.get(name, TINY_DEFAULT) if args.tiny else {})
+    data = probe_data(name, batch_size, args.max_len, world, cache_dir=str(Path(args.out) / "lifelong"),
+                      fused_attention=device.type == "cuda")
+    overrides = {**data.overrides, **overrides}
+    report = plan_dry_run(name, data.spec, _topology(device, args), batch_size=data.work.batch_size,
+                          lengths=data.work.lengths, matmul_precision=args.matmul_precision,
+                          lifelong_rows={k: getattr(data.work, k) for k in ("impressions_per_row", "next_action_pairs_per_row")},
+                          **overrides)
+    model = with_loss(get_model(name, feature_spec=data.spec, device=torch.device("meta"), **overrides), data.spec)
+    plan = report.plan
+    if hasattr(model, "loss") and hasattr(model, "model"):  # RankingTask: its tables sit under "model."
+        plan = ShardingPlan({f"model.{path}": tables for path, tables in plan.plan.items()})
+    dmp = shard_model(model, ctx, ShardingConfig(), FusedOptimizerConfig("row_wise_adagrad", lr=0.01), plan=plan)
+    optimizer = build_optimizer(dmp, DenseOptimizerConfig(name="adam", lr=1e-4))
+    batch = data.batch.to(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        training_loss(dmp, batch).backward()
+        optimizer.step()
+
+    peak, times = _run(step, device, args.warmup, args.steps)
+    rank = report.ranks[0]
+    return {
+        "model": name,
+        "batch_size": data.work.batch_size,
+        "max_len": args.max_len,
+        "mean_len": data.work.lengths.mean,
+        "planned_gb": rank.memory_gb["total"],
+        "planned_parts_gb": {k: v for k, v in rank.memory_gb.items() if k != "total"},
+        "measured_peak_gb": peak,
+        "memory_ratio": peak / rank.memory_gb["total"] if peak else None,
+        "planned_step_ms": report.step_ms["total"],
+        "planned_step_parts_ms": report.step_ms,
+        "measured_step_ms": statistics.median(times),
+        "time_ratio": statistics.median(times) / report.step_ms["total"],
+    }
+
+
+def _topology(device: torch.device, args) -> TopologyConfig:
+    hbm = torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else 80.0
+    peak = {"fp32_tflops": args.peak_tflops, "tf32_tflops": args.peak_tflops, "bf16_tflops": args.peak_tflops}
+    return TopologyConfig(hosts=1, devices_per_host=1, compute_device=device.type, hbm_gb=hbm,
+                          compute_efficiency=args.efficiency, **peak)
+
+
+def _run(step, device: torch.device, warmup: int, steps: int):
+    """(peak GB over one step after warm-up, or None off GPU; per-step ms)."""
+    for _ in range(warmup):
+        step()
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) / GB
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return peak, times
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Two panels: planned vs measured memory (GB) and step time (ms), one point per model and batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    fig, (mem, step) = plt.subplots(1, 2, figsize=(12, 5))
+    for axis, planned, measured, unit in ((mem, "planned_gb", "measured_peak_gb", "GB"),
+                                          (step, "planned_step_ms", "measured_step_ms", "ms")):
+        for name in sorted({r["model"] for r in rows}):
+            points = [(r[planned], r[measured]) for r in rows if r["model"] == name and r[measured]]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=name)
+        values = [v for r in rows for v in (r[planned], r[measured]) if v]
+        if values:
+            axis.plot([min(values), max(values)], [min(values), max(values)], "k--", linewidth=0.8, label="measured = planned")
+        axis.set_xlabel(f"planned {unit}")
+        axis.set_ylabel(f"measured {unit}")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+    mem.set_title("memory per rank (peak allocated)")
+    step.set_title("time per training step")
+    step.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return write_atomic(path, lambda temp: fig.savefig(temp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for plan_vs_measured.json and .png")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--models", nargs="*", default=None, help="zoo models (default: all)")
+    parser.add_argument("--batch-sizes", nargs=3, type=int, default=[64, 256, 1024], help="three batch sizes per rank")
+    parser.add_argument("--max-len", type=int, default=50, help="most events per history")
+    parser.add_argument("--tiny", action="store_true", help="tiny model widths (the CPU smoke run)")
+    parser.add_argument("--peak-tflops", type=float, default=67.0, help="the device's fp32 dense peak (H100 SXM: 67)")
+    parser.add_argument("--efficiency", type=float, default=0.4, help="fraction of the peak the plan assumes")
+    parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU; use --device cpu --tiny for the smoke run")
+    torch.set_float32_matmul_precision(args.matmul_precision)
+    ctx = init_distributed()
+    try:
+        if ctx.device.type != args.device:
+            ctx = dataclasses.replace(ctx, device=torch.device(args.device))
+        rows = [measure(name, b, args, ctx) for name in (args.models or list_models()) for b in args.batch_sizes]
+    finally:
+        teardown(ctx)
+    out = Path(args.out)
+    result = {"device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
+              "peak_tflops": args.peak_tflops, "efficiency": args.efficiency, "rows": rows}
+    write_json_atomic(out / "plan_vs_measured.json", result, sort_keys=True)
+    plot(rows, out / "plan_vs_measured.png")
+    for r in rows:
+        ratio = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+        print(f"{r['model']:<14} B={r['batch_size']:<6} memory planned {r['planned_gb']:.3f} GB measured/planned {ratio:<5} "
+              f"step planned {r['planned_step_ms']:.2f} ms measured {r['measured_step_ms']:.2f} ms")
+    return result
+
+
+if __name__ == "__main__":
+    main()

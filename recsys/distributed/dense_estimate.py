@@ -1,0 +1,423 @@
+"""Dense memory and compute of one training step on one rank, from the model's structure.
+
+The sharding planner places embedding tables; everything else a rank holds while it trains is
+estimated here, per zoo model, from the sizes of the model's own layers (read from the model
+built on the meta device, so the estimate follows its config) and from the batch:
+
+- dense state: parameters, gradients and optimizer state of every non-table parameter
+  (replicated on every rank; Adam keeps 2 moments, Adagrad 1, SGD none);
+- activations kept for backward: per layer, the bytes of the distinct tensor storages autograd
+  saves for the backward pass (what ``torch.autograd.graph.saved_tensors_hooks`` sees, deduped by
+  storage), as a function of the per-rank batch B, the jagged lengths of the typical batch
+  (:class:`~recsys.distributed.sequence_lengths.LengthDistribution`) and the layer widths;
+- dense FLOPs of forward + backward (matmuls: 2 m n k forward, twice that backward; the weight
+  gradient only where the input needs none), turned into time at a stated fraction of the
+  device's peak rate.
+
+The activation formulas follow the PyTorch implementations the models run in fp32: padded
+``[B, N, ...]`` attention for TransAct / BST / SASRec (N the batch's longest row), the pure-PyTorch
+HSTU attention (padded scores ``[B, H, N, N]`` beside jagged ``[T, ...]`` projections), the
+retrieval models' sampled softmax. ``fused_attention=True`` (the CUDA default of
+``scaled_dot_product_attention``) drops the ``[B, H, N, N]`` probabilities from the
+``nn.MultiheadAttention`` / SASRec blocks. Embedding lookups of the sharded tables are the
+planner's (not counted here); their outputs, once dense layers read them, are.
+
+Shape letters: B rows per rank, N padded length, T jagged tokens, E = B N padded tokens, D / d
+model widths, H heads, F feed-forward width, K sampled negatives, U distinct sampled items.
+
+Example::
+
+    model = get_model("hstu", device="meta", num_layers=16, embedding_dim=256, max_seq_len=1024)
+    est = estimate_dense(model, Workload(batch_size=4096, lengths=LengthDistribution.fixed(1024)))
+    est.activation_bytes / 2**30, est.compute_ms(peak_tflops=989, efficiency=0.4)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Tuple
+
+import numpy as np
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from recsys.distributed.sequence_lengths import LengthDistribution
+from recsys.errors import ConfigError
+
+F32, I64, BOOL = 4, 8, 1
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "rowwise_adagrad": 1, "sgd": 0}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one rank trains per step.
+
+    Args:
+        batch_size: B, rows per rank (``train.batch_size``).
+        lengths: per-row sequence lengths: history events (ranking sequence encoders; S_all for
+            TransAct V2) or tokens per sequence (retrieval). Ignored by models without sequences.
+        num_items: items the retrieval loss samples negatives from (sizes its distinct lookups).
+        impressions_per_row / next_action_pairs_per_row: TransAct V2's next-action loss: impression
+            negatives and (token, next action) pairs of a row (from ``data.lifelong``).
+        fused_attention: ``scaled_dot_product_attention`` runs a fused kernel (CUDA), which keeps
+            no ``[B, H, N, N]`` probabilities.
+    """
+
+    batch_size: int
+    lengths: LengthDistribution = field(default_factory=lambda: LengthDistribution.fixed(0))
+    num_items: int = 1
+    impressions_per_row: float = 0.0
+    next_action_pairs_per_row: float = 0.0
+    fused_attention: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be an integer >= 1, got {self.batch_size!r}")
+
+
+@dataclass
+class DenseEstimate:
+    """One rank's dense memory (bytes) and compute (FLOPs) per training step.
+
+    ``activation_parts`` / ``flop_parts`` break the totals down by part of the model.
+    """
+
+    parameter_bytes: int
+    optimizer_bytes: int
+    activation_parts: Dict[str, int]
+    flop_parts: Dict[str, float]
+    launches: int = 0
+
+    @property
+    def gradient_bytes(self) -> int:
+        return self.parameter_bytes
+
+    @property
+    def dense_bytes(self) -> int:
+        """Parameters + gradients + optimizer state."""
+        return self.parameter_bytes + self.gradient_bytes + self.optimizer_bytes
+
+    @property
+    def activation_bytes(self) -> int:
+        return int(sum(self.activation_parts.values()))
+
+    @property
+    def flops(self) -> float:
+        return float(sum(self.flop_parts.values()))
+
+    def overhead_ms(self, launch_us: float) -> float:
+        """Per-step framework time of eager execution: ``launches`` x ``launch_us`` (dominates small models)."""
+        return self.launches * launch_us / 1e3
+
+    def compute_ms(self, peak_tflops: float, efficiency: float) -> float:
+        """Dense forward + backward time in ms at ``efficiency`` x ``peak_tflops``."""
+        return self.flops / (peak_tflops * 1e12 * efficiency) * 1e3
+
+
+class _Tally:
+    """Accumulates activation bytes and FLOPs under part names."""
+
+    def __init__(self) -> None:
+        self.bytes: Dict[str, int] = {}
+        self.flops: Dict[str, float] = {}
+
+    def add(self, part: str, nbytes: float = 0, flops: float = 0) -> None:
+        self.bytes[part] = self.bytes.get(part, 0) + int(round(nbytes))
+        self.flops[part] = self.flops.get(part, 0.0) + float(flops)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _linears(module: nn.Module) -> List[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _matmul_flops(rows: float, fan_in: int, fan_out: int, input_grad: bool = True) -> float:
+    """Forward 2 r i o, weight gradient 2 r i o, input gradient 2 r i o when the input needs one."""
+    return (6.0 if input_grad else 4.0) * rows * fan_in * fan_out
+
+
+def _dropout_on(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules())
+
+
+def _mlp(t: _Tally, part: str, mlp: nn.Module, rows: float, input_grad: bool = True) -> None:
+    """torchrec MLP (Linear + ReLU per layer): its input and every layer's ReLU output, ``[rows, w]``."""
+    layers = _linears(mlp)
+    t.add(part, F32 * rows * (layers[0].in_features + sum(l.out_features for l in layers)))
+    for i, layer in enumerate(layers):
+        t.add(part, flops=_matmul_flops(rows, layer.in_features, layer.out_features, input_grad or i > 0))
+
+
+def _layer_norm(rows: float, width: int) -> float:
+    """LayerNorm keeps its input ``[rows, w]`` and mean / rstd ``[rows, 1]``."""
+    return F32 * rows * (width + 2)
+
+
+def _attention_flops(batch: float, heads: int, n_q: float, n_k: float, head_dim: int, value_dim: int) -> float:
+    """Q K^T and P V, forward and backward (both operands need gradients): 3 x 2 b h n m (dk + dv)."""
+    return 6.0 * batch * heads * n_q * n_k * (head_dim + value_dim)
+
+
+# ------------------------------------------------------------------------ transformer layers
+def _torch_encoder_layer(t: _Tally, part: str, layer: nn.TransformerEncoderLayer, groups: Iterable[Tuple[int, int]],
+                         fused: bool) -> None:
+    """``nn.TransformerEncoderLayer`` (post-norm, ReLU) on padded groups of (rows, width) each.
+
+    Per group of E = b N tokens: both norms (2 E d + 4 E), linear1's input (E d), the ReLU output
+    and linear2's input (2 E F); with dropout its masks (2 E d + E F). Attention: the in/out
+    projections' inputs, the packed q/k/v and, on the math path, scaled q and k^T copies (7 E d)
+    with scores, probabilities and their dropout mask (3 b H N^2, 2 without dropout); a fused kernel
+    (CUDA, or no dropout) keeps the output and logsumexp and the padding mask (5 E d + 2 b H N).
+    """
+    d, ff, heads = layer.linear1.in_features, layer.linear1.out_features, layer.self_attn.num_heads
+    drop = layer.dropout.p > 0
+    fused = fused or not drop  # without dropout SDPA runs a fused kernel on CPU too
+    for rows, width in groups:
+        e = rows * width
+        kept = e * (3 * d + 4 + 2 * ff) + (e * (2 * d + ff) if drop else 0)
+        if fused:
+            kept += 5 * e * d + 2 * rows * heads * width
+        else:
+            kept += 7 * e * d + (3 if drop else 2) * rows * heads * width * width
+        t.add(part, F32 * kept)
+        t.add(part, flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
+              + _matmul_flops(e, ff, d) + _attention_flops(rows, heads, width, width, d // heads, d // heads))
+
+
+def _hstu_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray) -> None:
+    """HSTU blocks on jagged tokens ``lengths`` (one row per sequence), attention padded to N = max.
+
+    Per layer on T tokens: input norm + f1 input (2 T D), f1 output and its SiLU (2 T H (2 Dv + 2 Dqk)),
+    attention output, dropout mask, f2 input, output norm (4 T H Dv, 3 without dropout), norm stats;
+    padded q, k^T, v (B H N (2 Dqk + Dv)), scores before and after SiLU (2 B H N^2). Once per pass:
+    the mask (bool) and relative-bias index (int64) ``[B, N, N]``.
+    """
+    b, tokens, n = len(lengths), float(lengths.sum()), int(lengths.max()) if len(lengths) else 0
+    for layer in encoder.layers:
+        h, dqk, dv = layer.num_heads, layer.attention_dim, layer.linear_dim
+        d = layer.f1.in_features
+        drop = layer.dropout.p > 0
+        per_token = 2 * d + 4 + 2 * h * (2 * dv + 2 * dqk) + (4 if drop else 3) * h * dv + 2
+        padded = b * h * n * (2 * dqk + dv) + 2 * b * h * n * n + b
+        t.add("encoder", F32 * (tokens * per_token + padded))
+        t.add("encoder", flops=_matmul_flops(tokens, d, layer.f1.out_features) + _matmul_flops(tokens, h * dv, d)
+              + _attention_flops(b, h, n, n, dqk, dv))
+    time_bias = getattr(encoder.layers[0].relative_bias, "use_time_bias", False) if len(encoder.layers) else False
+    t.add("encoder", (BOOL + I64 * (2 if time_bias else 1)) * b * n * n + I64 * (b + 1))
+    if isinstance(getattr(encoder, "final_norm", None), nn.LayerNorm):
+        t.add("encoder", _layer_norm(tokens, encoder.final_norm.normalized_shape[0]))
+
+
+def _sasrec_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, fused: bool) -> None:
+    """SASRec blocks (pre-norm, SDPA attention, ReLU FFN) padded to ``[B, N, D]``.
+
+    Per block: norms (2 E D + 4 E), the qkv and FFN inputs (2 E D), the ReLU output (E F); with
+    dropout the FFN's masks and second input (2 E F + E D). Attention on the math path: q, k^T, v
+    copies and the output projection's input (4 E D) with scores, probabilities and dropout mask
+    (3 B H N^2); a fused kernel (CUDA, or no dropout): the packed qkv, output, logsumexp and the
+    float mask (4 E D + B H N + B N^2).
+    """
+    b, n = len(lengths), max(int(lengths.max()), 1)
+    e, d = b * n, encoder.embedding_dim
+    drop = _dropout_on(encoder)
+    fused = fused or not drop
+    for layer in encoder.layers:
+        h, ff = layer.num_heads, layer.ffn[0].out_features
+        kept = e * (4 * d + 4 + ff) + (e * (2 * ff + d) if drop else 0) + 4 * e * d
+        kept += b * h * n + b * n * n if fused else 3 * b * h * n * n
+        t.add("encoder", F32 * kept)
+        t.add("encoder", flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
+              + _matmul_flops(e, ff, d) + _attention_flops(b, h, n, n, d // h, d // h))
+    t.add("encoder", F32 * e * d * (1 if drop else 0) + I64 * (e + b + 1) + _layer_norm(e, d))
+
+
+# ---------------------------------------------------------------------------- model families
+def _retrieval(t: _Tally, model: nn.Module, work: Workload) -> None:
+    """SequentialRetrieval (hstu, sasrec): encoder + L2 norm + sampled softmax of the next item."""
+    lengths = work.lengths.capped(model.max_seq_len).typical_batch(work.batch_size)
+    lengths = np.maximum(lengths, 1)
+    b, tokens, d = len(lengths), float(lengths.sum()), model.embedding_dim
+    if type(model.encoder).__name__ == "SASRecEncoder":
+        _sasrec_layers(t, model.encoder, lengths, work.fused_attention)
+    else:
+        _hstu_layers(t, model.encoder, lengths)
+    t.add("input", F32 * tokens * d * (1 if model.input_dropout.p > 0 else 0)
+          + (I64 * tokens if model.positions is not None else 0))
+    queries = tokens - b
+    t.add("loss", I64 * queries + F32 * tokens * (d + 2))  # next-token index, L2 norm of the outputs
+    _sampled_softmax(t, model.loss, queries, d, work.num_items)
+
+
+def _sampled_softmax(t: _Tally, loss: nn.Module, queries: float, d: int, num_items: int) -> None:
+    """Uniform sampled softmax (:class:`~recsys.modules.sampled_softmax.SampledSoftmaxLoss`), N queries."""
+    k = loss.num_negatives
+    if loss.negatives == "in_batch":
+        t.add("loss", F32 * (4 * queries * d + 2 * queries * queries) + BOOL * queries * queries + I64 * queries)
+        t.add("loss", flops=_matmul_flops(queries, d, queries))
+        return
+    draws = queries * (1 + k)
+    distinct = _distinct_draws(queries, k, num_items)
+    common = 4 + I64 * (queries + draws) + (F32 + BOOL) * draws + F32 * queries * (1 + 3 * d) + F32 * distinct * (2 + 2 * d)
+    if distinct <= k * d:  # scores against every distinct item, then gathered
+        t.add("loss", common + F32 * distinct * d + F32 * queries * distinct)
+        t.add("loss", flops=_matmul_flops(queries, d, distinct))
+    else:  # gathered [N, K, D]
+        t.add("loss", common + F32 * queries * k * d)
+        t.add("loss", flops=6.0 * queries * k * d)
+
+
+def _ranking_arch(t: _Tally, model: nn.Module, b: int) -> None:
+    """DLRM-DCNv2 frame (dlrm, pinnability family): dense MLP, cross net, over arch, heads, loss."""
+    _mlp(t, "dense_arch", model.dense_arch, b, input_grad=False)
+    width = _linears(model.over_arch)[0].in_features  # the interaction width W
+    layers = model.cross_net._num_layers  # torchrec CrossNet: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l
+    t.add("cross_net", F32 * 2 * b * width * layers, flops=layers * _matmul_flops(b, width, width))
+    _mlp(t, "over_arch", model.over_arch, b)
+    heads = model.head_layer
+    t.add("over_arch", F32 * 3 * b * heads.out_features,
+          flops=_matmul_flops(b, heads.in_features, heads.out_features))
+
+
+def _bst(t: _Tally, arch: nn.Module, lengths: np.ndarray, fused: bool) -> None:
+    encoder = arch.encoder
+    b, width = len(lengths), int(np.minimum(lengths, encoder.max_sequence).max()) + 1  # + the candidate
+    t.add("sequence_encoder", I64 * 2 * b + F32 * b + (2 * I64 + BOOL) * b * width)
+    for layer in encoder.encoder.layers:
+        _torch_encoder_layer(t, "sequence_encoder", layer, [(b, width)], fused)
+
+
+def _transact_v1(t: _Tally, arch: nn.Module, lengths: np.ndarray, fused: bool) -> None:
+    encoder = arch.encoder
+    b, s, d = len(lengths), encoder.max_sequence, encoder.model_dim
+    width = int(np.minimum(lengths, s).max())
+    t.add("sequence_encoder", BOOL * b * (1 + s) + F32 * b * s * d + I64 * b * (2 * s + d) + F32 * b * d)
+    t.add("sequence_encoder", flops=_matmul_flops(b, d, d))  # pool projection
+    for layer in encoder.encoder.layers:
+        _torch_encoder_layer(t, "sequence_encoder", layer, [(b, max(width, 1))], fused)
+
+
+def _transact_v2(t: _Tally, arch: nn.Module, lengths: np.ndarray, work: Workload) -> None:
+    encoder = arch.encoder
+    lengths = np.sort(np.minimum(lengths, encoder.max_sequence))
+    b, tokens, d = len(lengths), float(lengths.sum()), encoder.model_dim
+    token_dim = encoder.input_projection.in_features
+    out = encoder.readout_projection.out_features
+    groups = [(len(g), max(int(g.max()), 1)) for g in np.array_split(lengths, min(encoder.config.length_groups, b)) if len(g)]
+    t.add("sequence_encoder", I64 * b + I64 * tokens * 7 + F32 * tokens * (encoder.num_actions + token_dim))
+    t.add("sequence_encoder", flops=_matmul_flops(tokens, token_dim, d, input_grad=False))
+    for rows, width in groups:
+        t.add("sequence_encoder", (2 * BOOL + I64) * rows * width + BOOL * rows + I64 * rows * out
+              + F32 * rows * width * d, flops=_matmul_flops(rows * width, d, out))
+    for layer in encoder.encoder.layers:
+        _torch_encoder_layer(t, "sequence_encoder", layer, groups, work.fused_attention)
+    nal = getattr(arch, "next_action_loss", None)
+    if nal is not None:
+        _next_action_loss(t, nal, b, work, d)
+
+
+def _next_action_loss(t: _Tally, nal: nn.Module, b: int, work: Workload, d: int) -> None:
+    """Next-action loss with impression negatives: Q queries against P impressions."""
+    config = nal.config
+    q = min(b * work.next_action_pairs_per_row, config.max_queries)
+    p = min(b * work.impressions_per_row, config.max_negatives)
+    c = nal.item_projection.in_features
+    t.add("next_action_loss", 4 + F32 * p * (2 + 2 * d + c) + I64 * 2 * q + F32 * q * (4 + 4 * d + c)
+          + (F32 + BOOL) * q * (p + 1), flops=_matmul_flops(q, d, p) + _matmul_flops(p + q, c, d))
+
+
+def _hstu_ranking(t: _Tally, model: nn.Module, work: Workload) -> None:
+    """HSTU ranking: interleaved (item, action) history tokens + the candidate token per row."""
+    history = np.minimum(work.lengths.typical_batch(work.batch_size), model.max_sequence)
+    b, d, items = len(history), model.config.embedding_dim, float(history.sum())
+    _hstu_layers(t, model.encoder, 2 * history + 1)
+    actions = model.action_embeddings.shape[0]
+    t.add("input", I64 * (2 * b + 2 * items) + F32 * (b * d + items * actions + 2 * items * d) + I64 * (items + b))
+    if model.dense_projection is not None:
+        proj = model.dense_projection
+        t.add("input", F32 * b * proj.in_features, flops=_matmul_flops(b, proj.in_features, proj.out_features, False))
+    _mlp(t, "over_arch", model.over_arch, b)
+    heads = model.head_layer
+    t.add("over_arch", F32 * 3 * b * heads.out_features, flops=_matmul_flops(b, heads.in_features, heads.out_features))
+
+
+def _pinnability_sequence(t: _Tally, model: nn.Module, work: Workload) -> None:
+    arch = getattr(model, "sequence_arch", None)
+    if arch is None:
+        return
+    lengths = work.lengths.typical_batch(work.batch_size)
+    name = type(arch).__name__
+    if name == "BSTArch":
+        _bst(t, arch, lengths, work.fused_attention)
+    elif name == "TransActV1Arch":
+        _transact_v1(t, arch, lengths, work.fused_attention)
+    elif name == "TransActV2Arch":
+        _transact_v2(t, arch, lengths, work)
+    else:
+        raise ConfigError(f"no dense estimate for sequence arch {name}; add one to recsys/distributed/dense_estimate.py")
+
+
+def _distinct_draws(queries: float, negatives: int, num_items: int) -> float:
+    """Expected distinct items among the positives and uniform negatives of N queries (U)."""
+    draws = queries * (1 + negatives)
+    return min(draws, num_items * (1 - math.exp(-draws / max(num_items, 1))))
+
+
+def sequence_ids_per_row(model: nn.Module, work: Workload) -> float:
+    """Ids one row looks up in the sequence (EmbeddingCollection) tables per step: its history
+    tokens, plus for retrieval the distinct items its sampled softmax embeds (U / B). The
+    planner's pooling factor of those tables."""
+    if type(model).__name__ == "RankingTask":
+        model = model.model
+    cap = getattr(model, "max_seq_len", None) or getattr(model, "max_sequence", None)
+    lengths = work.lengths.typical_batch(work.batch_size)
+    lengths = np.minimum(lengths, cap) if cap else lengths
+    tokens = float(lengths.sum())
+    if type(model).__name__ != "SequentialRetrieval":
+        return max(tokens / work.batch_size, 1.0)
+    loss = model.loss
+    queries = max(tokens - work.batch_size, 0.0)
+    extra = queries if loss.negatives == "in_batch" else _distinct_draws(queries, loss.num_negatives, work.num_items)
+    return max((tokens + extra) / work.batch_size, 1.0)
+
+
+# ------------------------------------------------------------------------------------ entry point
+def dense_parameters(model: nn.Module) -> int:
+    """Elements of every parameter outside the TorchRec embedding tables (the replicated part)."""
+    tables = {id(p) for m in model.modules() if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
+              for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in tables)
+
+
+def estimate_dense(model: nn.Module, work: Workload, optimizer: str = "adam") -> DenseEstimate:
+    """One rank's dense memory and FLOPs per training step of a zoo model.
+
+    Args:
+        model: the zoo model (build it on ``device="meta"``: only its structure is read).
+        work: batch per rank, sequence lengths and the rest of :class:`Workload`.
+        optimizer: the dense optimizer (``optim.dense.name``): sizes its state.
+    """
+    if optimizer not in OPTIMIZER_STATES:
+        raise ConfigError(f"optim.dense.name={optimizer!r}: no state size known; known: {sorted(OPTIMIZER_STATES)}")
+    t = _Tally()
+    if type(model).__name__ == "RankingTask":  # model + loss: the loss's own tensors are counted with the heads
+        model = model.model
+    name = type(model).__name__
+    if name == "SequentialRetrieval":
+        _retrieval(t, model, work)
+    elif name == "HSTURanking":
+        _hstu_ranking(t, model, work)
+    elif hasattr(model, "cross_net") and hasattr(model, "over_arch"):
+        _ranking_arch(t, model, work.batch_size)
+        _pinnability_sequence(t, model, work)
+    else:
+        raise ConfigError(f"no dense estimate for model class {name}; add one to recsys/distributed/dense_estimate.py")
+    params = F32 * dense_parameters(model)
+    return DenseEstimate(
+        parameter_bytes=params,
+        optimizer_bytes=params * OPTIMIZER_STATES[optimizer],
+        activation_parts=t.bytes,
+        flop_parts=t.flops,
+        launches=3 * sum(1 for m in model.modules() if not list(m.children())),  # fwd, bwd, optimizer per leaf
+    )
+
