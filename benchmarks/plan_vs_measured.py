@@ -179,7 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if ctx.device.type != args.device:
             ctx = dataclasses.replace(ctx, device=torch.device(args.device))
-        rows = [measure(name, b, args, ctx) for name in (args.models or list_models()) for b in args.batch_sizes]
+        rows = []
+        for name in args.models or list_models():
+            for b in args.batch_sizes:
+                rows.append(measure(name, b, args, ctx))
+                _print_row(rows[-1])
     finally:
         teardown(ctx)
     out = Path(args.out)
@@ -187,11 +191,13 @@ def main(argv: list[str] | None = None) -> dict:
               "peak_tflops": args.peak_tflops, "efficiency": args.efficiency, "rows": rows}
     write_json_atomic(out / "plan_vs_measured.json", result, sort_keys=True)
     plot(rows, out / "plan_vs_measured.png")
-    for r in rows:
-        ratio = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
-        print(f"{r['model']:<14} B={r['batch_size']:<6} memory planned {r['planned_gb']:.3f} GB measured/planned {ratio:<5} "
-              f"step planned {r['planned_step_ms']:.2f} ms measured {r['measured_step_ms']:.2f} ms")
     return result
+
+
+def _print_row(r: dict) -> None:
+    ratio = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+    print(f"{r['model']:<14} B={r['batch_size']:<6} memory planned {r['planned_gb']:.3f} GB measured/planned {ratio:<5} "
+          f"step planned {r['planned_step_ms']:.2f} ms measured {r['measured_step_ms']:.2f} ms", flush=True)
 
 
 if __name__ == "__main__":
