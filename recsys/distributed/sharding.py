@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -48,6 +47,7 @@ from torchrec.distributed.types import (
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys.distributed.optimizers import FusedOptimizerConfig, apply_fused_optimizer
+from recsys.distributed.plan_io import check_plan_fits, load_plan, plan_to_dict, plan_to_text  # noqa: F401 (re-exported)
 from recsys.distributed.process_group import DistContext
 from recsys.errors import ConfigError
 
@@ -265,12 +265,8 @@ def plan_sharding(
         plan (ShardingPlan | None): a plan to use exactly (e.g. from `plan_io.load_plan`).
     """
     if plan is None and sharding.plan is not None:
-        from recsys.distributed.plan_io import load_plan
-
         plan = load_plan(sharding.plan)
     if plan is not None:
-        from recsys.distributed.plan_io import check_plan_fits
-
         check_plan_fits(plan, model, ctx.world_size, ctx.device.type)
         return plan
     _check_tables_exist(model, sharding)
@@ -339,33 +335,3 @@ def _check_gpu_table_widths(model: nn.Module) -> None:
                         f"multiple of 4: set the model's embedding_dim to {table.embedding_dim // 4 * 4} or "
                         f"{(table.embedding_dim // 4 + 1) * 4}"
                     )
-
-
-def plan_to_dict(plan: ShardingPlan) -> Dict[str, Dict[str, Dict[str, object]]]:
-    """Module path -> table -> {sharding_type, compute_kernel, ranks, shards}: JSON-ready."""
-    result: Dict[str, Dict[str, Dict[str, object]]] = {}
-    for path, module_plan in sorted(plan.plan.items()):
-        tables = {}
-        for table, param_sharding in sorted(module_plan.items()):
-            spec = param_sharding.sharding_spec
-            shards = [
-                {
-                    "offsets": list(shard.shard_offsets),
-                    "sizes": list(shard.shard_sizes),
-                    "placement": str(shard.placement),
-                }
-                for shard in getattr(spec, "shards", [])
-            ]
-            tables[table] = {
-                "sharding_type": param_sharding.sharding_type,
-                "compute_kernel": param_sharding.compute_kernel,
-                "ranks": list(param_sharding.ranks or []),
-                "shards": shards,
-            }
-        result[path] = tables
-    return result
-
-
-def plan_to_text(plan: ShardingPlan) -> str:
-    """The plan as indented JSON, for logs and for storing beside checkpoints."""
-    return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True)
