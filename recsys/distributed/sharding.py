@@ -15,6 +15,15 @@ Two facts of the CPU (gloo) stack shape the plan:
   sequence tables are kept to row-wise / table-wise / column-wise.
 - FBGEMM's CPU kernels update tables with row-wise adagrad, adagrad or SGD only (no Adam).
 
+Out-of-range ids: FBGEMM's default bounds check (``BoundsCheckMode.WARNING``) logs an id outside
+its table and then reads row 0 instead, so a bad batch trains silently on item 0's row. The
+sharders built here set ``BoundsCheckMode.FATAL`` for every sharded table: on CPU the lookup raises
+``RuntimeError: Expected idx < num_rows`` (FBGEMM's log line before it names the table, the id and
+the row count); on CUDA it is a device-side assert. Data-parallel tables (torch's own lookup)
+already raise. Batches built by ``recsys.data`` are checked before they reach the model
+(``DataError`` naming the feature and the id); this is the last line for batches built elsewhere.
+The mode travels in the sharders' ``fused_params``, not in the plan (plan files stay as they are).
+
 Example::
 
     ctx = init_distributed()
@@ -30,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.distributed as dist
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
@@ -73,6 +83,9 @@ _SEQUENCE_TYPES_ON_CPU = [
 ]
 _CONSTRAINT_FIELDS = ("sharding_types", "compute_kernels")
 _FUSED_OPTIMIZERS_ON_CPU = ("row_wise_adagrad", "adagrad", "sgd")  # FBGEMM's CPU kernels
+# Handed to FBGEMM's table-batched embedding kernels of every sharded table (the default, WARNING,
+# reads row 0 for an out-of-range id).
+_SHARDER_FUSED_PARAMS = {"bounds_check_mode": BoundsCheckMode.FATAL}
 
 
 @dataclass(frozen=True)
@@ -141,8 +154,12 @@ def _validate_values(table: str, key: str, values: Sequence[str], valid: Sequenc
 
 
 def default_sharders() -> List[ModuleSharder[nn.Module]]:
-    """Sharders for EmbeddingBagCollection and EmbeddingCollection."""
-    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+    """Sharders for EmbeddingBagCollection and EmbeddingCollection, with FBGEMM's bounds check
+    set to FATAL: an id outside its table raises instead of reading row 0 (module docstring)."""
+    return [
+        EmbeddingBagCollectionSharder(fused_params=dict(_SHARDER_FUSED_PARAMS)),
+        EmbeddingCollectionSharder(fused_params=dict(_SHARDER_FUSED_PARAMS)),
+    ]
 
 
 def _embedding_modules(model: nn.Module) -> Dict[str, nn.Module]:
