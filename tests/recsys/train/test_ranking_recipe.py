@@ -57,9 +57,16 @@ def train_to_end(cfg: TrainConfig, resume: bool = False, kill_at: int | None = N
         recipe.cleanup()
 
 
-@pytest.mark.parametrize("backend", ["dcp", "torchsnapshot"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, backend):
-    common = [f"train.checkpoint_backend={backend}", "train.checkpoint_every=3"]
+# warmup + cosine decay of both optimizers' lr, and dense gradient clipping: the lr schedule must resume too
+SCHEDULED = ["optim.schedule.warmup_steps=3", "optim.schedule.decay=cosine", "optim.schedule.min_lr_ratio=0.1",
+             "train.clip_grad_norm=0.5"]
+
+
+@pytest.mark.parametrize(
+    "backend, options", [("dcp", []), ("torchsnapshot", []), ("dcp", SCHEDULED)], ids=["dcp", "torchsnapshot", "dcp-scheduled"]
+)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, backend, options):
+    common = [f"train.checkpoint_backend={backend}", "train.checkpoint_every=3", *options]
     straight_weights, straight_metrics, straight_steps = train_to_end(tiny_config(tmp_path / "straight", *common))
 
     cfg = tiny_config(tmp_path / "killed", *common)
