@@ -129,3 +129,17 @@ def test_matmul_precision_is_set_from_the_config(tmp_path):
         torch.set_float32_matmul_precision("highest")
     with pytest.raises(ConfigError, match="matmul_precision"):
         tiny_config(tmp_path, "train.matmul_precision=fast")
+
+
+def test_bf16_autocast_and_compile_train_dlrm_on_cpu(tmp_path):
+    recipe = RankingRecipe(tiny_config(tmp_path, "train.epochs=1", "train.autocast=bf16", "train.compile=true"))
+    recipe.setup(write_run_files=False)
+    try:
+        compiled = recipe.step_options.compiled
+        recipe.train()
+        metrics = recipe.evaluate("valid")
+    finally:
+        recipe.cleanup()
+    assert compiled and not any("sparse" in name for name in compiled)
+    assert all(0.0 <= m["auc"] <= 1.0 and m["ne"] == m["ne"] for m in metrics.values())  # finite: bf16 trained
+    assert max(m["auc"] for m in metrics.values()) > 0.5  # above chance after one epoch
