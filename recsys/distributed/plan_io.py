@@ -14,6 +14,9 @@ File layout (``format`` and ``version`` identify it)::
                                                "shards": [{"offsets": [0, 0], "sizes": [15625000, 128],
                                                            "placement": "rank:0/cuda:0"}, ...]}}}}
 
+Imports point one way: ``sharding`` uses this module (to load and check a given plan, and
+re-exports :func:`plan_to_dict` / :func:`plan_to_text`); this module never imports ``sharding``.
+
 Example::
 
     save_plan(dmp.plan, "runs/x/plan.json", world_size=ctx.world_size, compute_device="cpu")
@@ -38,7 +41,6 @@ from torchrec.distributed.types import (
 )
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-from recsys.distributed.sharding import plan_to_dict
 from recsys.errors import ConfigError
 from recsys.atomic_files import write_json_atomic
 
@@ -60,6 +62,36 @@ class SavedShardingPlan(ShardingPlan):
 
     world_size: int = 0
     compute_device: str = "cpu"
+
+
+def plan_to_dict(plan: ShardingPlan) -> Dict[str, Dict[str, Dict[str, object]]]:
+    """Module path -> table -> {sharding_type, compute_kernel, ranks, shards}: JSON-ready."""
+    result: Dict[str, Dict[str, Dict[str, object]]] = {}
+    for path, module_plan in sorted(plan.plan.items()):
+        tables = {}
+        for table, param_sharding in sorted(module_plan.items()):
+            spec = param_sharding.sharding_spec
+            shards = [
+                {
+                    "offsets": list(shard.shard_offsets),
+                    "sizes": list(shard.shard_sizes),
+                    "placement": str(shard.placement),
+                }
+                for shard in getattr(spec, "shards", [])
+            ]
+            tables[table] = {
+                "sharding_type": param_sharding.sharding_type,
+                "compute_kernel": param_sharding.compute_kernel,
+                "ranks": list(param_sharding.ranks or []),
+                "shards": shards,
+            }
+        result[path] = tables
+    return result
+
+
+def plan_to_text(plan: ShardingPlan) -> str:
+    """The plan as indented JSON, for logs and for storing beside checkpoints."""
+    return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True)
 
 
 def plan_document(plan: ShardingPlan, world_size: int, compute_device: str) -> dict:

@@ -15,6 +15,15 @@ Two facts of the CPU (gloo) stack shape the plan:
   sequence tables are kept to row-wise / table-wise / column-wise.
 - FBGEMM's CPU kernels update tables with row-wise adagrad, adagrad or SGD only (no Adam).
 
+Out-of-range ids: FBGEMM's default bounds check (``BoundsCheckMode.WARNING``) logs an id outside
+its table and then reads row 0 instead, so a bad batch trains silently on item 0's row. The
+sharders built here set ``BoundsCheckMode.FATAL`` for every sharded table: on CPU the lookup raises
+``RuntimeError: Expected idx < num_rows`` (FBGEMM's log line before it names the table, the id and
+the row count); on CUDA it is a device-side assert. Data-parallel tables (torch's own lookup)
+already raise. Batches built by ``recsys.data`` are checked before they reach the model
+(``DataError`` naming the feature and the id); this is the last line for batches built elsewhere.
+The mode travels in the sharders' ``fused_params``, not in the plan (plan files stay as they are).
+
 Example::
 
     ctx = init_distributed()
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.distributed as dist
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
@@ -50,6 +60,7 @@ from torchrec.distributed.types import (
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from recsys.distributed.optimizers import FusedOptimizerConfig, apply_fused_optimizer
+from recsys.distributed.plan_io import check_plan_fits, load_plan, plan_to_dict, plan_to_text  # noqa: F401 (re-exported)
 from recsys.distributed.process_group import DistContext
 from recsys.errors import ConfigError
 
@@ -75,6 +86,9 @@ _SEQUENCE_TYPES_ON_CPU = [
 ]
 _CONSTRAINT_FIELDS = ("sharding_types", "compute_kernels")
 _FUSED_OPTIMIZERS_ON_CPU = ("row_wise_adagrad", "adagrad", "sgd")  # FBGEMM's CPU kernels
+# Handed to FBGEMM's table-batched embedding kernels of every sharded table (the default, WARNING,
+# reads row 0 for an out-of-range id).
+_SHARDER_FUSED_PARAMS = {"bounds_check_mode": BoundsCheckMode.FATAL}
 
 
 @dataclass(frozen=True)
@@ -143,8 +157,12 @@ def _validate_values(table: str, key: str, values: Sequence[str], valid: Sequenc
 
 
 def default_sharders() -> List[ModuleSharder[nn.Module]]:
-    """Sharders for EmbeddingBagCollection and EmbeddingCollection."""
-    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+    """Sharders for EmbeddingBagCollection and EmbeddingCollection, with FBGEMM's bounds check
+    set to FATAL: an id outside its table raises instead of reading row 0 (module docstring)."""
+    return [
+        EmbeddingBagCollectionSharder(fused_params=dict(_SHARDER_FUSED_PARAMS)),
+        EmbeddingCollectionSharder(fused_params=dict(_SHARDER_FUSED_PARAMS)),
+    ]
 
 
 def _embedding_modules(model: nn.Module) -> Dict[str, nn.Module]:
@@ -293,12 +311,8 @@ def plan_sharding(
             TorchRec's heuristic.
     """
     if plan is None and sharding.plan is not None:
-        from recsys.distributed.plan_io import load_plan
-
         plan = load_plan(sharding.plan)
     if plan is not None:
-        from recsys.distributed.plan_io import check_plan_fits
-
         check_plan_fits(plan, model, ctx.world_size, ctx.device.type)
         return plan
     _check_tables_exist(model, sharding)
@@ -380,33 +394,3 @@ def _check_gpu_table_widths(model: nn.Module) -> None:
                         f"multiple of 4: set the model's embedding_dim to {table.embedding_dim // 4 * 4} or "
                         f"{(table.embedding_dim // 4 + 1) * 4}"
                     )
-
-
-def plan_to_dict(plan: ShardingPlan) -> Dict[str, Dict[str, Dict[str, object]]]:
-    """Module path -> table -> {sharding_type, compute_kernel, ranks, shards}: JSON-ready."""
-    result: Dict[str, Dict[str, Dict[str, object]]] = {}
-    for path, module_plan in sorted(plan.plan.items()):
-        tables = {}
-        for table, param_sharding in sorted(module_plan.items()):
-            spec = param_sharding.sharding_spec
-            shards = [
-                {
-                    "offsets": list(shard.shard_offsets),
-                    "sizes": list(shard.shard_sizes),
-                    "placement": str(shard.placement),
-                }
-                for shard in getattr(spec, "shards", [])
-            ]
-            tables[table] = {
-                "sharding_type": param_sharding.sharding_type,
-                "compute_kernel": param_sharding.compute_kernel,
-                "ranks": list(param_sharding.ranks or []),
-                "shards": shards,
-            }
-        result[path] = tables
-    return result
-
-
-def plan_to_text(plan: ShardingPlan) -> str:
-    """The plan as indented JSON, for logs and for storing beside checkpoints."""
-    return json.dumps(plan_to_dict(plan), indent=2, sort_keys=True)

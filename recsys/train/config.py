@@ -24,6 +24,7 @@ from recsys.distributed.optimizers import DenseOptimizerConfig, FusedOptimizerCo
 from recsys.distributed.sharding import ShardingConfig
 from recsys.errors import ConfigError
 from recsys.metrics.retrieval import EXCLUDE_SEEN
+from recsys.train.lr_schedule import LRScheduleConfig
 
 
 @dataclass
@@ -110,8 +111,19 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimizers and their learning-rate schedule.
+
+    Args:
+        dense: optimizer of dense layers and data-parallel tables.
+        sparse: FBGEMM's fused optimizer of the sharded tables.
+        schedule: warmup steps, then "constant" / "linear" / "cosine" decay to ``min_lr_ratio``
+            (:class:`~recsys.train.lr_schedule.LRScheduleConfig`); multiplies the lr of BOTH
+            optimizers, e.g. ``optim.schedule.warmup_steps=500 optim.schedule.decay=cosine``.
+    """
+
     dense: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
     sparse: FusedOptimizerConfig = field(default_factory=FusedOptimizerConfig)
+    schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
 
 @dataclass
@@ -148,6 +160,13 @@ class TrainerConfig:
             unset weigh +1, a negative action (hide) -1: ``{}`` on the synthetic feed means
             ``click + save + long_view - hide``. Weights must be finite, name heads of the model
             and not all be 0 (checked at setup). The loss weights are ``loss.label_weights``.
+        clip_grad_norm: clip the total gradient norm of the dense parameters (dense layers,
+            data-parallel tables) to this value before each step (> 0; 0 = off). The sharded tables
+            are not clipped: FBGEMM's fused optimizer updates them inside the backward.
+        autocast: "bf16" runs the training forward under ``torch.autocast(dtype=torch.bfloat16)``
+            (GPU and CPU; FBGEMM's lookups stay fp32, evaluation stays fp32); "none" = fp32.
+        compile: ``torch.compile`` the dense submodules (those holding no embedding table) in
+            place; the first steps are slow while it compiles (on CPU it needs a C compiler).
     """
 
     epochs: int = 1
@@ -166,10 +185,19 @@ class TrainerConfig:
     pipeline: Literal["auto", "sparse_dist", "none"] = "auto"
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     utility_weights: dict[str, float] = field(default_factory=dict)
+    clip_grad_norm: float = 0.0
+    autocast: Literal["none", "bf16"] = "none"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "eval_every"):
             _check_at_least("train", name, getattr(self, name), 1)
+        if not self.clip_grad_norm >= 0:  # also refuses NaN
+            raise ConfigError(
+                f"train.clip_grad_norm={self.clip_grad_norm} must be >= 0 (0 = no clipping); e.g. train.clip_grad_norm=1.0"
+            )
+        if self.autocast not in ("none", "bf16"):
+            raise ConfigError(f"train.autocast={self.autocast!r} must be 'none' or 'bf16'")
         for name in ("checkpoint_every", "patience"):
             _check_at_least("train", name, getattr(self, name), 0)
 

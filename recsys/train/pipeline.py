@@ -34,7 +34,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+import contextlib
+from typing import Callable, ContextManager, Iterator, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ from recsys.errors import ConfigError
 
 PIPELINES = ("auto", "sparse_dist", "none")
 StepOutput = Tuple[torch.Tensor, torch.Tensor]  # (scalar loss, detached; [B, H] logits)
+ForwardContext = Callable[[], ContextManager]  # e.g. bf16 autocast around the training forward
 
 
 class PlainStep:
@@ -54,19 +56,23 @@ class PlainStep:
         model: returns ``(loss, logits)`` for a batch (a ``RankingTask`` wrapped in DMP).
         optimizer: updates every parameter the fused optimizer does not.
         device: where the batches go.
+        forward_context: a context the forward runs in (``StepOptions.autocast``); none by default.
     """
 
     name = "none"
     in_flight = 0
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 forward_context: ForwardContext = contextlib.nullcontext):
         self.model = model
         self.optimizer = optimizer
         self.device = device
+        self.forward_context = forward_context
 
     def progress(self, batches: Iterator) -> StepOutput:
         batch = next(batches).to(self.device)
-        loss, logits = self.model(batch)
+        with self.forward_context():
+            loss, logits = self.model(batch)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -84,12 +90,15 @@ class SparseDistStep:
 
     name = "sparse_dist"
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 forward_context: ForwardContext = contextlib.nullcontext):
         self.model = model
+        self.forward_context = forward_context
         self.pipeline = TrainPipelineSparseDist(model, optimizer, device, custom_model_fwd=self._forward)
 
     def _forward(self, batch) -> Tuple[torch.Tensor, StepOutput]:
-        loss, logits = self.model(batch)
+        with self.forward_context():
+            loss, logits = self.model(batch)
         return loss, (loss.detach(), logits)  # the pipeline returns the second part
 
     def progress(self, batches: Iterator) -> StepOutput:
@@ -135,7 +144,8 @@ def fx_trace_error(model: nn.Module) -> str | None:
 
 
 def build_train_step(
-    pipeline: str, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+    pipeline: str, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+    forward_context: ForwardContext = contextlib.nullcontext,
 ) -> tuple[PlainStep | SparseDistStep, str]:
     """The train step of ``train.pipeline``, and a line saying which one runs and why.
 
@@ -145,19 +155,20 @@ def build_train_step(
         model: the DMP model returning ``(loss, logits)``.
         optimizer: its optimizer (``build_optimizer``).
         device: this rank's device.
+        forward_context: a context the training forward runs in (e.g. ``StepOptions.autocast``).
     """
     if pipeline not in PIPELINES:
         raise ConfigError(f"train.pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
     if pipeline == "none" or (pipeline == "auto" and device.type != "cuda"):
         reason = "train.pipeline=none" if pipeline == "none" else "auto on CPU: no CUDA streams to overlap"
-        return PlainStep(model, optimizer, device), f"plain train step ({reason})"
+        return PlainStep(model, optimizer, device, forward_context), f"plain train step ({reason})"
     error = fx_trace_error(model)
     if error is None:
-        return SparseDistStep(model, optimizer, device), f"TrainPipelineSparseDist (train.pipeline={pipeline})"
+        return SparseDistStep(model, optimizer, device, forward_context), f"TrainPipelineSparseDist (train.pipeline={pipeline})"
     if pipeline == "sparse_dist":
         raise ConfigError(
             f"train.pipeline=sparse_dist needs a model whose forward torch.fx can trace down to its embedding "
             f"modules (TorchRec's pipeline finds their inputs that way), and tracing failed: {error}; "
             "set train.pipeline=none, or make the forward traceable (no Python control flow on the batch)"
         )
-    return PlainStep(model, optimizer, device), f"plain train step (the model's forward does not trace: {error})"
+    return PlainStep(model, optimizer, device, forward_context), f"plain train step (the model's forward does not trace: {error})"

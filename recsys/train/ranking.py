@@ -58,6 +58,7 @@ from recsys.train.guards import check_splits_not_empty
 from recsys.train.pipeline import build_train_step
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
+from recsys.train.step_options import StepOptions
 
 
 HIT_K = 3
@@ -90,7 +91,12 @@ class RankingRecipe:
         self.heads = self._build_model()
         self.utility_weights = head_weights(self.heads, cfg.train.utility_weights)  # [H]
         self.loader = self._loader(self.data.train, cfg.train.batch_size, shuffle=True)
-        self.pipeline, pipeline_note = build_train_step(cfg.train.pipeline, self.model, self.optimizer, self.ctx.device)
+        self.step_options = StepOptions.setup(
+            cfg, self.model, self.optimizer, self.ctx.device, total_steps=len(self.loader) * cfg.train.epochs
+        )
+        self.pipeline, pipeline_note = build_train_step(
+            cfg.train.pipeline, self.model, self.optimizer, self.ctx.device, self.step_options.autocast
+        )
         self.checkpoints = CheckpointManager(
             self.output_dir / "checkpoints", backend=cfg.train.checkpoint_backend, keep_last=cfg.train.keep_checkpoints
         )
@@ -99,7 +105,7 @@ class RankingRecipe:
             if write_run_files:
                 self._write_run_files()
             print(self.summary())
-            print(f"train step: {pipeline_note}")
+            print(f"train step: {pipeline_note}; {self.step_options.describe()}")
         if resume:
             self._resume()
 
@@ -164,6 +170,7 @@ class RankingRecipe:
             "epoch": self.epoch,
             "loader": self._trained_position(),
             "rng": capture_rng_state(),
+            **self.step_options.state_dict(),
         }
 
     def save_checkpoint(self) -> None:
@@ -179,6 +186,7 @@ class RankingRecipe:
         self.step, self.epoch = state["step"], state["epoch"]
         self.loader.load_state_dict(self._position_for_this_world(state["loader"]))
         restore_rng_state(state["rng"])
+        self.step_options.load_state_dict(state, self.step)
         self.run_log.truncate_after(self.step)
         if self.ctx.is_main:
             print(f"resumed from step {self.step} (epoch {self.epoch}, batch {state['loader']['batches_consumed']})")
@@ -248,6 +256,7 @@ class RankingRecipe:
             loss, _ = self.pipeline.progress(batches)
         except StopIteration:
             return None
+        self.step_options.after_step()  # the lr schedule
         self.step += 1
         return loss
 

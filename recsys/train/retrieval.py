@@ -44,6 +44,7 @@ from recsys.train.early_stopping import EarlyStopping
 from recsys.train.guards import check_splits_not_empty
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
+from recsys.train.step_options import StepOptions
 
 
 class RetrievalRecipe:
@@ -73,6 +74,9 @@ class RetrievalRecipe:
             num_workers=cfg.data.num_workers, drop_last=self.ctx.world_size > 1,
             rank=self.ctx.rank, world_size=self.ctx.world_size,
         )
+        self.step_options = StepOptions.setup(
+            cfg, self.model, self.optimizer, self.ctx.device, total_steps=len(self.loader) * cfg.train.epochs
+        )
         self.stopper = EarlyStopping(metric=cfg.train.select_metric, patience=max(cfg.train.patience, 1))
         self.checkpoints = CheckpointManager(
             self.output_dir / "checkpoints", backend=cfg.train.checkpoint_backend, keep_last=cfg.train.keep_checkpoints
@@ -85,6 +89,7 @@ class RetrievalRecipe:
                 save_feature_spec(self.spec, self.output_dir / FEATURE_SPEC_FILE)
                 save_plan(self.model.plan, self.output_dir / "plan.json", self.ctx.world_size, self.ctx.device.type)
             print(self.summary())
+            print(self.step_options.describe())
         if resume:
             self._resume()
 
@@ -134,6 +139,7 @@ class RetrievalRecipe:
             "loader": self.loader.state_dict(),
             "early_stopping": self.stopper.state_dict(),
             "rng": capture_rng_state(),
+            **self.step_options.state_dict(),
         }
         self.checkpoints.save(self.step, self.model, self.optimizer, extra=extra)
 
@@ -146,6 +152,7 @@ class RetrievalRecipe:
         self.loader.load_state_dict(position_for_sampler(state["loader"], self.loader.sampler))
         self.stopper.load_state_dict(state["early_stopping"])
         restore_rng_state(state["rng"])
+        self.step_options.load_state_dict(state, self.step)
         self.run_log.truncate_after(self.step)
 
     # ------------------------------------------------------------------ train
@@ -181,10 +188,12 @@ class RetrievalRecipe:
         """One optimizer step on ``batch`` (a SequenceBatch on this rank's device): its loss, a
         detached scalar tensor (reading it waits for the device; the loop does so only to log).
         ``train()`` calls it once per batch; ``benchmarks/train_throughput.py`` times it."""
-        loss = self.model(batch)
+        with self.step_options.autocast():
+            loss = self.model(batch)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        self.step_options.after_step()  # the lr schedule
         self.step += 1
         return loss.detach()
 

@@ -3,10 +3,12 @@ import json
 
 import pytest
 import torch
+from torchrec import KeyedJaggedTensor
 from .toy_sharded import FEATURES, MIXED, ToyRanker, ToySequenceModel, full_state, toy_batch
 
 from recsys.distributed.optimizers import FusedOptimizerConfig
-from recsys.distributed.sharding import ShardingConfig, plan_sharding, plan_to_text, shard_model
+from recsys.distributed.plan_io import load_plan, save_plan
+from recsys.distributed.sharding import ShardingConfig, plan_sharding, plan_to_dict, plan_to_text, shard_model
 from recsys.errors import ConfigError
 
 def _table_types(plan) -> dict:
@@ -86,3 +88,36 @@ def test_training_planner_refuses_a_reservation_beyond_memory_naming_recsys_plan
     with pytest.raises(ConfigError, match="train.batch_size=64 per rank.*recsys plan"):
         plan_sharding(ToyRanker(torch.device("meta")), ctx, ShardingConfig(), batch_size=64,
                       storage_reservation=dense_reservation(huge))
+
+
+def _kjt(keys, first_id: int):
+    """One id per feature and row (2 rows): ``first_id`` for the first feature of row 0, else 0/1."""
+    values = [first_id, 1] + [0, 1] * (len(keys) - 1)
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=keys, values=torch.tensor(values), lengths=torch.ones(2 * len(keys), dtype=torch.int32)
+    )
+
+
+@pytest.mark.parametrize("sharding_type", ["table_wise", "row_wise", "column_wise", "data_parallel"])
+@pytest.mark.parametrize("bad_id", [40, 10**6, -1])
+def test_out_of_range_id_fed_to_the_sharded_model_raises(ctx, sharding_type, bad_id):
+    """FBGEMM's default bounds check reads row 0 for an id past the table (logits of item 0)."""
+    sharding = ShardingConfig({"t0": {"sharding_types": [sharding_type]}})  # t0 has 40 rows
+    dmp = shard_model(ToyRanker(torch.device("meta")), ctx, sharding, FusedOptimizerConfig())
+    assert dmp(_kjt(FEATURES, 39)).shape == (2, 1)
+    with pytest.raises(RuntimeError, match="idx < num_rows|out of bounds"):
+        dmp(_kjt(FEATURES, bad_id))
+
+
+def test_out_of_range_id_in_a_sharded_sequence_table_raises(ctx):
+    dmp = shard_model(ToySequenceModel(torch.device("meta")), ctx, ShardingConfig(), FusedOptimizerConfig())
+    ec = dmp.module.ec  # the sharded EmbeddingCollection (table s0: 50 rows)
+    assert ec(_kjt(["seq"], 49))["seq"].values().shape == (2, 8)
+    with pytest.raises(RuntimeError, match="idx < num_rows"):
+        ec(_kjt(["seq"], 50))
+
+
+def test_plan_with_bounds_checked_tables_still_saves(ctx, tmp_path):
+    dmp = shard_model(ToyRanker(torch.device("meta")), ctx, MIXED, FusedOptimizerConfig())
+    path = save_plan(dmp.plan, tmp_path / "plan.json", ctx.world_size, ctx.device.type)
+    assert plan_to_dict(load_plan(path)) == plan_to_dict(dmp.plan)

@@ -60,9 +60,16 @@ def train_to_end(cfg: TrainConfig, resume: bool = False, kill_at: int | None = N
         recipe.cleanup()
 
 
-@pytest.mark.parametrize("backend", ["dcp", "torchsnapshot"])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, backend):
-    common = [f"train.checkpoint_backend={backend}", "train.checkpoint_every=3"]
+# warmup + cosine decay of both optimizers' lr, and dense gradient clipping: the lr schedule must resume too
+SCHEDULED = ["optim.schedule.warmup_steps=3", "optim.schedule.decay=cosine", "optim.schedule.min_lr_ratio=0.1",
+             "train.clip_grad_norm=0.5"]
+
+
+@pytest.mark.parametrize(
+    "backend, options", [("dcp", []), ("torchsnapshot", []), ("dcp", SCHEDULED)], ids=["dcp", "torchsnapshot", "dcp-scheduled"]
+)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, backend, options):
+    common = [f"train.checkpoint_backend={backend}", "train.checkpoint_every=3", *options]
     straight_weights, straight_metrics, straight_steps = train_to_end(tiny_config(tmp_path / "straight", *common))
 
     cfg = tiny_config(tmp_path / "killed", *common)
@@ -199,3 +206,17 @@ def test_no_trained_model_beats_the_oracle(tmp_path):
     cheat = oracle + 5.0 * (2 * labels - 1)
     flagged = {line.split(":")[0] for line in _beats_oracle(request_id, cheat, oracle, labels, heads, weights)}
     assert {f"{head} auc" for head in heads} | {"click hit@3", "combined top-3 utility"} <= flagged, flagged
+
+
+def test_bf16_autocast_and_compile_train_dlrm_on_cpu(tmp_path):
+    recipe = RankingRecipe(tiny_config(tmp_path, "train.epochs=1", "train.autocast=bf16", "train.compile=true"))
+    recipe.setup(write_run_files=False)
+    try:
+        compiled = recipe.step_options.compiled
+        recipe.train()
+        metrics = recipe.evaluate("valid")
+    finally:
+        recipe.cleanup()
+    assert compiled and not any("sparse" in name for name in compiled)
+    assert all(0.0 <= m["auc"] <= 1.0 and m["ne"] == m["ne"] for m in metrics.values())  # finite: bf16 trained
+    assert max(m["auc"] for m in metrics.values()) > 0.5  # above chance after one epoch

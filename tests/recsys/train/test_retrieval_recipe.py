@@ -220,3 +220,27 @@ def test_sequences_longer_than_the_model_reads_are_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.max_sequence=30.*max_seq_len.*data\.max_sequence=20"):
         run_retrieval_training(cfg)
     assert not dist.is_initialized()  # a config error leaves no process group behind
+
+
+def test_step_options_train_sasrec_end_to_end_and_resume_the_schedule(tmp_path):
+    """Warmup + cosine + clipping + bf16 autocast through the retrieval recipe (CPU; compile: the
+    ranking recipe's test and test_step_options)."""
+    events = write_walks(tmp_path / "walks.csv")
+    options = ["optim.schedule.warmup_steps=5", "optim.schedule.decay=cosine", "train.clip_grad_norm=1.0",
+               "train.autocast=bf16", "train.epochs=2", "train.eval_every=2"]
+    recipe = RetrievalRecipe(retrieval_config(tmp_path / "run", "sasrec", events, *options))
+    recipe.setup()
+    try:
+        report = recipe.train()
+        steps, lrs = recipe.step, [group["lr"] for group in recipe.optimizer.param_groups]
+    finally:
+        recipe.cleanup()
+    assert report["test"]["hr@10"] > CHANCE_HR10
+    assert lrs == pytest.approx([0.0] * len(lrs), abs=1e-12)  # cosine down to min_lr_ratio=0 at the last step
+    resumed = RetrievalRecipe(retrieval_config(tmp_path / "run", "sasrec", events, *options))
+    resumed.setup(resume=True)
+    try:
+        assert resumed.step == steps and resumed.step_options.scheduler.last_epoch == steps
+        assert [group["lr"] for group in resumed.optimizer.param_groups] == pytest.approx(lrs, abs=1e-12)
+    finally:
+        resumed.cleanup()
