@@ -70,7 +70,8 @@ SUITES = {  # suite -> (config giving data and training to every row, rows)
     "synthetic": (BASE_CONFIG, ROWS),
     "ml100k": ("configs/transact/transact_v1_ml100k.yaml", ML100K_ROWS),
 }
-METRICS = ("hit@3", "auc")
+METRICS = ("hit@3", "combined_hit@3", "auc")  # combined: each request ranked once by the utility of all heads
+ORACLE = "oracle"  # the generator's exact action probabilities, one row per seed
 # Student t quantiles t_{0.975, df} for df = 1..30 (two-sided 95%).
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -149,8 +150,9 @@ def run_one(name: str, config: Path, seed: int, folder: Path, overrides: list[st
     model = yaml.safe_load(config.read_text())["model"]["name"]
     results = out / "results.json"
     if resume and results.is_file():  # finished before: read, not rerun
+        report = json.loads(results.read_text())
         return {"row": name, "seed": seed, "exit_code": 0, "wall_seconds": 0.0,
-                "test": json.loads(results.read_text()).get(f"{model} test")}
+                "test": report.get(f"{model} test"), "oracle": report.get(f"{ORACLE} test")}
     command = [sys.executable, "-m", "recsys.cli", "train", "--config", str(config), *seed_overrides(seed, folder),
                "train.progress=false", f"output_dir={out}", *overrides, *(["--resume"] if resume else [])]
     started = time.time()
@@ -158,7 +160,37 @@ def run_one(name: str, config: Path, seed: int, folder: Path, overrides: list[st
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=run_environment(parallel))
     report = json.loads(results.read_text()) if code == 0 and results.is_file() else None
     test = report.get(f"{model} test") if report else None
-    return {"row": name, "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "test": test}
+    oracle = report.get(f"{ORACLE} test") if report else None
+    return {"row": name, "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "test": test,
+            "oracle": oracle}
+
+
+def with_oracle_row(runs: list[dict]) -> list[dict]:
+    """``runs`` plus one pseudo-run per seed scoring with the generator's exact probabilities (the
+    same for every row of a seed: the first finished run's copy)."""
+    seeds = {}
+    for r in runs:
+        if r.get("oracle") and r["seed"] not in seeds:
+            seeds[r["seed"]] = {"row": ORACLE, "seed": r["seed"], "exit_code": 0, "wall_seconds": 0.0, "test": r["oracle"]}
+    return [*runs, *seeds.values()]
+
+
+def models_above_the_oracle(rows: list[dict]) -> list[str]:
+    """``row metric head`` wherever a trained row's mean beats the oracle's by more than both 95%
+    half-widths together (hide HIT@3 is better when lower): a leak to find, not a result."""
+    oracle = next((r for r in rows if r["row"] == ORACLE), None)
+    if oracle is None:
+        return []
+    above = []
+    for r in rows:
+        if r["row"] == ORACLE:
+            continue
+        for key in (k for k in r if k.startswith(METRICS)):
+            (m, hm), (o, ho) = r[key], oracle[key]
+            sign = -1.0 if key.endswith(" hide") and "hit@3" in key else 1.0
+            if sign * (m - o) > (hm if hm == hm else 0.0) + (ho if ho == ho else 0.0):
+                above.append(f"{r['row']} {key}")
+    return above
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -202,10 +234,11 @@ def format_table(rows: list[dict], metric: str) -> str:
         return "no run finished"
     paired = " - " in rows[0]["row"]
     columns = [key for key in rows[0] if key.startswith(metric + " ")]
-    head = f"{'row':<36}{'seeds':>6}" + "".join(f"{c:>22}" for c in columns)
+    width = max(22, *(len(c) + 2 for c in columns))
+    head = f"{'row':<36}{'seeds':>6}" + "".join(f"{c:>{width}}" for c in columns)
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = "".join(f"{r[c][0]:>+13.4f} ± {r[c][1]:<6.4f}" if paired else f"{r[c][0]:>13.4f} ± {r[c][1]:<6.4f}"
+        cells = "".join(f"{r[c][0]:>+{width - 9}.4f} ± {r[c][1]:<6.4f}" if paired else f"{r[c][0]:>{width - 9}.4f} ± {r[c][1]:<6.4f}"
                         for c in columns)
         lines.append(f"{r['row']:<36}{r['seeds']:>6}{cells}")
     return "\n".join(lines)
@@ -249,24 +282,28 @@ def main() -> None:
     configs = {row[0]: row_config(row[0], row[1], folder, base_config) for row in chosen}
     extra = {row[0]: row_overrides(row) for row in chosen}
     data_overrides = {tuple(o for o in extra[name] if o.startswith("data.")): name for name in reversed(configs)}
+    finished = lambda seed: args.resume and all(  # noqa: E731 - a resumed seed whose runs all finished needs no data
+        (folder / f"{slug(name)}-seed{seed}" / "results.json").is_file() for name in configs)
     build_seconds = {seed: sum(build_data(configs[name], seed, folder, [*keys, *args.overrides])
-                               for keys, name in data_overrides.items()) for seed in args.seeds}
+                               for keys, name in data_overrides.items()) for seed in args.seeds if not finished(seed)}
     jobs = [(name, config, seed) for seed in args.seeds for name, config in configs.items()]
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(lambda job: run_one(*job, folder, [*extra[job[0]], *args.overrides], args.resume,
                                                  args.parallel), jobs))
-    rows, paired = summarise(runs), summarise_paired(runs)
+    rows, paired = summarise(with_oracle_row(runs)), summarise_paired(runs)
     for metric in METRICS:
-        note = " (hide: lower is better)" if metric == "hit@3" else ""
+        note = " (hide: lower is better)" if "hit@3" in metric else ""
         print(f"\ntest {metric.upper()}, mean ± 95% CI half-width over seeds{note}")
         print(format_table(rows, metric))
         print(f"\ntest {metric.upper()}, difference to the no-sequence row on the same seed, mean ± 95% CI half-width")
         print(format_table(paired, metric))
+    above = models_above_the_oracle(rows)
+    print(f"\nrows above the oracle beyond their intervals: {above or 'none'}")
     failed = [f"{r['row']} seed {r['seed']}" for r in runs if not r["test"]]
     if failed:
         print(f"\nfailed runs (see their .log files in {folder}): {failed}")
     report = {"date": date.today().isoformat(), "suite": args.suite, "base_config": base_config, "seeds": args.seeds, "overrides": args.overrides,
-              "data_build_seconds": build_seconds, "summary": rows, "paired_with_no_sequence": paired, "runs": runs}
+              "data_build_seconds": build_seconds, "summary": rows, "paired_with_no_sequence": paired, "above_oracle": above, "runs": runs}
     write_json_atomic(out, report)
     print(f"wrote {out} and {', '.join(str(p) for p in plot(rows, out))}")
 
