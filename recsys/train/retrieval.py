@@ -297,6 +297,7 @@ def run_retrieval_evaluation(cfg: TrainConfig, checkpoint_dir: str | None = None
         report = {
             "model": cfg.model_name, "step": state["step"], "epoch": state["epoch"],
             "valid": recipe.evaluate("valid"), "test": recipe.evaluate("test"),
+            "protocol": recipe.protocol, "exclude_seen": cfg.eval.exclude_seen,
         }
         if recipe.ctx.is_main:
             print("\n" + format_retrieval_report(report, note=f"checkpoint of step {state['step']}, epoch {state['epoch']}"))
