@@ -40,6 +40,7 @@ from recsys.data.batch import RankingBatch
 from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import CONTEXT_FEATURES, FeatureSpec
 from recsys.data.schema import EventLog
+from recsys.data.request_time import request_start_times
 from recsys.errors import DataError
 
 SECONDS_PER_HOUR = 3600
@@ -253,21 +254,6 @@ def _recent_events(positions: np.ndarray, start: np.ndarray, end: np.ndarray, li
     row_offsets = np.cumsum(lengths) - lengths  # [B] where each row starts in the flat output
     flat = np.repeat(hi - lengths - row_offsets, lengths) + np.arange(int(lengths.sum()))
     return _Jagged(positions[flat], lengths.astype(np.int32)), count
-
-
-def request_start_times(log: EventLog, event: np.ndarray) -> np.ndarray:
-    """``[R]`` int64 start of the request of each target ``event``: the earliest timestamp among the
-    log's events of the same user and ``request_id``; the event's own timestamp when the log has no
-    request ids (each row is then a request of its own)."""
-    if log.request_id is None:
-        return log.timestamp[event].astype(np.int64)
-    order = np.lexsort((log.request_id, log.user_id))  # [N] events grouped by (user, request)
-    user, request = log.user_id[order], log.request_id[order]
-    first = np.r_[True, (user[1:] != user[:-1]) | (request[1:] != request[:-1])] if len(order) else np.zeros(0, bool)
-    group = np.empty(len(order), dtype=np.int64)
-    group[order] = np.cumsum(first) - 1  # [N] request group of every event
-    start = np.minimum.reduceat(log.timestamp[order], np.flatnonzero(first)) if len(order) else log.timestamp[:0]
-    return start[group[event]].astype(np.int64)
 
 
 def first_position_at_or_after(log: EventLog, user: np.ndarray, time: np.ndarray) -> np.ndarray:

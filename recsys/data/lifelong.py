@@ -66,7 +66,6 @@ from recsys.data.collate import kjt_from_jagged
 from recsys.data.examples import RankingExamples
 from recsys.data.directory_io import atomic_directory, load_array, read_meta, write_meta
 from recsys.data.lifelong_store import EventStream, LifelongStore, UserHistory
-from recsys.data.request_time import request_start_times
 from recsys.errors import ConfigError, DataError
 from recsys.ops.int8_quantization import dequantize_int8
 from recsys.ops.nn_select import nn_select
@@ -397,7 +396,7 @@ def build_lifelong_sequences(
     log = examples.log
     _check_store_matches(store, log)
     users = log.user_id[examples.event]  # [R]
-    times = request_start_times(log, examples.event)  # [R] sequences end strictly before the request starts
+    times = examples.request_time  # [R] sequences end strictly before the request starts
     lengths = _expected_lengths(_request_windows(store, users, times, config), config)  # [R]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [R + 1]
     num_tokens, dim = int(offsets[-1]), store.content_dim
