@@ -177,7 +177,7 @@ def _parameter_sharding(entry: Mapping) -> ParameterSharding:
     )
 
 
-def _model_tables(model: nn.Module) -> Dict[str, Dict[str, Tuple[int, int]]]:
+def model_tables(model: nn.Module) -> Dict[str, Dict[str, Tuple[int, int]]]:
     """Module path -> table -> (rows, dim) for every TorchRec embedding module of `model`."""
     tables: Dict[str, Dict[str, Tuple[int, int]]] = {}
     for path, module in model.named_modules():
@@ -222,7 +222,7 @@ def check_plan_fits(plan: ShardingPlan, model: nn.Module, world_size: int, compu
             f"the sharding plan is for compute device {plan.compute_device!r}, this job computes on "
             f"{compute_device!r}; {fix}"
         )
-    expected = _model_tables(model)
+    expected = model_tables(model)
     if sorted(plan.plan) != sorted(expected):
         raise ConfigError(f"the sharding plan covers modules {sorted(plan.plan)}, the model has {sorted(expected)}; {fix}")
     for path, tables in expected.items():

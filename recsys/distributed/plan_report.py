@@ -48,7 +48,7 @@ from recsys.atomic_files import write_atomic, write_json_atomic
 from recsys.distributed.dense_estimate import DenseEstimate, Workload, estimate_dense, sequence_ids_per_row
 from recsys.distributed.dense_reservation import dense_reservation
 from recsys.distributed.plan_budget import MemoryBudget, does_not_fit_message, largest_batch
-from recsys.distributed.plan_io import plan_document
+from recsys.distributed.plan_io import model_tables, plan_document
 from recsys.distributed.sequence_lengths import LengthDistribution
 from recsys.distributed.sharding import ShardingConfig, default_sharders, planner_constraints
 from recsys.distributed.topology import GB, TopologyConfig
@@ -366,18 +366,7 @@ def _with_sequence_pooling(model, constraints: Dict, ids_per_row: float) -> Dict
 
 def _table_bytes(model) -> float:
     """All embedding tables' weights plus a row-wise optimizer state (float32), over every rank."""
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-
-    total = 0.0
-    for module in model.modules():
-        if isinstance(module, EmbeddingBagCollection):
-            configs = module.embedding_bag_configs()
-        elif isinstance(module, EmbeddingCollection):
-            configs = module.embedding_configs()
-        else:
-            continue
-        total += sum(4.0 * c.num_embeddings * (c.embedding_dim + 1) for c in configs)
-    return total
+    return sum(4.0 * rows * (dim + 1) for tables in model_tables(model).values() for rows, dim in tables.values())
 
 
 def _input_bytes(model, batch_size: int, constraints) -> float:
