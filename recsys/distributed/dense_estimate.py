@@ -58,8 +58,10 @@ class Workload:
         lengths: per-row sequence lengths: history events (ranking sequence encoders; S_all for
             TransAct V2) or tokens per sequence (retrieval). Ignored by models without sequences.
         num_items: items the retrieval loss samples negatives from (sizes its distinct lookups).
-        impressions_per_row / next_action_pairs_per_row: TransAct V2's next-action loss: impression
-            negatives and (token, next action) pairs of a row (from ``data.lifelong``).
+        impressions_per_row / next_action_pairs_per_row: TransAct V2's next-action loss per row:
+            impression negatives (distinct (user, item) impression tokens of S_all) and (token,
+            next action) pairs (consecutive realtime-recent tokens whose next action is a positive
+            engagement); bounded by ``data.lifelong``'s impression_k and realtime_recent - 1.
         fused_attention: ``scaled_dot_product_attention`` runs a fused kernel (CUDA), which keeps
             no ``[B, H, N, N]`` probabilities.
     """

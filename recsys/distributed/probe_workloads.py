@@ -54,9 +54,9 @@ def _ranking_data(synthetic: SyntheticConfig, max_len: int, lifelong: bool, cach
                                     realtime_recent=8, realtime_k=8, impression_k=8)
         data_cfg = DataConfig(source="synthetic", synthetic=synthetic, lifelong=config)
         data = build_ranking_data(data_cfg, seed=0)
-        return data, prepare_lifelong_data(data, config, cache_dir, report=lambda *a: None).collate(data.train)
+        return data, prepare_lifelong_data(data, config, cache_dir, report=lambda *a: None).collate(data.train), config
     data = build_ranking_data(DataConfig(source="synthetic", synthetic=synthetic, max_sequence=max_len), seed=0)
-    return data, None
+    return data, None, None
 
 
 @lru_cache(maxsize=8)
@@ -95,6 +95,7 @@ def probe_data(
     from recsys.data.loader import make_dataloader
     from recsys.data.sequences import make_sequence_dataloader
     from recsys.models import get_model_spec
+    from recsys.models.pinnability import s_all_batch
 
     if get_model_spec(name).task == "retrieval":
         spec, rows = _sequence_data(synthetic, max_len)
@@ -103,12 +104,15 @@ def probe_data(
         work = Workload(batch.batch_size, lengths, num_items=spec.num_items, fused_attention=fused_attention)
         return ProbeData(spec, batch, work, {"max_seq_len": max_len})
     lifelong = name == "transact_v2"
-    data, collate = _ranking_data(synthetic, max_len, lifelong, cache_dir)
+    data, collate, config = _ranking_data(synthetic, max_len, lifelong, cache_dir)
     batch = next(iter(make_dataloader(data.train, batch_size, shuffle=True, seed=0, collate=collate)))
-    work = Workload(batch.batch_size, _history_lengths(batch), fused_attention=fused_attention,
-                    **(_lifelong_counts(batch) if lifelong else {}))
-    overrides = {"transact_v2": {"max_sequence": max_len + 24}} if lifelong else {}
-    return ProbeData(data.spec, batch, work, overrides)
+    if lifelong:  # V2 reads S_all: the stored realtime history (V1 / BST's) is no part of its workload
+        s_all = s_all_batch(batch)
+        work = Workload(batch.batch_size, _history_lengths(s_all), fused_attention=fused_attention,
+                        **_lifelong_counts(s_all, data.spec.action_vocab))
+        return ProbeData(data.spec, batch, work, {"transact_v2": {"max_sequence": config.sequence_length}})
+    work = Workload(batch.batch_size, _history_lengths(batch), fused_attention=fused_attention)
+    return ProbeData(data.spec, batch, work, {})
 
 
 def probe_case(
@@ -166,15 +170,26 @@ def _history_lengths(batch) -> LengthDistribution:
     return LengthDistribution.from_lengths(batch.sequence_features["seq_item_id"].lengths().cpu().numpy())
 
 
-def _lifelong_counts(batch) -> dict:
-    """Impression tokens and next-action pairs (consecutive realtime-recent tokens) per row."""
+def _lifelong_counts(batch, action_vocab, negative_actions=None) -> dict:
+    """The next-action loss's work per row of an S_all batch (``s_all_batch``), as
+    :class:`~recsys.models.pinnability.TransActV2Arch` forms it: impression negatives (distinct
+    (user, item) impression tokens) and (token, next action) pairs (consecutive realtime-recent
+    tokens of a row whose next action is a positive engagement, ``negative_actions`` excluded:
+    the default :class:`~recsys.modules.next_action_loss.NextActionLossConfig`'s when None)."""
     from recsys.data.lifelong import SOURCE_IMPRESSION, SOURCE_REALTIME_RECENT
+    from recsys.modules.next_action_loss import NextActionLossConfig, positive_engagement
 
-    source = batch.sequence_features["seq_source"]
-    values = source.values().cpu().numpy()
-    lengths = source.lengths().cpu().numpy()
+    negative_actions = NextActionLossConfig().negative_actions if negative_actions is None else negative_actions
+    features = batch.sequence_features.to_dict()
+    values = features["seq_source"].values().cpu().numpy()
+    lengths = features["seq_source"].lengths().cpu().numpy()
+    positive = positive_engagement(features["seq_actions"].values().cpu(), action_vocab, negative_actions).numpy()
     rows = np.repeat(np.arange(len(lengths)), lengths)
     recent = values == SOURCE_REALTIME_RECENT
-    pairs = int(np.sum(recent[1:] & recent[:-1] & (rows[1:] == rows[:-1])))
+    pairs = int(np.sum(recent[1:] & recent[:-1] & (rows[1:] == rows[:-1]) & positive[1:]))
+    users = np.repeat(batch.user_id.cpu().numpy(), lengths)
+    items = features["seq_item_id"].values().cpu().numpy()
+    impression = values == SOURCE_IMPRESSION
+    distinct = len(set(zip(users[impression].tolist(), items[impression].tolist())))
     b = len(lengths)
-    return {"impressions_per_row": float(np.sum(values == SOURCE_IMPRESSION)) / b, "next_action_pairs_per_row": pairs / b}
+    return {"impressions_per_row": distinct / b, "next_action_pairs_per_row": pairs / b}
