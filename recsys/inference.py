@@ -19,9 +19,13 @@ dlrm,             ``dense_features [B, C+T]``, ``pooled_embeddings [B, F*D]`` (t
 pinnability       EmbeddingBagCollection's bags in ``spec.sparse_features`` order)      logits
 transact_v2       the same, plus S_all as jagged tensors: ``sequence_lengths [B]``,     ``[B, H]``
                   ``sequence_actions [V]``, ``sequence_surface [V]``,                   logits
-                  ``sequence_content [V, C]`` (TransAct V2 reads content, no table)
+                  ``sequence_content [V, C]`` (TransAct V2 reads content, no table;
+                  the stored realtime history, which only V1 / BST read, is dropped)
 hstu, sasrec      ``item_embeddings [T, D]`` (raw rows of the item table),             ``[B, D]`` user
-                  ``seq_offsets [B+1]``, ``timestamps [T]``                             vectors (L2-normalised)
+                  ``seq_offsets [B+1]``, ``timestamps [T]``, ``next_timestamp [B]``     vectors (L2-normalised)
+                  (the time of the event each vector predicts: the request time when
+                  serving, the held-out target's at evaluation; HSTU's time bias of the
+                  last token reads it, SASRec ignores it)
 ================  ===================================================================  ============
 
 For retrieval, the item side is the item table itself, L2-normalised (``model.item_vectors()``),
@@ -174,11 +178,15 @@ class RetrievalDenseInputs(TensorDataclass):
         item_embeddings: ``[T, D]`` raw item-table rows of every token.
         seq_offsets: ``[B + 1]`` int64.
         timestamps: ``[T]`` int64.
+        next_timestamp: ``[B]`` int64 time of the event each row's user vector predicts (the request
+            time; :func:`dense_inputs` gives ``prediction_timestamps(batch)``, as ``user_vectors``
+            uses); None uses the last token's own time. A program exported with it takes it on every call.
     """
 
     item_embeddings: torch.Tensor
     seq_offsets: torch.Tensor
     timestamps: torch.Tensor
+    next_timestamp: torch.Tensor | None = None
 
 
 class RankingDenseArch(nn.Module):
@@ -230,7 +238,9 @@ class RetrievalDenseArch(nn.Module):
     def forward(self, inputs: RetrievalDenseInputs) -> torch.Tensor:
         from recsys.models.sequential_retrieval import SequentialRetrieval
 
-        tokens = SequentialRetrieval.encode_embeddings(self, inputs.item_embeddings, inputs.seq_offsets, inputs.timestamps)
+        tokens = SequentialRetrieval.encode_embeddings(
+            self, inputs.item_embeddings, inputs.seq_offsets, inputs.timestamps, inputs.next_timestamp
+        )  # [T, D]
         return tokens[inputs.seq_offsets[1:] - 1]  # [B, D]: after each sequence's last token
 
 
@@ -255,14 +265,19 @@ def dense_part(model: nn.Module) -> nn.Module:
 def dense_inputs(model: nn.Module, batch) -> RankingDenseInputs | RetrievalDenseInputs:
     """The dense part's inputs for ``batch`` (a RankingBatch or SequenceBatch), from the model's own lookups."""
     from recsys.models.dlrm import DLRM
-    from recsys.models.pinnability import lifelong_features
+    from recsys.models.pinnability import lifelong_features, s_all_batch
+    from recsys.models.sequential_retrieval import prediction_timestamps
 
     if not isinstance(model, DLRM):
-        return RetrievalDenseInputs(model._lookup(batch.item_ids), batch.seq_offsets, batch.timestamps)
+        return RetrievalDenseInputs(
+            model._lookup(batch.item_ids), batch.seq_offsets, batch.timestamps, prediction_timestamps(batch)
+        )
     model._check_batch(batch)
     pooled = model.pooled_embeddings(model.sparse_arch(batch.sparse_features))  # [B, F * D]
     if model.sequence_arch is None:
         return RankingDenseInputs(batch.dense_features, pooled)
+    lifelong_features(batch, "transact_v2")  # checked before the realtime history is dropped, as TransActV2Arch
+    batch = s_all_batch(batch)  # S_all only: what TransActV2Arch encodes
     features = lifelong_features(batch, "transact_v2")
     actions = features["seq_actions"]
     return RankingDenseInputs(
@@ -289,7 +304,7 @@ def export_dense(model: nn.Module, batch) -> torch.export.ExportedProgram:
     first_dim = {
         "dense_features": rows, "pooled_embeddings": rows, "sequence_lengths": rows, "sequence_actions": tokens,
         "sequence_surface": tokens, "sequence_content": tokens,
-        "item_embeddings": tokens, "seq_offsets": rows + 1, "timestamps": tokens,
+        "item_embeddings": tokens, "seq_offsets": rows + 1, "timestamps": tokens, "next_timestamp": rows,
     }
     # A pytree dataclass flattens to its non-None fields: one shape entry each, in field order.
     shapes = [{0: first_dim[f.name]} for f in dataclasses.fields(inputs) if getattr(inputs, f.name) is not None]

@@ -164,9 +164,7 @@ class SequentialRetrieval(nn.Module):
         target (training batches) use the last token's own time.
         """
         last = batch.seq_offsets[1:] - 1  # [B]
-        has_target = batch.target_item >= 0  # [B]
-        next_timestamp = torch.where(has_target, batch.target_timestamp, batch.timestamps[last])  # [B]
-        return self.encode(batch, next_timestamp)[last]
+        return self.encode(batch, prediction_timestamps(batch))[last]
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
@@ -177,6 +175,17 @@ class SequentialRetrieval(nn.Module):
         has_next[batch.seq_offsets[1:] - 1] = False  # last token of each sequence: no next item
         position = torch.nonzero(has_next).squeeze(1)  # [N]
         return self.loss(u[position], items[position + 1], self.embed_items)
+
+
+def prediction_timestamps(batch: SequenceBatch) -> torch.Tensor:
+    """``[B]`` int64 time of the event each row's last user vector predicts: the held-out target's
+    timestamp (``batch.target_timestamp``) where the row has a target, else the last token's own time.
+
+    What :meth:`SequentialRetrieval.user_vectors` passes as ``next_timestamp`` (and
+    ``recsys.inference.dense_inputs`` as the exported dense part's ``next_timestamp``).
+    """
+    last = batch.seq_offsets[1:] - 1  # [B]
+    return torch.where(batch.target_item >= 0, batch.target_timestamp, batch.timestamps[last])  # [B]
 
 
 def _positions_in_sequence(seq_offsets: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 folders; batches are pytrees; the exported dense part of DLRM, TransAct V2, HSTU and SASRec gives the
 eager model's outputs on batches of other sizes than the one it was traced on."""
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,45 @@ def test_exported_retrieval_dense_part_matches_eager(retrieval_run):
     with torch.no_grad():
         assert torch.allclose(model.user_vectors(batches[0]), users[0], atol=1e-6)
     _check_export(model, batches, users)
+
+
+def test_transact_v2_dense_inputs_are_s_all_without_the_stored_realtime_history(transact_v2_run):
+    """The dense part reads what TransActV2Arch encodes: S_all, not the realtime history only V1 / BST read."""
+    from recsys.data.lifelong import SOURCE_REALTIME_HISTORY
+    from recsys.models.pinnability import SOURCE_KEY
+
+    run, batches, _ = transact_v2_run
+    model = recsys.load(run)
+    batch = batches[0]
+    source = batch.sequence_features.to_dict()[SOURCE_KEY]
+    stored = source.values() == SOURCE_REALTIME_HISTORY  # [V]
+    assert stored.any(), "the test batch should carry a stored realtime history"
+    inputs = dense_inputs(model, batch)
+    row = torch.repeat_interleave(torch.arange(batch.batch_size), source.lengths())
+    s_all_lengths = torch.bincount(row[~stored], minlength=batch.batch_size)
+    assert torch.equal(inputs.sequence_lengths.to(torch.int64), s_all_lengths)
+    assert torch.equal(inputs.sequence_content, batch.sequence_content[~stored])
+
+
+def test_exported_retrieval_dense_part_takes_the_prediction_time(retrieval_run):
+    """next_timestamp is an input of the exported program: the time bias of each row's last token reads it."""
+    run, batches, _ = retrieval_run
+    model = recsys.load(run)
+    program = export_dense(model, batches[0])
+    inputs = dense_inputs(model, batches[1])
+    assert torch.equal(inputs.next_timestamp, batches[1].target_timestamp)  # evaluation rows: the held-out event's time
+    later = dataclasses.replace(inputs, next_timestamp=inputs.next_timestamp + 10**6)
+    with torch.no_grad():
+        exported, eager = program.module()(later), dense_part(model)(later)
+        expected = model.encode_embeddings(later.item_embeddings, later.seq_offsets, later.timestamps,
+                                           later.next_timestamp)[later.seq_offsets[1:] - 1]
+        unchanged = program.module()(inputs)
+    torch.testing.assert_close(exported, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(exported, expected, atol=1e-5, rtol=1e-5)
+    layers = getattr(model.encoder, "layers", [])
+    time_bias = any(getattr(getattr(layer, "relative_bias", None), "time_weights", None) is not None for layer in layers)
+    assert time_bias == (type(model.encoder).__name__ == "HSTUEncoder")  # the fixture's HSTU learns a time bias
+    assert torch.allclose(exported, unchanged, atol=1e-5) == (not time_bias), "next_timestamp read iff a time bias"
 
 
 def test_dense_part_names_the_models_it_covers():
