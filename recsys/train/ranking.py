@@ -54,7 +54,7 @@ from recsys.modules.weighted_cross_entropy import WeightedCrossEntropy
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
 from recsys.train.fault_injection import fail_step, maybe_fail
-from recsys.train.guards import check_splits_not_empty
+from recsys.train.guards import check_batch_memory, check_splits_not_empty
 from recsys.train.pipeline import build_train_step
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
@@ -84,6 +84,7 @@ class RankingRecipe:
             {split: len(self.data.examples(split)) for split in ("train", "valid", "test")},
             "Use more data, or change data.split / data.valid_fraction / data.test_fraction.",
         )
+        self._check_memory()  # before S_all, the process group and the model: a step that cannot fit stops here
         self.lifelong = self._build_lifelong()
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
@@ -114,6 +115,13 @@ class RankingRecipe:
         log, probabilities = load_events_with_probabilities(cfg.data)
         return build_ranking_data(cfg.data, seed=cfg.train.seed, log=log,
                                   event_probabilities=probabilities)  # rows carry w_u (data.user_weights)
+
+    def _check_memory(self) -> None:
+        """Refuses a ``train.batch_size`` / ``data.max_sequence`` whose training step would not fit
+        in this rank's memory (:func:`~recsys.train.guards.check_batch_memory`)."""
+        cfg = self.cfg
+        model = get_model(cfg.model_name, feature_spec=self.data.spec, device=torch.device("meta"), **cfg.model_overrides)
+        check_batch_memory(model, cfg, self.data.spec, train_rows=len(self.data.train), log=self.data.log)
 
     def _build_lifelong(self) -> LifelongData | None:
         """Every split's S_all (cached under ``data.lifelong.cache_dir``) when lifelong batches are on."""

@@ -41,7 +41,7 @@ from recsys.models import get_model, model_config
 from recsys.train.checkpoint import CheckpointManager
 from recsys.train.config import TrainConfig
 from recsys.train.early_stopping import EarlyStopping
-from recsys.train.guards import check_splits_not_empty
+from recsys.train.guards import check_batch_memory, check_splits_not_empty
 from recsys.train.reproducibility import capture_rng_state, restore_rng_state, seed_everything
 from recsys.train.run_log import RunLog
 from recsys.train.step_options import StepOptions
@@ -60,6 +60,7 @@ class RetrievalRecipe:
     def setup(self, resume: bool = False, write_run_files: bool = True) -> None:
         cfg = self.cfg
         self._build_data()  # before the process group: a config or data error leaves nothing to tear down
+        self._check_memory()  # a step that cannot fit stops here, before the process group and the model
         self.ctx: DistContext = init_distributed()
         seed_everything(cfg.train.seed)
         torch.set_float32_matmul_precision(cfg.train.matmul_precision)
@@ -114,6 +115,13 @@ class RetrievalRecipe:
             {"train": len(self.train_rows), "valid": len(self.valid_rows), "test": len(self.test_rows)},
             "Leave-one-out needs users with at least 3 engaged events: use more data.",
         )
+
+    def _check_memory(self) -> None:
+        """Refuses a ``train.batch_size`` / ``data.max_sequence`` whose training step would not fit
+        in this rank's memory (:func:`~recsys.train.guards.check_batch_memory`)."""
+        cfg = self.cfg
+        model = get_model(cfg.model_name, feature_spec=self.spec, device=torch.device("meta"), **cfg.model_overrides)
+        check_batch_memory(model, cfg, self.spec, train_rows=len(self.train_rows), log=self.log)
 
     def summary(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
