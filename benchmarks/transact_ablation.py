@@ -193,6 +193,12 @@ def models_above_the_oracle(rows: list[dict]) -> list[str]:
     return above
 
 
+def reported_metrics(test: dict) -> list[str]:
+    """The :data:`METRICS` a run's per-head test results hold (results of older runs lack the combined HIT@3)."""
+    first = next(iter(test.values()), {})
+    return [metric for metric in METRICS if metric in first]
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """Per row and head: mean and 95% half-width of each metric over the seeds that finished."""
     rows = []
@@ -203,7 +209,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         heads = list(done[0])
         rows.append({"row": name, "seeds": len(done), **{
             f"{metric} {head}": mean_and_interval([float(d[head][metric]) for d in done])
-            for metric in METRICS for head in heads
+            for metric in reported_metrics(done[0]) for head in heads
         }})
     return rows
 
@@ -223,7 +229,7 @@ def summarise_paired(runs: list[dict], baseline: str = "no sequence") -> list[di
         heads = list(pairs[0][0])
         rows.append({"row": f"{name} - {baseline}", "seeds": len(pairs), **{
             f"{metric} {head}": mean_and_interval([float(a[head][metric]) - float(b[head][metric]) for a, b in pairs])
-            for metric in METRICS for head in heads
+            for metric in reported_metrics(pairs[0][0]) for head in heads
         }})
     return rows
 
@@ -250,9 +256,11 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     paths = []
     for i, metric in enumerate(METRICS):
         heads = [key.removeprefix(metric + " ") for key in (rows[0] if rows else {}) if key.startswith(metric + " ")]
+        if not heads:
+            continue
         groups = {head: {r["row"]: tuple(r[f"{metric} {head}"]) for r in rows} for head in heads}
         path = png_beside(out) if i == 0 else out.with_name(f"{out.stem}_{metric.replace('@', '')}.png")
-        note = " (hide: lower is better)" if metric == "hit@3" else ""
+        note = " (hide: lower is better)" if "hit@3" in metric else ""
         paths.append(grouped_bars(groups, path, f"test {metric.upper()} (mean ± 95% CI)", f"TransAct ablation{note}"))
     return paths
 

@@ -123,4 +123,18 @@ def test_every_row_runs_on_a_tiny_world(tmp_path, monkeypatch):
     ablation.main()
     report = json.loads(out.read_text())
     assert [r["exit_code"] for r in report["runs"]] == [0] * len(ablation.ROWS), report["runs"]
-    assert {r["row"] for r in report["summary"]} == {row[0] for row in ablation.ROWS}
+    assert {r["row"] for r in report["summary"]} == {row[0] for row in ablation.ROWS} | {ablation.ORACLE}
+    assert report["above_oracle"] == []  # no row beats the generator's exact probabilities beyond its interval
+
+
+def test_oracle_row_is_one_per_seed_and_a_row_above_it_is_flagged():
+    def run(row, seed, auc, oracle_auc=0.8):
+        return {"row": row, "seed": seed, "test": {"click": {"auc": auc, "hit@3": 0.5}, "hide": {"auc": 0.6, "hit@3": 0.3}},
+                "oracle": {"click": {"auc": oracle_auc, "hit@3": 0.6}, "hide": {"auc": 0.7, "hit@3": 0.2}}}
+
+    runs = [run("no sequence", s, 0.7 + 0.01 * s) for s in range(3)] + [run("leaky", s, 0.9 + 0.01 * s) for s in range(3)]
+    rows = {r["row"]: r for r in ablation.summarise(ablation.with_oracle_row(runs))}
+    assert rows[ablation.ORACLE]["seeds"] == 3 and rows[ablation.ORACLE]["auc click"][0] == pytest.approx(0.8)
+    above = ablation.models_above_the_oracle(list(rows.values()))
+    # "leaky" beats the oracle's click AUC; hide HIT@3 is better when lower, and 0.3 > 0.2 is worse
+    assert above == ["leaky auc click"]
