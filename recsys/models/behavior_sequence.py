@@ -162,11 +162,24 @@ class BehaviorSequenceRanker(nn.Module):
         padded, mask = pad_jagged(events, lengths)  # [B, L, D], [B, L]
         return padded, mask, candidates
 
-    def lookup(self, history_items: torch.Tensor, lengths: torch.Tensor, candidate_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[Th]`` history items (``lengths [B]``) and ``[Tc]`` candidates -> ``[Th, D]``, ``[Tc, D]``."""
+    def lookup(
+        self, history_items: torch.Tensor, history_lengths: torch.Tensor,
+        candidate_items: torch.Tensor, candidate_lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One table lookup for both features of B rows.
+
+        Args:
+            history_items: ``[Th]`` ids, ``history_lengths [B]`` of them per row.
+            candidate_items: ``[Tc]`` ids, ``candidate_lengths [B]`` per row (None = one per row).
+
+        Returns:
+            ``[Th, D]`` and ``[Tc, D]`` embeddings.
+        """
+        if candidate_lengths is None:
+            candidate_lengths = torch.ones_like(candidate_items, dtype=torch.int32)
         lookup = kjt_from_jagged({
-            HISTORY_ITEM_FEATURE: (history_items, lengths),
-            CANDIDATE_ITEM_FEATURE: (candidate_items, torch.ones_like(candidate_items, dtype=torch.int32)),
+            HISTORY_ITEM_FEATURE: (history_items, history_lengths),
+            CANDIDATE_ITEM_FEATURE: (candidate_items, candidate_lengths),
         })
         embedded = self.item_embeddings(lookup)  # by name: a sharded collection may reorder the features
         return embedded[HISTORY_ITEM_FEATURE].values(), embedded[CANDIDATE_ITEM_FEATURE].values()

@@ -99,14 +99,15 @@ class MIMNRanker(BehaviorSequenceRanker):
 
     def update(self, state: MIMNState, item_ids: torch.Tensor, action_bits: torch.Tensor, mask: torch.Tensor) -> MIMNState:
         """One behaviour event per user: ``item_ids [B]``, ``action_bits [B]``, ``mask [B]`` (False = no event)."""
-        events, _ = self.lookup(item_ids, torch.ones_like(item_ids, dtype=torch.int32), item_ids)  # [B, D]
+        one, none = torch.ones_like(item_ids, dtype=torch.int32), torch.zeros_like(item_ids, dtype=torch.int32)
+        events, _ = self.lookup(item_ids, one, item_ids[:0], none)  # [B, D]
         if self.action_embeddings is not None:
             events = events + self.action_tokens(action_bits)
         return self.arch.update(state, events, mask)
 
     def score(self, state: MIMNState, candidate_items: torch.Tensor, dense_features: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, H]`` logits of candidate ``candidate_items [B]`` (``dense_features [B, C + T]`` if the model reads them)."""
-        _, candidates = self.lookup(candidate_items[:0], torch.zeros_like(candidate_items, dtype=torch.int32), candidate_items)
+        _, candidates = self.lookup(candidate_items[:0], torch.zeros_like(candidate_items, dtype=torch.int32), candidate_items)  # [B, D]
         return self.arch.score(state, candidates, self.side(dense_features))
 
 

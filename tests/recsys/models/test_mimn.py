@@ -49,6 +49,22 @@ def test_streaming_one_event_at_a_time_equals_the_training_forward():
     torch.testing.assert_close(scored, model(batch))
 
 
+def test_a_batch_of_users_with_events_at_different_times_keeps_the_others_unchanged():
+    model = small_model()
+    batch = make_batch()
+    events, mask, _ = model.embed(batch.sequence_features, batch.item_id, batch.batch_size)
+    whole = model.arch.encode(events, mask)
+    state = model.init_state(4)
+    arrivals = [(b, t) for t in range(6) for b in (3, 0, 2) if t < len(HISTORIES[b])]  # interleaved users
+    for b, t in arrivals:
+        item, bits = HISTORIES[b][t]
+        ids, actions = torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+        ids[b], actions[b] = item, bits
+        state = model.update(state, ids, actions, torch.arange(4) == b)
+    for name in ("memory", "utilisation", "controller", "read", "induction"):
+        torch.testing.assert_close(getattr(state, name), getattr(whole, name), msg=name)
+
+
 def test_auxiliary_loss_is_the_utilisation_loss_of_the_rows_with_history():
     model = small_model()
     batch = make_batch()
