@@ -359,6 +359,81 @@ def _pinnability_sequence(t: _Tally, model: nn.Module, work: Workload) -> None:
         raise ConfigError(f"no dense estimate for sequence arch {name}; add one to recsys/distributed/dense_estimate.py")
 
 
+def _behavior_sequence(t: _Tally, model: nn.Module, work: Workload) -> None:
+    """The behaviour-sequence family (mimn, din, emb_mlp, gru4rec): padded ``[B, L, D]`` events,
+    the candidate, the dense projection, then the model's interest arch and its head."""
+    lengths = work.lengths.typical_batch(work.batch_size)
+    b, d, events = len(lengths), model.config.embedding_dim, float(lengths.sum())
+    longest = int(lengths.max()) if b else 0
+    t.add("input", I64 * 2 * events)  # the padding's (row, column) index
+    if model.action_embeddings is not None:
+        actions = model.action_embeddings.shape[0]
+        t.add("input", F32 * events * actions, flops=_matmul_flops(events, actions, d, False))
+    if model.dense_projection is not None:
+        proj = model.dense_projection
+        t.add("input", F32 * b * proj.in_features, flops=_matmul_flops(b, proj.in_features, proj.out_features, False))
+    arch, name = model.arch, type(model.arch).__name__
+    if name == "SumPoolingArch":
+        t.add("sequence_encoder", BOOL * b * longest)
+    elif name == "DINArch":
+        _din(t, arch, b, longest, d)
+    elif name == "GRUArch":
+        _gru(t, arch.gru, b, longest, d)
+        t.add("sequence_encoder", I64 * 2 * b + BOOL * b)  # the gather at each row's last event
+    elif name == "MIMN":
+        _mimn(t, arch, b, longest, d)
+    else:
+        raise ConfigError(f"no dense estimate for behaviour-sequence arch {name}; add one to recsys/distributed/dense_estimate.py")
+    head = getattr(arch, "head", arch)  # ScoringHead, or MIMN's own over arch + heads
+    _mlp(t, "over_arch", head.over_arch, b)
+    heads = head.head_layer
+    t.add("over_arch", F32 * 3 * b * heads.out_features, flops=_matmul_flops(b, heads.in_features, heads.out_features))
+
+
+def _din(t: _Tally, arch: nn.Module, b: int, longest: int, d: int) -> None:
+    """Local activation unit on every padded (row, event) + masked softmax + weighted sum."""
+    rows = b * longest
+    _mlp(t, "sequence_encoder", arch.attention.unit, rows)
+    score = arch.attention.score
+    t.add("sequence_encoder", F32 * (rows * d + 2 * rows + b * d) + BOOL * 2 * rows,
+          flops=_matmul_flops(rows, score.in_features, 1) + 6.0 * rows * d)
+
+
+def _gru(t: _Tally, gru: nn.GRU, b: int, longest: int, d: int) -> None:
+    """nn.GRU over ``[B, L, .]``: per layer and step its input and 7 hidden-wide tensors (gates, h)."""
+    h = gru.hidden_size
+    for layer in range(gru.num_layers):
+        fan_in = d if layer == 0 else h
+        t.add("sequence_encoder", F32 * b * longest * (fan_in + 7 * h),
+              flops=longest * (_matmul_flops(b, fan_in, 3 * h) + _matmul_flops(b, h, 3 * h)) - 2.0 * b * h * 3 * h)
+
+
+def _mimn(t: _Tally, mimn: nn.Module, b: int, longest: int, d: int) -> None:
+    """MIMN: ``L`` update steps over every row (masked rows compute too), then the readout.
+
+    Per row and step (fp32 values): controller GRU input and gates, both heads' outputs, the
+    memory and two cosine-similarity intermediates per head, the softmaxes, the rebalancing
+    ``[m, m]``, erase / add, and the MIU GRU over the m slots (``recsys.modules.mimn``).
+    """
+    m, dm, dc, ds, k = mimn.memory_slots, mimn.memory_dim, mimn.controller_dim, mimn.induction_dim, mimn.induction_top_k
+    per_step = (d * (1 + m) + 8 * dc + 7 * m * ds + 7 * dm + 7 * m * dm + 15 * m + m * m + 6)  # floats per row
+    per_step = F32 * per_step + I64 * k + BOOL * m
+    first_step = -F32 * m * dm if longest else 0  # M_0 is the learned parameter
+    t.add("sequence_encoder", b * (longest * per_step + first_step) + BOOL * b * longest)
+    t.add("sequence_encoder", F32 * b * (d + dm + ds + m * (dm + ds) + 2 * m))  # target-attended readout
+    if mimn.utilisation_regularization:
+        t.add("auxiliary_loss", F32 * b * (2 * m + 4))
+    step_flops = (_matmul_flops(b, d + dm, 3 * dc) + _matmul_flops(b, dc, 3 * dc)  # controller
+                  + _matmul_flops(b, dc, 4 * dm + 2)  # read and write heads
+                  + 6.0 * b * m * dm  # r_t = w^r M
+                  + _matmul_flops(b * m, dm + d, 3 * ds) + _matmul_flops(b * m, ds, 3 * ds))  # MIU
+    if mimn.utilisation_regularization:
+        step_flops += _matmul_flops(b, m, m * m) + 6.0 * b * m * m  # W_g u and w P
+    first = 2.0 * b * (dc * 3 * dc + m * ds * 3 * ds + (m * m * m if mimn.utilisation_regularization else 0))
+    readout = _matmul_flops(b, d, dm) + _matmul_flops(b, d, ds) + 12.0 * b * m * (dm + ds)
+    t.add("sequence_encoder", flops=longest * step_flops - (first if longest else 0) + readout)
+
+
 def _distinct_draws(queries: float, negatives: int, num_items: int) -> float:
     """Expected distinct items among the positives and uniform negatives of N queries (U)."""
     draws = queries * (1 + negatives)
@@ -409,6 +484,8 @@ def estimate_dense(model: nn.Module, work: Workload, optimizer: str = "adam") ->
         _retrieval(t, model, work)
     elif name == "HSTURanking":
         _hstu_ranking(t, model, work)
+    elif hasattr(model, "arch") and hasattr(model, "item_embeddings"):  # recsys.models.behavior_sequence
+        _behavior_sequence(t, model, work)
     elif hasattr(model, "cross_net") and hasattr(model, "over_arch"):
         _ranking_arch(t, model, work.batch_size)
         _pinnability_sequence(t, model, work)

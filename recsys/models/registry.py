@@ -20,9 +20,13 @@ from torch import nn
 
 from recsys.data.features import FeatureSpec
 from recsys.errors import ConfigError
+from recsys.models.din import DINConfig, build_din
 from recsys.models.dlrm import DLRM, DLRMConfig
+from recsys.models.emb_mlp import EmbeddingMLPConfig, build_emb_mlp
+from recsys.models.gru4rec import GRU4RecConfig, build_gru4rec
 from recsys.models.hstu_ranking import HSTURanking, HSTURankingConfig
 from recsys.models.hstu import HSTURetrievalConfig, build_hstu_retrieval
+from recsys.models.mimn import MIMNConfig, build_mimn
 from recsys.models.pinnability import (
     BSTRankerConfig,
     Pinnability,
@@ -208,5 +212,46 @@ register(
         build=build_sasrec_retrieval,
         description="SASRec next-item retrieval baseline: causal self-attention + FFN, same data, loss and evaluation as hstu",
         task="retrieval",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="mimn",
+        config_cls=MIMNConfig,
+        build=build_mimn,
+        description="MIMN ranker: NTM user-interest memory (utilisation regularisation) + memory induction unit, "
+        "target-attended readout; explicit per-user state (init_state / update / score)",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="din",
+        config_cls=DINConfig,
+        build=build_din,
+        description="DIN ranker: target attention of the candidate over the whole behaviour sequence (MIMN baseline)",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="emb_mlp",
+        config_cls=EmbeddingMLPConfig,
+        build=build_emb_mlp,
+        description="Embedding&MLP ranker: sum-pooled behaviour sequence + candidate into an MLP (MIMN baseline)",
+    )
+)
+
+
+register(
+    ModelSpec(
+        name="gru4rec",
+        config_cls=GRU4RecConfig,
+        build=build_gru4rec,
+        description="GRU4Rec-style ranker: a GRU over the behaviour sequence, last hidden state + candidate into an MLP (MIMN baseline)",
     )
 )
