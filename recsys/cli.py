@@ -8,7 +8,7 @@
     recsys data inspect --source movielens PATH
     recsys data convert --source movielens PATH OUT
     recsys data synthetic OUT [key=value ...]
-    recsys data fetch amazon-beauty|amazon-sports|ml-100k|ml-1m|ml-20m [--root DIR]
+    recsys data fetch amazon-beauty|amazon-sports|ml-100k|ml-1m|ml-20m [--root DIR] [--url BASE | --from DIR]
     recsys models [PATTERN]
     recsys configs [PATTERN]
     recsys env
@@ -81,7 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     fetch = data_sub.add_parser("fetch", help="download a public data set into the cache folder, checksum-verified")
     fetch.add_argument("name", choices=DATASET_NAMES)
     fetch.add_argument("--root", default=None, help="cache folder (default: $RECSYS_DATA or ~/.cache/recsys-zoo/data)")
-    fetch.add_argument("--url", default=None, help="base address of the files (default: the original source)")
+    where = fetch.add_mutually_exclusive_group()
+    where.add_argument("--url", default=None, help="base address of the files (default: the original source)")
+    where.add_argument("--from", dest="source", default=None,
+                       help="copy the files from this local folder instead, each checked against its pinned SHA-256")
 
     configs = sub.add_parser("configs", help="list the installed YAML configs")
     configs.add_argument("pattern", nargs="?", default="*")
@@ -128,7 +131,7 @@ def _cmd_data(args) -> int:
     if args.data_command == "fetch":
         from recsys.data.datasets import fetch_dataset
 
-        print(fetch_dataset(args.name, root=args.root, base_url=args.url))
+        print(fetch_dataset(args.name, root=args.root, base_url=args.url, source=args.source))
         return 0
     from recsys.data.describe import describe_log, format_description
     from recsys.data.log_io import write_log

@@ -33,3 +33,7 @@ def test_config_loads_and_names_its_command(path):
         return
     cfg = load_config(TrainConfig, path)
     model_config(cfg.model_name, **cfg.model_overrides)  # the model section maps onto the model's dataclass
+    assert not (cfg.data.path or "").startswith(".."), (
+        f"{relative} reads data.path={cfg.data.path!r} outside the project; name a cached set "
+        f"(data.path: dataset:<name>[/<file>], fetched with `recsys data fetch <name>`)"
+    )

@@ -108,3 +108,101 @@ def test_a_config_names_a_cached_set_and_download_fetches_it(tmp_path, monkeypat
                       ["data.path=dataset:amazon-beauty/Beauty.txt", "data.download=true"])
     log = load_events(cfg.data)
     assert log.num_users == 2 and (tmp_path / "cache" / "amazon-beauty" / "Beauty.txt").is_file()
+
+
+# ------------------------------------------------------------------ --from: a verified local copy
+SHARED_FOLDER = {"amazon-beauty": "amazon-s3rec", "amazon-sports": "amazon-s3rec", "ml-100k": "ml-100k"}
+
+
+def local_copy(shared_data, name: str, into: Path) -> Path:
+    """A writable folder holding the real files of ``name`` (skips when the shared data is absent)."""
+    into.mkdir()
+    for file_name in datasets.pinned_files(name):
+        (into / file_name).write_bytes((shared_data(SHARED_FOLDER[name]) / file_name).read_bytes())
+    return into
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", ["amazon-beauty", "amazon-sports", "ml-100k"])
+def test_from_copies_the_real_files_verified_and_once(tmp_path, shared_data, name):
+    source = shared_data(SHARED_FOLDER[name])
+    folder = fetch_dataset(name, root=tmp_path / "cache", source=source)
+    assert folder == tmp_path / "cache" / name
+    assert sorted(p.name for p in folder.iterdir()) == sorted(datasets.pinned_files(name))  # no staging left
+    for file_name, expected in datasets.pinned_files(name).items():
+        assert sha256((folder / file_name).read_bytes()) == expected
+        assert (folder / file_name).read_bytes() == (source / file_name).read_bytes()
+    assert fetch_dataset(name, root=tmp_path / "cache", source=tmp_path / "nowhere") == folder  # nothing to copy
+
+
+@pytest.mark.real_data
+def test_from_a_tampered_real_file_names_it_and_both_digests_and_copies_nothing(tmp_path, shared_data):
+    source = local_copy(shared_data, "ml-100k", tmp_path / "ml-100k")
+    (source / "u.item").write_bytes((source / "u.item").read_bytes()[:-10])  # truncated
+    actual = sha256((source / "u.item").read_bytes())
+    with pytest.raises(DataError) as raised:
+        fetch_dataset("ml-100k", root=tmp_path / "cache", source=source)
+    message = str(raised.value)
+    assert str(source / "u.item") in message and actual in message
+    assert datasets.MOVIELENS_FILES["ml-100k"]["u.item"] in message
+    assert list((tmp_path / "cache" / "ml-100k").iterdir()) == []  # not even the good u.data
+
+
+def test_from_a_tampered_file_raises_and_leaves_the_cache_as_it_was(tmp_path, fake_beauty):
+    source = Path(fake_beauty.removeprefix("file://"))
+    (source / "Beauty_item2attributes.json").write_bytes(b'{"5": [2]}')
+    with pytest.raises(DataError, match=r"Beauty_item2attributes\.json: SHA-256 [0-9a-f]{64} is not the expected"):
+        fetch_dataset("amazon-beauty", root=tmp_path / "cache", source=source)
+    assert list((tmp_path / "cache" / "amazon-beauty").iterdir()) == []
+
+
+def test_from_a_folder_missing_a_file_names_it(tmp_path, fake_beauty):
+    source = Path(fake_beauty.removeprefix("file://"))
+    (source / "Beauty.txt").unlink()
+    with pytest.raises(DataError, match="lacks Beauty.txt of amazon-beauty"):
+        fetch_dataset("amazon-beauty", root=tmp_path / "cache", source=source)
+    with pytest.raises(DataError, match="is not a folder"):
+        fetch_dataset("amazon-beauty", root=tmp_path / "cache", source=tmp_path / "missing")
+
+
+def test_from_is_refused_where_no_file_checksums_are_pinned(tmp_path, fake_beauty):
+    with pytest.raises(ConfigError, match="ml-1m has no pinned file checksums"):
+        fetch_dataset("ml-1m", root=tmp_path, source=tmp_path)
+    with pytest.raises(ConfigError, match="not both"):
+        fetch_dataset("amazon-beauty", root=tmp_path, base_url=fake_beauty, source=tmp_path)
+
+
+def test_cli_fetch_from_copies_the_folder(tmp_path, capsys, fake_beauty):
+    source = Path(fake_beauty.removeprefix("file://"))
+    assert main(["data", "fetch", "amazon-beauty", "--root", str(tmp_path / "cache"), "--from", str(source)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / "amazon-beauty")
+    assert (tmp_path / "cache" / "amazon-beauty" / "Beauty.txt").read_bytes() == b"1 5 6 7\n2 6 7 8\n"
+
+
+# ------------------------------------------------------------------ the configs that read these sets
+REPO = Path(__file__).resolve().parents[3]
+DATASET_CONFIGS = {
+    "amazon-beauty": ["hstu/beauty.yaml", "hstu/beauty_cpu.yaml", "sasrec/beauty.yaml"],
+    "amazon-sports": ["hstu/sports.yaml", "sasrec/sports.yaml"],
+    "ml-100k": ["hstu/ml100k.yaml", "sasrec/ml100k.yaml", "dlrm/ml100k.yaml", "transact/pinnability_ml100k.yaml",
+                "transact/bst_ml100k.yaml", "transact/transact_v1_ml100k.yaml"],
+}
+EVENTS = {"amazon-beauty": (198_502, 22_363), "amazon-sports": (296_337, 35_598), "ml-100k": (100_000, 943)}
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", sorted(DATASET_CONFIGS))
+def test_configs_read_the_set_fetched_from_a_local_copy(tmp_path, monkeypatch, shared_data, name):
+    from recsys.config import load_config
+    from recsys.data.pipeline import load_events
+    from recsys.train.config import TrainConfig
+
+    monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "cache"))
+    assert main(["data", "fetch", name, "--from", str(shared_data(SHARED_FOLDER[name]))]) == 0
+    for config in DATASET_CONFIGS[name]:
+        text = (REPO / "configs" / config).read_text()
+        assert f"recsys data fetch {name}" in text, config  # the header says how to get the data
+        cfg = load_config(TrainConfig, REPO / "configs" / config)
+        assert cfg.data.path.startswith(f"dataset:{name}") and not cfg.data.download, config
+    log = load_events(cfg.data)
+    assert (len(log.user_id), log.num_users) == EVENTS[name]
