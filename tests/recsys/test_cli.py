@@ -105,6 +105,43 @@ def test_eval_of_a_ranking_run_prints_the_training_table(tmp_path, capsys, one_t
     assert _table(capsys.readouterr().out, "test split", "HIT@3:") == _table(trained, "test split", "HIT@3:")
 
 
+# Every ranking entry of the zoo, by the config that trains it on the synthetic feed (dlrm above, the
+# retrieval entries below).
+RANKING_CONFIGS = {
+    "bst": "configs/transact/bst_synthetic.yaml",
+    "din": "configs/din/synthetic.yaml",
+    "emb_mlp": "configs/emb_mlp/synthetic.yaml",
+    "gru4rec": "configs/gru4rec/synthetic.yaml",
+    "hstu_ranking": "configs/hstu/synthetic_ranking.yaml",
+    "mimn": "configs/mimn/synthetic.yaml",
+    "pinnability": "configs/transact/pinnability_synthetic.yaml",
+    "transact_v1": "configs/transact/transact_v1_synthetic.yaml",
+    "transact_v2": "configs/transact/transact_v2_synthetic.yaml",
+}
+
+
+def test_eval_covers_every_zoo_entry():
+    from recsys.models import list_models
+
+    assert set(RANKING_CONFIGS) | {"dlrm", "hstu", "sasrec"} == set(list_models())
+
+
+@pytest.mark.parametrize("model", sorted(RANKING_CONFIGS))
+def test_eval_of_every_ranking_entry_prints_the_training_test_table(tmp_path, capsys, one_thread, model):
+    from tests.tiny import TINY_SYNTHETIC_DATA
+
+    config = RANKING_CONFIGS[model]
+    overrides = [*TINY_SYNTHETIC_DATA, "train.epochs=1", f"output_dir={tmp_path}", "train.progress=false",
+                 "train.baseline=false"]
+    if model == "transact_v2":
+        overrides.append(f"data.lifelong.cache_dir={tmp_path / 'lifelong'}")
+    assert main(["train", "--config", config, *overrides]) == 0
+    trained = capsys.readouterr().out
+    assert main(["eval", "--config", config, *overrides]) == 0
+    evaluated = _table(capsys.readouterr().out, "test split, per-head metrics", "HIT@3:")
+    assert f"{model} test" in evaluated and evaluated == _table(trained, "test split, per-head metrics", "HIT@3:")
+
+
 @pytest.mark.parametrize("model", ["hstu", "sasrec"])
 def test_eval_of_a_retrieval_run_prints_the_training_table(tmp_path, capsys, one_thread, model):
     import yaml
