@@ -10,6 +10,16 @@ TINY_SYNTHETIC_DATA = [
     "data.synthetic.heavy_user_fraction=0.0",
     "data.num_workers=0",
 ]
+# A short training run of any ranking config: two epochs of 256-row batches, no baseline, no mid-run checkpoint.
+TINY_TRAINER = [
+    "train.batch_size=256",
+    "train.eval_batch_size=4096",
+    "train.epochs=2",
+    "train.progress=false",
+    "train.baseline=false",
+    "train.log_every=5",
+    "train.checkpoint_every=0",
+]
 # configs/dlrm/synthetic.yaml's model shrunk to 8-wide embeddings and one crossing layer.
 TINY_SYNTHETIC_DLRM = [
     *TINY_SYNTHETIC_DATA,

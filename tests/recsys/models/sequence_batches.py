@@ -11,7 +11,7 @@ from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
 from recsys.models import get_model
 from recsys.train.config import TrainConfig
-from tests.tiny import TINY_SYNTHETIC_DATA, train_and_evaluate
+from tests.tiny import TINY_SYNTHETIC_DATA, TINY_TRAINER, train_and_evaluate
 
 SPEC = FeatureSpec(num_users=7, num_items=30, content_dim=4, max_sequence=6)
 
@@ -73,13 +73,7 @@ def overfit_loss(name: str, steps: int = 60, **overrides) -> tuple[float, float]
 TINY_RECIPE = [
     *TINY_SYNTHETIC_DATA,
     "data.max_sequence=20",
-    "train.batch_size=256",
-    "train.eval_batch_size=4096",
-    "train.epochs=2",
-    "train.progress=false",
-    "train.baseline=false",
-    "train.log_every=5",
-    "train.checkpoint_every=0",
+    *TINY_TRAINER,
 ]
 
 

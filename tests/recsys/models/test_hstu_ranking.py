@@ -12,7 +12,7 @@ from recsys.models import get_model, list_models
 from recsys.models.hstu_ranking import HSTURanking
 from recsys.modules.hstu import HSTUEncoder
 from recsys.train.config import TrainConfig
-from tests.tiny import TINY_SYNTHETIC_DATA, train_and_evaluate
+from tests.tiny import TINY_SYNTHETIC_DATA, TINY_TRAINER, train_and_evaluate
 
 SPEC = FeatureSpec(num_users=7, num_items=30, content_dim=4, max_sequence=6)
 SMALL = dict(embedding_dim=8, num_heads=2, attention_dim=4, linear_dim=4, over_arch_layers=[8], max_candidates_per_pass=4)
@@ -194,13 +194,7 @@ TINY = [
     "model.attention_dim=8",
     "model.linear_dim=8",
     "model.over_arch_layers=[16]",
-    "train.batch_size=256",
-    "train.eval_batch_size=4096",
-    "train.epochs=2",
-    "train.progress=false",
-    "train.baseline=false",
-    "train.log_every=5",
-    "train.checkpoint_every=0",
+    *TINY_TRAINER,
 ]
 
 
