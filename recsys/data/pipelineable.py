@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 
@@ -29,6 +30,19 @@ def pytree_dataclass(cls: type) -> type:
     return cls
 
 
+def moved(value, device: torch.device, non_blocking: bool = False):
+    """``value.to(device)``; a KeyedJaggedTensor also drops its cached ``to_dict()``.
+
+    TorchRec's ``KeyedJaggedTensor.to`` hands the cached per-key JaggedTensors of the source to the
+    copy unmoved, so a batch whose ``to_dict()`` ran before the move would answer ``to_dict()`` with
+    tensors on the old device.
+    """
+    result = value.to(device=device, non_blocking=non_blocking)
+    if isinstance(result, KeyedJaggedTensor) and result is not value:
+        result._jt_dict = None
+    return result
+
+
 class TensorDataclass(Pipelineable):
     """Pipelineable over every (non-None) field of a dataclass."""
 
@@ -37,7 +51,7 @@ class TensorDataclass(Pipelineable):
         return type(self)(**values)
 
     def to(self, device: torch.device, non_blocking: bool = False):
-        return self._map(lambda v: v.to(device=device, non_blocking=non_blocking))
+        return self._map(lambda v: moved(v, device, non_blocking))
 
     def record_stream(self, stream) -> None:
         for f in dataclasses.fields(self):
