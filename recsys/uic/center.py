@@ -71,7 +71,11 @@ class ApplyResult:
     replayed: int = 0
 
     def counters(self) -> dict[str, int]:
+        """The non-zero counts (what a store's counters add)."""
         return {name: value for name, value in asdict(self).items() if value}
+
+    def __add__(self, other: "ApplyResult") -> "ApplyResult":
+        return ApplyResult(**{name: value + getattr(other, name) for name, value in asdict(self).items()})
 
 
 def model_version_of(model: torch.nn.Module) -> str:
