@@ -14,7 +14,8 @@ from recsys.atomic_files import write_json_atomic
 from recsys.config import to_dict
 from recsys.data.features import FEATURE_SPEC_FILE, save_feature_spec
 from recsys.train.checkpoint import CheckpointManager
-from recsys.train.config import TrainConfig
+from recsys.data.synthetic import SyntheticConfig
+from recsys.train.config import DataConfig, TrainConfig
 from tests.recsys.uic.conftest import SPEC, TINY, tiny_model
 
 
@@ -34,10 +35,9 @@ class _NoOptimizer:
 def write_run(path: Path, seed: int = 0, synthetic: dict | None = None) -> Path:
     """A run folder of :func:`tiny_model` (seed ``seed``) whose config's data section is a small synthetic world."""
     model = tiny_model(seed)
-    cfg = TrainConfig(model={"name": "mimn", **TINY}, output_dir=str(path))
-    cfg.data.max_sequence = SPEC.max_sequence
-    for name, value in (synthetic or {}).items():
-        setattr(cfg.data.synthetic, name, value)
+    world = SyntheticConfig(**(synthetic or {}))
+    cfg = TrainConfig(model={"name": "mimn", **TINY}, data=DataConfig(synthetic=world, max_sequence=SPEC.max_sequence),
+                      output_dir=str(path))
     write_json_atomic(path / "config.json", to_dict(cfg))
     save_feature_spec(SPEC, path / FEATURE_SPEC_FILE)
     CheckpointManager(path / "checkpoints").save(0, _Task(model), _NoOptimizer(), extra={})
