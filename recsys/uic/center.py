@@ -88,6 +88,10 @@ def model_version_of(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _order_key(event: BehaviorEvent) -> tuple[int, int]:
+    return event.order_key
+
+
 @dataclass
 class _UserPlan:
     """One user's part of a batch: where the state starts and which events step it."""
@@ -183,7 +187,9 @@ class UserInterestCenter:
                 counts["replayed"] += len(replay)
                 steps.extend(replay)
             consumed = 0
-            for event in sorted(user_events, key=lambda e: e.order_key):
+            if len(user_events) > 1:
+                user_events = sorted(user_events, key=_order_key)
+            for event in user_events:
                 key = event.order_key
                 if last is not None and key <= last:
                     counts["duplicates" if key == last else "late"] += 1
