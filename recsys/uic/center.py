@@ -234,7 +234,7 @@ class UserInterestCenter:
         if active < len(plans):
             done.append(state.map(lambda t: t[active:]))
         state = state.map(lambda t: t[:active])
-        for step in range(int(sorted_lengths[0]) if len(plans) else 0):
+        for step in range(int(sorted_lengths[0])):
             n = int((sorted_lengths > step).sum())  # users with a step-th event: rows 0..n-1
             if n < state.batch_size:
                 done.append(state.map(lambda t: t[n:]))

@@ -116,3 +116,16 @@ def test_snapshot_keeps_the_last_seven_days_and_rollback_restores(tmp_path, caps
 def test_an_unknown_store_scheme_is_a_clear_error(tmp_path, capsys):
     assert main(["uic", "snapshots", "--store", "postgres:x"]) == 2
     assert "SCHEME one of ['sqlite']" in capsys.readouterr().err
+
+
+def test_warmup_from_a_log_folder(runs, tmp_path, capsys):
+    from recsys.data.log_io import write_log
+
+    old, _ = runs
+    log = generate(SyntheticConfig(**WORLD))
+    write_log(log, tmp_path / "log")
+    assert main(["uic", "warmup", "--checkpoint", str(old), "--events", str(tmp_path / "log"),
+                 "--store", f"sqlite:{tmp_path / 'uic.sqlite'}"]) == 0
+    assert f"from {len(log)} events" in capsys.readouterr().out
+    with SQLiteStateStore(tmp_path / "uic.sqlite") as store:
+        assert len(store.read(range(log.num_users))) == log.num_users

@@ -96,3 +96,19 @@ def test_state_of_one_user_and_the_batched_lookup(service):
 def test_health(service):
     client, center = service
     assert client.get("/health").json()["model_version"] == center.model_version
+
+
+def test_the_daily_snapshot_thread_takes_the_days_snapshot(tmp_path):
+    import datetime as dt
+    import time
+
+    from recsys.uic.http_service import create_app
+
+    model = tiny_model()
+    center = UserInterestCenter(model, SQLiteStateStore(tmp_path / "uic.sqlite"), model_version_of(model))
+    with TestClient(create_app(center, daily_snapshot_keep=7)):
+        deadline = time.monotonic() + 10
+        while not center.store.snapshots() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert center.store.snapshots() == [f"uic-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"]
+    center.store.close()
