@@ -11,6 +11,7 @@
     recsys data fetch amazon-beauty|amazon-sports|ml-100k|ml-1m|ml-20m [--root DIR] [--url BASE | --from DIR]
     recsys models [PATTERN]
     recsys configs [PATTERN]
+    recsys uic serve|warmup|snapshot|rollback|snapshots ...   (the MIMN User Interest Center: recsys/uic/cli.py)
     recsys env
     recsys --version
 
@@ -92,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the model zoo")
     models.add_argument("pattern", nargs="?", default="*")
 
+    from recsys.uic.cli import add_parser as add_uic_parser
+
+    add_uic_parser(sub)
     sub.add_parser("env", help="print torch/fbgemm/torchrec/triton versions and check they belong together")
     return parser
 
@@ -226,7 +230,14 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_uic(args) -> int:
+    from recsys.uic.cli import run
+
+    return run(args)
+
+
 COMMANDS = {
+    "uic": _cmd_uic,
     "env": _cmd_env,
     "models": _cmd_models,
     "configs": _cmd_configs,

@@ -99,11 +99,19 @@ class MIMNRanker(BehaviorSequenceRanker):
 
     def update(self, state: MIMNState, item_ids: torch.Tensor, action_bits: torch.Tensor, mask: torch.Tensor) -> MIMNState:
         """One behaviour event per user: ``item_ids [B]``, ``action_bits [B]``, ``mask [B]`` (False = no event)."""
+        return self.arch.update(state, self.event_embeddings(item_ids, action_bits), mask)
+
+    def event_embeddings(self, item_ids: torch.Tensor, action_bits: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` event embeddings e_k of ``item_ids [N]`` with ``action_bits [N]`` (one table lookup).
+
+        ``update(s, ids, bits, mask) == arch.update(s, event_embeddings(ids, bits), mask)``: a UIC
+        embeds a whole batch of events once, then steps the users through ``arch.update``.
+        """
         one, none = torch.ones_like(item_ids, dtype=torch.int32), torch.zeros_like(item_ids, dtype=torch.int32)
-        events, _ = self.lookup(item_ids, one, item_ids[:0], none)  # [B, D]
+        events, _ = self.lookup(item_ids, one, item_ids[:0], none)  # [N, D]
         if self.action_embeddings is not None:
             events = events + self.action_tokens(action_bits)
-        return self.arch.update(state, events, mask)
+        return events
 
     def score(self, state: MIMNState, candidate_items: torch.Tensor, dense_features: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, H]`` logits of candidate ``candidate_items [B]`` (``dense_features [B, C + T]`` if the model reads them)."""

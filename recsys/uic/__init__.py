@@ -7,6 +7,11 @@ grow with the user's history. Floors, in reading order:
 - ``events.py``: :class:`BehaviorEvent`, the wire format of one event, and its ordering key.
 - ``store.py``: :class:`UserRecord` and the :class:`StateStore` interface every store implements
   (SQLite, the embedded default; Redis, the scale-out store).
+- ``state_codec.py``: one user's state <-> bytes (fixed float32 little-endian layout).
+- ``center.py``: :class:`UserInterestCenter`, which applies event batches (batched across users)
+  and commits them in one store write; ``event_log.py``: an EventLog as events (warm-up, replay).
+- ``sqlite_store.py``: the embedded store; ``snapshots.py``: daily snapshots and rollback.
+- ``http_service.py``: the FastAPI app; ``cli.py``: ``recsys uic serve|warmup|snapshot|rollback``.
 
 Nothing here imports a server library at package import.
 """
