@@ -87,6 +87,6 @@ def _import_redis():
     except ImportError as error:  # pragma: no cover - the test requirements install it
         raise RedisUnavailable(
             "the Python package `redis` is not installed; install it with `pip install redis` "
-            "(it is in requirements/test.txt and the `uic` extra)"
+            "(it is in requirements/test.txt and the `redis` extra)"
         ) from error
     return redis
