@@ -22,9 +22,9 @@ counter values) before its first write, so a commit that fails leaves nothing.
 Snapshots are Lua scripts too (:data:`SNAPSHOT`, :data:`RESTORE`): one script ``COPY``s every record
 key (listed by ``{ns}:users``, no ``SCAN``) under the snapshot's prefix, so a snapshot is a consistent
 cut between commits: every batch is in it whole or not at all, with no pause protocol or versioned
-pointer for readers to follow. The price: the server serves nothing else while it copies (about a
-second per few hundred thousand 4 KB records) and needs memory for the copy. Take snapshots at model
-roll-outs, not on a timer. Counters are ingest totals, not state: snapshots and restores leave them alone.
+pointer for readers to follow. The price: the server serves nothing else while it copies (time
+linear in the records; ``benchmarks/mimn_uic_redis.py`` measures the rate) and needs memory for the
+copy. Take snapshots at model roll-outs, not on a timer. Counters are ingest totals, not state: snapshots and restores leave them alone.
 """
 
 from __future__ import annotations
