@@ -14,9 +14,10 @@ import contextlib
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from recsys.errors import RecsysError
+from recsys.errors import ConfigError, RecsysError
 
 MIN_SERVER_VERSION = (7, 0)
+CONNECT_TIMEOUT_S = 5.0
 
 
 class RedisUnavailable(RecsysError):
@@ -43,6 +44,12 @@ def describe(client: Any) -> str:
 def connect(url_or_client: Any) -> tuple[Any, str, bool]:
     """A client for ``url_or_client``, checked with a ``PING`` and the server version.
 
+    A client made here from a URL never re-sends a command after a connection error: a commit whose reply was lost has run once, and sending it again would add
+    its counters twice; a lost ``XREADGROUP`` reply must send the consumer back to its pending entries,
+    not on to newer ones. The error reaches the caller instead, and at-least-once delivery redoes the
+    work. A client passed in must be made so too (``retry=Retry(NoBackoff(), 0)``): one that retries is
+    a :class:`ConfigError` (``redis.Redis(host=...)`` retries by default).
+
     Returns:
         ``(client, address, owned)``: ``address`` is printable (no password); ``owned`` is True when
         the client was made here from a URL (its owner closes it).
@@ -54,9 +61,17 @@ def connect(url_or_client: Any) -> tuple[Any, str, bool]:
                 f"Redis URL {redact(url_or_client)!r} must start with redis://, rediss:// or unix:// "
                 "(e.g. redis://127.0.0.1:6379/0)"
             )
-        client, address, owned = redis.Redis.from_url(url_or_client), redact(url_or_client), True
+        client = redis.Redis.from_url(url_or_client, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                                      socket_connect_timeout=CONNECT_TIMEOUT_S)
+        client, address, owned = client, redact(url_or_client), True
     else:
         client, address, owned = url_or_client, describe(url_or_client), False
+        if retries(client):
+            raise ConfigError(
+                f"the Redis client for {address} re-sends commands after a connection error ({retries(client)} "
+                "retries), which could apply a commit's counters twice or skip pending stream entries; make it "
+                "with redis.Redis(..., retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)) or pass a URL"
+            )
     with translate_errors(address):
         client.ping()
         version = str(client.info("server")["redis_version"])
@@ -66,6 +81,14 @@ def connect(url_or_client: Any) -> tuple[Any, str, bool]:
             f"{'.'.join(map(str, MIN_SERVER_VERSION))} (COPY, XAUTOCLAIM, Lua scripts with flags). Upgrade the server."
         )
     return client, address, owned
+
+
+def retries(client: Any) -> int:
+    """How many times ``client`` re-sends a command after a connection error (0: never)."""
+    retry = client.get_retry() if hasattr(client, "get_retry") else None
+    if retry is None:
+        return 0
+    return int(retry.get_retries() if hasattr(retry, "get_retries") else getattr(retry, "_retries", 0))
 
 
 @contextlib.contextmanager
@@ -84,6 +107,8 @@ def translate_errors(address: str) -> Iterator[None]:
 def _import_redis():
     try:
         import redis
+        import redis.backoff
+        import redis.retry
     except ImportError as error:  # pragma: no cover - the test requirements install it
         raise RedisUnavailable(
             "the Python package `redis` is not installed; install it with `pip install redis` "

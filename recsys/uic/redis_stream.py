@@ -123,9 +123,15 @@ class RedisEventStream:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(block_ms, int) or block_ms < 0:
+            raise DataError(f"block_ms must be an integer >= 0 (0: do not wait), got {block_ms!r}")
         if not self._claimed:
             self._claim_idle(batch_size)
-        entries = self._read(batch_size, block_ms)
+        try:
+            entries = self._read(batch_size, block_ms)
+        except BaseException:
+            self._pending_cursor = b"0"  # a lost reply may have delivered entries to us: look there first
+            raise
         if not entries:
             return 0
         events, ids, bad = self._parse(entries)

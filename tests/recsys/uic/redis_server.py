@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -83,10 +84,14 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def client(self):
+    def client(self, **kwargs):
+        """A client that never re-sends a command (what the UIC's classes accept)."""
         import redis
+        import redis.backoff
+        import redis.retry
 
-        return redis.Redis(host="127.0.0.1", port=self.port, db=0)
+        return redis.Redis(host="127.0.0.1", port=self.port, db=0, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                           **kwargs)
 
     def _wait_for_ping(self, timeout_s: float = 15.0) -> None:
         import redis
@@ -109,6 +114,55 @@ class RedisServer:
                 time.sleep(0.02)
         finally:
             client.close()
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to a server on ``port`` that can lose one reply, as a network failure would.
+
+    After :meth:`drop_reply_of` ``(b"EVALSHA")`` it forwards the next command containing that word to
+    the server (which runs it), then closes the client's connection instead of relaying the reply.
+    """
+
+    def __init__(self, port: int):
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._armed: bytes | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_reply_of(self, word: bytes) -> None:
+        self._armed = word
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            swallow = threading.Event()
+            threading.Thread(target=self._pump, args=(client, upstream, swallow, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, swallow, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, swallow: threading.Event, requests: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if requests and self._armed and self._armed in data:
+                    self._armed = None
+                    swallow.set()
+                elif not requests and swallow.is_set():
+                    break  # the server's reply to the armed command: lost
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
 
 
 @contextlib.contextmanager

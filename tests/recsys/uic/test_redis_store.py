@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from recsys.errors import DataError
+from recsys.errors import ConfigError, DataError
 from recsys.uic.redis_connection import RedisUnavailable
 from recsys.uic.store import UserRecord
-from tests.recsys.uic.redis_server import RedisServer, free_port, redis_server, redis_store_factory, require_redis
+from tests.recsys.uic.redis_server import RedisServer, ReplyDroppingProxy, free_port, redis_server, redis_store_factory, require_redis
 
 
 @pytest.fixture
@@ -130,6 +130,23 @@ def test_server_crash_keeps_every_acknowledged_batch_and_no_partial_one(tmp_path
         server.stop()
 
 
+def test_a_commit_whose_reply_is_lost_is_not_sent_again(server):
+    """The commit ran once on the server; re-sending it (as a retrying client does) would add its
+    counters twice. The caller gets the error instead (and does not acknowledge its events)."""
+    from recsys.uic.redis_store import RedisStateStore
+
+    proxy = ReplyDroppingProxy(server.port)
+    store = RedisStateStore(proxy.url, "uic")
+    store.commit([record(1)], {"applied": 1})  # loads the script
+    proxy.drop_reply_of(b"EVALSHA")
+    with pytest.raises(RedisUnavailable, match=f"cannot reach Redis at {proxy.url}"):
+        store.commit([record(1, applied=2)], {"applied": 1})
+    assert store.counters() == {"applied": 2}
+    assert store.read([1]) == {1: record(1, applied=2)}
+    store.close()
+    proxy.close()
+
+
 def test_snapshots_restore_and_drop(store):
     store.commit([record(1), record(2)], {"applied": 2})
     store.snapshot("before")
@@ -215,5 +232,19 @@ def test_password_is_not_printed_and_decoded_clients_are_refused(server):
         RedisStateStore(url)
     assert "s3cret" not in str(error.value) and ":***@" in str(error.value)
     with pytest.raises(RedisUnavailable, match="decode_responses=False"):
-        RedisStateStore(redis.Redis(port=server.port, decode_responses=True))
+        RedisStateStore(server.client(decode_responses=True))
     require_redis()
+
+
+def test_clients_that_resend_commands_are_refused_and_given_ones_are_not_closed(server):
+    import redis
+
+    from recsys.uic.redis_store import RedisStateStore
+
+    with pytest.raises(ConfigError, match=r"re-sends commands .*\(\d+ retries\).*Retry\(redis.backoff.NoBackoff\(\), 0\)"):
+        RedisStateStore(redis.Redis(port=server.port))  # redis-py's default retries
+    client = server.client()
+    with RedisStateStore(client, "uic") as store:
+        store.commit([record(1)])
+        assert store.address == f"{server.url}"
+    assert client.ping()  # the caller's client stays open

@@ -19,7 +19,7 @@ from recsys.errors import DataError
 from recsys.uic.events import BehaviorEvent
 from recsys.uic.redis_connection import RedisUnavailable
 from tests.recsys.uic.checksum_consumer import ChecksumApplier
-from tests.recsys.uic.redis_server import free_port, redis_server
+from tests.recsys.uic.redis_server import ReplyDroppingProxy, free_port, redis_server
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -139,6 +139,27 @@ def test_same_consumer_retries_a_failed_batch_before_newer_entries(server):
         stream.consume(recorder, batch_size=10, block_ms=0)
     drain(stream, recorder, batch_size=10)
     assert recorder.events == events and stream.stats.redelivered == 10 and stream.pending() == 0
+
+
+def test_a_lost_read_reply_sends_the_consumer_back_to_its_pending_entries(server):
+    """XREADGROUP ran (the entries are now this consumer's, pending) but its reply was lost: the next
+    consume must deliver those entries before any newer one, else their events would come out late."""
+    from recsys.uic.redis_stream import RedisEventStream
+
+    proxy = ReplyDroppingProxy(server.port)
+    stream = RedisEventStream(proxy.url, "events", "uic", "c1", min_idle_ms=0)
+    recorder = Recorder()
+    assert stream.consume(recorder, batch_size=10, block_ms=0) == 0  # past the start-up take-over
+    events = make_events(3, 10)
+    open_stream(server, "producer").publish(events)
+    proxy.drop_reply_of(b"XREADGROUP")
+    with pytest.raises(RedisUnavailable):
+        stream.consume(recorder, batch_size=10, block_ms=0)
+    assert stream.pending() == 10
+    drain(stream, recorder, batch_size=10)
+    assert recorder.events == events and stream.pending() == 0
+    stream.close()
+    proxy.close()
 
 
 def test_xautoclaim_takes_over_only_entries_idle_for_min_idle_ms(server):
