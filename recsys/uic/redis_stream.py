@@ -128,21 +128,22 @@ class RedisEventStream:
         if not self._claimed:
             self._claim_idle(batch_size)
         try:
-            entries = self._read(batch_size, block_ms)
+            return self._consume_batch(apply, batch_size, block_ms)
         except BaseException:
-            self._pending_cursor = b"0"  # a lost reply may have delivered entries to us: look there first
+            # A failed apply, or a lost reply (read or XACK), may leave entries pending with us: they go
+            # first on the next call, before any newer entry.
+            self._pending_cursor = b"0"
             raise
+
+    def _consume_batch(self, apply, batch_size: int, block_ms: int) -> int:
+        entries = self._read(batch_size, block_ms)
         if not entries:
             return 0
         events, ids, bad = self._parse(entries)
         if bad:
             self._ack(bad)
         if events:
-            try:
-                apply(events)
-            except BaseException:
-                self._pending_cursor = b"0"  # retry these first, before any newer entry
-                raise
+            apply(events)
             self.stats.batches += 1
             self.stats.events += len(events)
             self._ack(ids)
