@@ -7,7 +7,8 @@ behaviour-sequence model of the zoo (``mimn``, ``din``, ``emb_mlp``, ``gru4rec``
 ``recsys train``.
 
 A *behaviour* is an event carrying ``behavior_action`` (or any action when None). Per user, with
-its behaviours b_1 .. b_T in time order (T >= min_sequence + 2, other users give no rows)::
+its behaviours b_1 .. b_T in time order (users whose b_{T-1} sees fewer than ``min_sequence``
+behaviours give no rows)::
 
     b_1 ... b_{T-k-2}  b_{T-k-1} ... b_{T-2}   b_{T-1}     b_T
     only history        train targets          valid target test target
@@ -26,7 +27,7 @@ its behaviours b_1 .. b_T in time order (T >= min_sequence + 2, other users give
   without request ids: before the target's timestamp), as for every ranking row
   (:class:`~recsys.data.examples.RankingExamples`): nothing at or after the target is visible.
 - train targets: the ``train_targets_per_user`` latest behaviours before the valid target (0 = all
-  of them) that have at least ``min_sequence`` behaviours before them.
+  of them) whose sequence holds at least ``min_sequence`` behaviours.
 - the split is by time within each user: every train target of a user precedes its valid target,
   which precedes its test target (ties allowed, never seen: strictly-earlier sequences). The
   split's event sets (:class:`~recsys.data.splits.Split`, for the popularity baseline and the user
@@ -44,7 +45,8 @@ from typing import Literal
 
 import numpy as np
 
-from recsys.data.examples import RankingExamples, sample_unseen_items
+from recsys.data.examples import RankingExamples, first_position_at_or_after, sample_unseen_items
+from recsys.data.request_time import event_request_start
 from recsys.data.features import FeatureSpec
 from recsys.data.schema import EventLog
 from recsys.data.splits import Split
@@ -60,8 +62,9 @@ class LastBehaviorConfig:
     Args:
         behavior_action: the action that makes an event a behaviour (a target or part of the
             count), e.g. ``click`` on the synthetic feed, ``rate`` on MovieLens; None = any action.
-        min_sequence: behaviours a target needs before it (>= 1; the paper drops Amazon samples
-            with fewer than 20). A user needs ``min_sequence + 2`` behaviours to give rows.
+        min_sequence: behaviours a target needs in its sequence, i.e. strictly before its request
+            start (>= 1; the paper drops Amazon samples with fewer than 20). A user gives rows when
+            its valid target has them.
         train_targets_per_user: latest behaviours before the valid target that become training
             targets (>= 0; 0 = all that have ``min_sequence`` behaviours before them).
         negatives: sampled negative rows per target (>= 1; the paper: 1).
@@ -113,10 +116,14 @@ def last_behavior_targets(log: EventLog, config: LastBehaviorConfig) -> LastBeha
     counts = np.bincount(user, minlength=log.num_users)  # [U]
     rank = np.arange(len(behaviors)) - (np.cumsum(counts) - counts)[user]  # [E] 0-based index within the user
     total = counts[user]  # [E]
-    eligible = total >= config.min_sequence + 2
+    visible = visible_behaviors(log, behaviors)  # [E] behaviours in each one's sequence
+    is_valid = rank == total - 2
+    eligible_user = np.zeros(log.num_users, bool)
+    eligible_user[user[is_valid & (visible >= config.min_sequence)]] = True
+    eligible = eligible_user[user]
     test = behaviors[eligible & (rank == total - 1)]
-    valid = behaviors[eligible & (rank == total - 2)]
-    train_rank = eligible & (rank <= total - 3) & (rank >= config.min_sequence)
+    valid = behaviors[eligible & is_valid]
+    train_rank = eligible & (rank <= total - 3) & (visible >= config.min_sequence)
     if config.train_targets_per_user:
         train_rank &= rank >= total - 2 - config.train_targets_per_user
     never = np.iinfo(np.int64).max
@@ -129,12 +136,21 @@ def last_behavior_targets(log: EventLog, config: LastBehaviorConfig) -> LastBeha
     return LastBehaviorTargets(behaviors[train_rank], valid, test, Split.from_labels(labels))
 
 
+def visible_behaviors(log: EventLog, behaviors: np.ndarray) -> np.ndarray:
+    """``[E]`` for each behaviour event (sorted log positions), how many of its user's behaviours lie
+    strictly before its request start: those a row of it would see in its sequence."""
+    starts = event_request_start(log)[behaviors]  # [E]
+    end = first_position_at_or_after(log, log.user_id[behaviors], starts)  # [E] one past the visible events
+    first = log.user_offsets()[log.user_id[behaviors]]  # [E] the user's first event
+    return np.searchsorted(behaviors, end) - np.searchsorted(behaviors, first)
+
+
 def build_last_behavior_examples(log: EventLog, spec: FeatureSpec, config: LastBehaviorConfig, seed: int,
                                  user_weights: np.ndarray | None = None) -> tuple[LastBehaviorTargets, dict[str, RankingExamples]]:
     """The protocol's targets and its train / valid / test rows (each target, then its negatives)."""
     targets = last_behavior_targets(log, config)
     if len(targets.test) == 0:
-        raise DataError(f"no user has {config.min_sequence + 2} behaviours "
+        raise DataError(f"no user has {config.min_sequence} behaviours before its second-to-last one "
                         f"(data.last_behavior.behavior_action={config.behavior_action!r}), so the last-behaviour "
                         "protocol has no test row; lower data.last_behavior.min_sequence or use more data")
     sampler = sample_unseen_items_by_popularity if config.negative_sampling == "popularity" else sample_unseen_items
