@@ -14,14 +14,16 @@ behaviours give no rows)::
     only history        train targets          valid target test target
 
 - every target is a positive row (its actions as labels) plus ``negatives`` rows, all labels 0,
-  same request, of items the user has no event with anywhere in the log (before or after the
-  target, impressions included): "never interacted" is over the whole log, as the project's other
-  sampled negatives. The exclusion set is the user's whole item set, so it never depends on which
-  event is the target. ``negative_sampling``: ``popularity`` (default, the paper's public code:
-  items drawn in proportion to their events in the log, so a negative is as popular as a
-  positive and only the user's interests tell them apart; the code excludes only the target item,
-  we exclude every item of the user) or ``uniform`` over the user's unseen items
-  (:func:`~recsys.data.examples.sample_unseen_items`). Seeds: train ``seed``, valid ``seed + 1``,
+  same request, of items the user never interacted with: no engaged event (any action) with the
+  item anywhere in the log, before or after the target. An item only shown to the user
+  (an impression without action) may be a negative; excluding impressions too would, on a feed
+  where a user is shown much of the catalogue, leave only the unpopular tail as negatives. The
+  exclusion set is the user's whole set of interacted items, so it never depends on which event
+  is the target. ``negative_sampling``: ``popularity`` (default, the paper's public code: items
+  drawn in proportion to their interactions in the log, so a negative is as popular as a positive
+  and only the user's interests tell them apart; the code excludes only the target item, we
+  exclude every item the user interacted with) or ``uniform`` over those items
+  (:func:`~recsys.data.examples.sample_unseen_items` on the interactions). Seeds: train ``seed``, valid ``seed + 1``,
   test ``seed + 2`` (same seed, same rows).
 - a row's sequence is the user's engaged events strictly before its request start (for a log
   without request ids: before the target's timestamp), as for every ranking row
@@ -68,8 +70,8 @@ class LastBehaviorConfig:
         train_targets_per_user: latest behaviours before the valid target that become training
             targets (>= 0; 0 = all that have ``min_sequence`` behaviours before them).
         negatives: sampled negative rows per target (>= 1; the paper: 1).
-        negative_sampling: "popularity" (items in proportion to their events in the log, the
-            paper's code) or "uniform", both over the items the user never had an event with.
+        negative_sampling: "popularity" (items in proportion to their interactions in the log, the
+            paper's code) or "uniform", both over the items the user never interacted with.
     """
 
     behavior_action: str | None = None
@@ -153,7 +155,12 @@ def build_last_behavior_examples(log: EventLog, spec: FeatureSpec, config: LastB
         raise DataError(f"no user has {config.min_sequence} behaviours before its second-to-last one "
                         f"(data.last_behavior.behavior_action={config.behavior_action!r}), so the last-behaviour "
                         "protocol has no test row; lower data.last_behavior.min_sequence or use more data")
-    sampler = sample_unseen_items_by_popularity if config.negative_sampling == "popularity" else sample_unseen_items
+    interactions = log.take(np.flatnonzero(log.engaged()))  # same id spaces: what "interacted" means
+    draw = sample_unseen_items_by_popularity if config.negative_sampling == "popularity" else sample_unseen_items
+
+    def sampler(_, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return draw(interactions, users, rng)
+
     rows = {
         name: RankingExamples.build(log, getattr(targets, name), spec, negatives_per_target=config.negatives,
                                     seed=seed + offset, user_weights=user_weights, negative_sampler=sampler)
