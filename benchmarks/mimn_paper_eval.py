@@ -130,7 +130,7 @@ def plot(summary: dict[str, dict], suite: str, out: Path) -> Path:
     """Bars of mean test AUC per model with 95% CI error bars (PNG beside the JSON)."""
     groups = {"test AUC": {LABELS.get(m, m): tuple(row["auc"]) for m, row in summary.items()}}
     return grouped_bars(groups, png_beside(out), "test AUC (mean ± 95% CI over seeds)",
-                        f"MIMN paper protocol, {suite}: last behaviour vs a sampled negative")
+                        f"MIMN paper protocol ({suite}): last behaviour vs a negative")
 
 
 def main(argv: list[str] | None = None) -> dict:
