@@ -160,3 +160,16 @@ def test_default_sampler_of_ranking_examples_is_unchanged():
     from recsys.data.examples import sample_unseen_items
     b = RankingExamples.build(log, [6, 12], spec, negatives_per_target=1, seed=0, negative_sampler=sample_unseen_items)
     assert np.array_equal(a.item, b.item)
+
+
+@pytest.mark.parametrize("model", ["mimn", "din", "emb_mlp", "gru4rec"])
+def test_every_behaviour_sequence_model_trains_and_evaluates_on_the_protocol(model, tmp_path):
+    from tests.tiny import TINY_TRAINER, train_and_evaluate
+
+    cfg = load_config(TrainConfig, ROOT / f"configs/{model}/lastbehavior_synthetic.yaml", [
+        *TINY_TRAINER, "train.epochs=1", "data.synthetic.num_users=30", "data.synthetic.num_items=300",
+        "data.synthetic.mean_events_per_user=150", "data.max_sequence=20", "data.last_behavior.min_sequence=3",
+        "data.num_workers=0", f"output_dir={tmp_path}"])
+    metrics = train_and_evaluate(cfg)
+    assert list(metrics) == ["click"] and 0.0 <= metrics["click"]["auc"] <= 1.0
+    assert metrics["click"]["positives"] == len(np.unique(build_ranking_data(cfg.data, seed=0).test.event))
