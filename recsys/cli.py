@@ -8,7 +8,7 @@
     recsys data inspect --source movielens PATH
     recsys data convert --source movielens PATH OUT
     recsys data synthetic OUT [key=value ...]
-    recsys data fetch amazon-beauty|amazon-sports|ml-100k|ml-1m|ml-20m [--root DIR] [--url BASE | --from DIR]
+    recsys data fetch amazon-beauty|amazon-sports|ml-100k|ml-latest-small|ml-1m|ml-20m [--root DIR] [--url BASE | --from DIR]
     recsys models [PATTERN]
     recsys configs [PATTERN]
     recsys uic serve|warmup|snapshot|rollback|snapshots ...   (the MIMN User Interest Center: recsys/uic/cli.py)
@@ -30,7 +30,7 @@ from recsys.errors import RecsysError
 # The keys of recsys.data.readers.READERS, named here so that parsing arguments imports no reader.
 READER_NAMES = ("amazon", "amazon_ratings", "events", "log", "movielens")
 # The keys of recsys.data.datasets.DATASETS, likewise.
-DATASET_NAMES = ("amazon-beauty", "amazon-sports", "ml-100k", "ml-1m", "ml-20m")
+DATASET_NAMES = ("amazon-beauty", "amazon-sports", "ml-100k", "ml-latest-small", "ml-1m", "ml-20m")
 
 
 def _version() -> str:

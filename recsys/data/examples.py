@@ -98,6 +98,7 @@ class RankingExamples:
         negatives_per_target: int = 0,
         seed: int = 0,
         user_weights=None,
+        negative_sampler=None,
     ) -> "RankingExamples":
         """Rows for the target events of ``log``, with sampled negatives.
 
@@ -109,6 +110,8 @@ class RankingExamples:
                 items the user never had an event with; 0 for logs with logged negatives.
             seed: seed of the negative sampling (same seed -> same rows).
             user_weights: ``[num_users]`` non-negative loss weight per user; None = all ones.
+            negative_sampler: ``(log, users [M], rng) -> items [M]``, the negatives' items; None =
+                :func:`sample_unseen_items` (uniform over the items each user never had an event with).
 
         Returns:
             ``T * (1 + negatives_per_target)`` rows: each target followed by its negatives.
@@ -124,7 +127,8 @@ class RankingExamples:
         is_negative = np.tile(np.arange(1 + per_target) > 0, len(targets))  # [R]
         event = np.repeat(targets, 1 + per_target)  # [R]
         item = log.item_id[event].copy()
-        item[is_negative] = sample_unseen_items(log, log.user_id[event[is_negative]], np.random.default_rng(seed))
+        sampler = sample_unseen_items if negative_sampler is None else negative_sampler
+        item[is_negative] = sampler(log, log.user_id[event[is_negative]], np.random.default_rng(seed))
         label_bits = np.where(is_negative, 0, log.actions[event]).astype(np.int32)
         if log.request_id is not None:
             request_id = log.request_id[event].astype(np.int64)

@@ -17,6 +17,8 @@ import numpy as np
 
 from recsys.data.examples import RankingExamples
 from recsys.data.features import FeatureSpec
+from recsys.data.last_behavior import PROTOCOL as LAST_BEHAVIOR
+from recsys.data.last_behavior import build_last_behavior_examples, last_behavior_targets
 from recsys.data.schema import EventLog
 from recsys.data.user_weights import user_weights as compute_user_weights
 from recsys.data.splits import Split, leave_one_out, time_split
@@ -105,15 +107,21 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
             when the config has no such section.
         log: an already loaded log (skips :func:`load_events`).
         event_probabilities: ``[N, A]`` exact action probabilities of ``log``'s events (synthetic).
+
+    ``data.protocol: last_behavior`` builds the MIMN paper's rows instead (each user's last
+    behaviour vs sampled negatives, :mod:`recsys.data.last_behavior`); ``data.split``, the
+    fractions, ``negatives_per_target`` and ``train_rows`` are then unused.
     """
     log = load_events(data_cfg) if log is None else log
     if event_probabilities is not None and event_probabilities.shape != (len(log), log.num_actions):
         raise DataError(f"event_probabilities must have shape [{len(log)}, {log.num_actions}] (events x actions of "
                         f"the log), got {event_probabilities.shape}; pass the probabilities generated with this log")
+    spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history, max_sequence=data_cfg.max_sequence)
+    if getattr(data_cfg, "protocol", "events") == LAST_BEHAVIOR:
+        return _last_behavior_data(log, spec, data_cfg, seed, user_weights, event_probabilities)
     split = split_events(log, data_cfg)
     if user_weights is None and getattr(data_cfg, "user_weights", None) is not None:
         user_weights = compute_user_weights(log, data_cfg.user_weights, events=split.train)
-    spec = FeatureSpec.from_log(log, max_history=data_cfg.max_history, max_sequence=data_cfg.max_sequence)
     train_targets = split.train
     if data_cfg.train_rows == "engaged":
         train_targets = train_targets[log.engaged()[train_targets]]
@@ -132,3 +140,14 @@ def build_ranking_data(data_cfg, seed: int, user_weights: np.ndarray | None = No
         test=rows(split.test, data_cfg.eval_negatives_per_target, 2),
         event_probabilities=event_probabilities,
     )
+
+
+def _last_behavior_data(log: EventLog, spec: FeatureSpec, data_cfg, seed: int, user_weights: np.ndarray | None,
+                        event_probabilities: np.ndarray | None) -> RankingData:
+    """:func:`build_ranking_data` under ``data.protocol: last_behavior``."""
+    if user_weights is None and getattr(data_cfg, "user_weights", None) is not None:
+        split = last_behavior_targets(log, data_cfg.last_behavior).split
+        user_weights = compute_user_weights(log, data_cfg.user_weights, events=split.train)
+    targets, rows = build_last_behavior_examples(log, spec, data_cfg.last_behavior, seed, user_weights)
+    return RankingData(log=log, split=targets.split, spec=spec, train=rows["train"], valid=rows["valid"],
+                       test=rows["test"], event_probabilities=event_probabilities)

@@ -2,7 +2,7 @@
 
     state  = MIMN.encode(events, mask)        one MIMN.update per time step   (recsys.modules.mimn)
     logits = MIMN.score(state, c, side)                                        [B, H]
-    auxiliary_loss = utilisation_loss(state.utilisation)                       Eq. (5), weight lambda
+    auxiliary_loss = utilisation_loss(state.utilisation)                       Eq. (8), weight lambda
 
 Training and a User Interest Center share :meth:`MIMNRanker.init_state`, :meth:`MIMNRanker.update`
 (one event per user, ids in) and :meth:`MIMNRanker.score` (the candidates' ids in): a state built
@@ -33,17 +33,18 @@ class MIMNConfig(BehaviorSequenceConfig):
         memory_slots: m, NTM memory slots (= MIU interest channels).
         memory_dim: Dm, width of a slot.
         controller_dim: Dc, the controller GRU's width.
-        induction_dim: Ds, width of an MIU channel.
+        induction_dim: Ds, width of an MIU channel (the paper's §5.1: 32).
         induction_top_k: channels the MIU steps per event (slots with the largest read weights), 1..m.
-        utilisation_regularization: rebalance the writes by the utilisation (Eq. (4)) and add the
-            utilisation loss (Eq. (5)); False = the plain NTM.
-        utilisation_loss_weight: lambda of Eq. (5), >= 0.
+        utilisation_regularization: rebalance the writes by the utilisation (Eqs. (5), (6)) and add the
+            utilisation loss (Eq. (8)); False = the plain NTM.
+        utilisation_loss_weight: lambda of Eq. (8), >= 0, on the utilisation share (the paper gives no
+            value; :mod:`recsys.modules.mimn` relates it to the authors' code).
     """
 
     memory_slots: int = 4
     memory_dim: int = 16
     controller_dim: int = 16
-    induction_dim: int = 16
+    induction_dim: int = 32
     induction_top_k: int = 1
     utilisation_regularization: bool = True
     utilisation_loss_weight: float = 0.1
@@ -85,7 +86,7 @@ class MIMNRanker(BehaviorSequenceRanker):
         self.auxiliary_loss: torch.Tensor | None = None
 
     def forward(self, batch: RankingBatch) -> torch.Tensor:
-        """``[B, H]`` logits; sets ``auxiliary_loss`` (Eq. (5) over the rows with history)."""
+        """``[B, H]`` logits; sets ``auxiliary_loss`` (Eq. (8) over the rows with history)."""
         events, mask, candidates = self.embed(batch.sequence_features, batch.item_id, batch.batch_size)
         state = self.arch.encode(events, mask)
         if self.config.utilisation_regularization:

@@ -7,27 +7,57 @@ User Interest Center (UIC) can apply :meth:`MIMN.update` on every behaviour even
 only reads the state with :meth:`MIMN.score`; training runs the same ``update`` over the padded
 time steps of a batch (:meth:`MIMN.encode`), so the two paths are one implementation.
 
-One event step (paper §4.2, for each row b whose event mask is set; other rows keep their state)::
+One event step (paper §4.2-§4.4, equation numbers of arXiv 1905.09248; for each row b whose event
+mask is set, other rows keep their state)::
 
     h_t      = GRU_c(h_{t-1}, [e_t, r_{t-1}])                           controller
-    w^r_t    = softmax_i(beta^r K(k^r_t, M_{t-1}(i)))                   read head,  Eq. (1)
-    r_t      = sum_i w^r_t(i) M_{t-1}(i)
-    w^w_t    = softmax_i(beta^w K(k^w_t, M_{t-1}(i)))                   write head, Eq. (1)
-    w~^w_t   = w^w_t P_t,  P_t = softmax(W_g u_{t-1})                   utilisation rebalancing, Eq. (4)
-    M_t      = (1 - w~^w_t e^T_t) * M_{t-1} + w~^w_t a^T_t              erase / add, Eq. (2)
-    g_t      = g_{t-1} + w~^w_t                                         utilisation, Eq. (3)
-    S_t(i)   = GRU_s(S_{t-1}(i), [M_t(i), e_t])  if i in topk(w^r_t)    MIU, Eq. (6)
+    w^r_t    = softmax_i(beta^r K(k^r_t, M_{t-1}(i)))                   read head,  Eqs. (1), (2)
+    r_t      = sum_i w^r_t(i) M_{t-1}(i)                                Eq. (3)
+    w^w_t    = softmax_i(beta^w K(k^w_t, M_{t-1}(i)))                   write head, as Eq. (1)
+    w~^w_t   = w^w_t P_t,  P_t = softmax(W_g u_{t-1})                   utilisation rebalancing, Eqs. (5), (6)
+    M_t      = (1 - w~^w_t e^T_t) * M_{t-1} + w~^w_t a^T_t              erase / add, Eq. (4)
+    g_t      = g_{t-1} + w~^w_t                                         utilisation (§4.3), Eq. (7) at t = T
+    S_t(i)   = GRU_s(S_{t-1}(i), [M_t(i), e_t])  if i in topk(w^r_t)    MIU, Eq. (9)
              = S_{t-1}(i)                         otherwise
 
-with K(k, m) = k.m / (|k| |m|) (cosine similarity), beta = 1 + softplus(.) the key strength
-(sharpening), erase e_t = sigmoid(W_e h_t) and add a_t = tanh(W_a h_t). ``u_{t-1}`` is the
-utilisation share ``g_{t-1} / sum_i g_{t-1}(i)``: the paper feeds the cumulative weights, which
-grow with the number of events, so the share keeps the transform's input on one scale for 10 and
-10^4 events. The regularisation loss (Eq. (5)) is ``lambda * sum_i (u_T(i) - mean_j u_T(j))^2``
-per user (the mean is 1/m once anything was written), averaged over the batch
-(:func:`utilisation_loss`), again on the share.
+with K(k, m) = k.m / (|k| |m|) (cosine similarity, Eq. (2)), erase e_t = sigmoid(W_e h_t) and add
+a_t = tanh(W_a h_t). The regularisation loss (Eq. (8)) is ``lambda * sum_i (u_T(i) - mean_j
+u_T(j))^2`` per user, averaged over the batch (:func:`utilisation_loss`).
 
-Readout (§4.2, "the target item attends the memory and the MIU channels")::
+Checked against the paper (arXiv 1905.09248 §4-§5) and the authors' TensorFlow code
+(github.com/UIC-Paper/MIMN, ``script/mimn.py``, ``script/model.py``, ``script/train_book.py``).
+Where this module differs, and why:
+
+- Key strength: Eq. (1) has none; ``beta = 1 + softplus(.)`` sharpens the addressing as in the NTM
+  and in the authors' code (which uses ``2 * (1 + softplus)`` and averages the cosine over the
+  memory and a learned key memory).
+- Rebalancing: the paper's ``P_t = softmax(W_g g_t)`` (Eq. (5)) reads the cumulative weights g,
+  which grow with the number of events; we feed the share ``u = g / sum_i g(i)`` so the transform
+  sees one scale for 10 and 10^4 events, and read ``u_{t-1}`` (before this step's write, which
+  Eq. (5) would otherwise need to compute itself). P is an m x m transfer matrix, row-softmaxed,
+  initialised near the identity. The authors' code instead feeds ``g / 400`` to the head layer and
+  rebalances by an NTM shift + sharpening.
+- Regularisation (Eq. (8)) on the share u rather than on the sum g: on g the loss grows as T^2
+  (T events), so one lambda cannot suit sequences of 100 and 1,000 events. The paper gives no lambda;
+  the authors' code uses 0.001 on g with an extra ``1 / (m B)`` (B the batch), which at their
+  Amazon setting (T = 100, m = 4, B = 128) equals lambda ~0.005 on the share, and ~0.5 at T = 1,000.
+  The configs use 0.1 (``MIMNConfig.utilisation_loss_weight``).
+- MIU (Eq. (9)): the selected channels step on ``[M_t(i), e_t]`` with the memory after this step's
+  write, as the equation writes it; the authors' code feeds ``M_{t-1}(i)`` with its gradient
+  stopped. Top-k of the read weights, k = 1 in the code (``induction_top_k``), one GRU shared by
+  the channels; its width 32 is the paper's (§5.1, ``induction_dim``).
+- Readout: the paper only says the memory and MIU outputs feed the Embedding&MLP network (§4.2,
+  Figure 3). The authors' code concatenates the candidate, the sum-pooled sequence, one more NTM
+  read with the candidate as the controller input, DIN attention of the candidate over the MIU
+  channels and the mean accumulated write times the candidate. We use target attention of the
+  candidate over the memory slots and over the MIU channels (below), with the candidate and the
+  side features, as every behaviour-sequence model of the zoo ends (no sum pooling: that is the
+  Embedding&MLP baseline's arch).
+- Sizes (§5.1): memory slot width = embedding width (16 in the paper, ``memory_dim``), 4 slots
+  best on Amazon and 8 on Taobao (``memory_slots``, default 4), MLP 200 x 80 (the configs use 64 x
+  32 to train on a CPU); the controller width is not given (32 in the code; default here 16).
+
+Readout (the state is read only here, so a UIC can store it and the ranker score any candidate)::
 
     z_M = sum_i softmax_i(q . M_T(i)) M_T(i),   z_S = sum_i softmax_i(q' . S_T(i)) S_T(i)
     logits = MLP([z_M, z_S, c, side]) V^T + b,  q = W_q c, q' = W_q' c
@@ -88,7 +118,7 @@ class MIMNState:
 
 
 def content_address(key: torch.Tensor, strength: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """NTM content addressing (Eq. (1)): ``softmax_i(beta * cos(k, M(i)))``.
+    """NTM content addressing (Eqs. (1), (2), with a key strength): ``softmax_i(beta * cos(k, M(i)))``.
 
     Args:
         key: ``[B, Dm]``; strength: ``[B, 1]`` beta >= 1; memory: ``[B, m, Dm]``.
@@ -101,7 +131,7 @@ def content_address(key: torch.Tensor, strength: torch.Tensor, memory: torch.Ten
 
 
 def erase_add(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
-    """NTM write (Eq. (2)): ``M_t = (1 - w e^T) * M_{t-1} + w a^T``.
+    """NTM write (Eq. (4)): ``M_t = (1 - w e^T) * M_{t-1} + w a^T``.
 
     Args:
         memory: ``[B, m, Dm]``; weights: ``[B, m]``; erase: ``[B, Dm]`` in [0, 1]; add: ``[B, Dm]``.
@@ -120,7 +150,7 @@ def utilisation_share(utilisation: torch.Tensor) -> torch.Tensor:
 
 
 def utilisation_loss(utilisation: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Memory utilisation regularisation (Eq. (5)) on the share: mean_b sum_i (u_b(i) - mean_j u_b(j))^2.
+    """Memory utilisation regularisation (Eq. (8)) on the share: mean_b sum_i (u_b(i) - mean_j u_b(j))^2.
 
     Args:
         utilisation: ``[B, m]`` cumulative write weights g_T.
@@ -153,9 +183,9 @@ class MIMN(nn.Module):
         memory_slots: m.
         memory_dim: Dm.
         controller_dim: Dc.
-        induction_dim: Ds.
+        induction_dim: Ds (the paper's MIU GRU width: 32).
         induction_top_k: MIU channels updated per event (slots with the largest read weights).
-        utilisation_regularization: rebalance the write weights by the utilisation (Eq. (4));
+        utilisation_regularization: rebalance the write weights by the utilisation (Eqs. (5), (6));
             False = the plain NTM write.
         over_arch_layers: widths of the MLP before the heads.
 
@@ -176,7 +206,7 @@ class MIMN(nn.Module):
         memory_slots: int = 4,
         memory_dim: int = 16,
         controller_dim: int = 16,
-        induction_dim: int = 16,
+        induction_dim: int = 32,
         induction_top_k: int = 1,
         utilisation_regularization: bool = True,
         over_arch_layers: tuple[int, ...] = (64,),
@@ -194,7 +224,7 @@ class MIMN(nn.Module):
         # per head: key (Dm) + strength (1); write head also erase (Dm) + add (Dm)
         self.read_head = nn.Linear(controller_dim, dm + 1)
         self.write_head = nn.Linear(controller_dim, 3 * dm + 1)
-        self.rebalance = nn.Linear(m, m * m)  # W_g of Eq. (4): u [m] -> P [m, m]
+        self.rebalance = nn.Linear(m, m * m)  # W_g of Eq. (5): u [m] -> P [m, m]
         nn.init.zeros_(self.rebalance.weight)
         with torch.no_grad():  # start near P = I (the plain NTM write)
             self.rebalance.bias.copy_((5.0 * torch.eye(m)).flatten())
@@ -241,17 +271,17 @@ class MIMN(nn.Module):
         read_weights = content_address(read_out[:, :dm], 1.0 + F.softplus(read_out[:, dm:]), state.memory)  # [B, m], Eq. (1)
         read = torch.einsum("bm,bmd->bd", read_weights, state.memory)  # [B, Dm]
         write_weights = content_address(write_out[:, :dm], 1.0 + F.softplus(write_out[:, dm:dm + 1]), state.memory)
-        write_weights = self.rebalanced(write_weights, state.utilisation)  # [B, m], Eq. (4)
+        write_weights = self.rebalanced(write_weights, state.utilisation)  # [B, m], Eqs. (5), (6)
         erase = torch.sigmoid(write_out[:, dm + 1:2 * dm + 1])  # [B, Dm]
         add = torch.tanh(write_out[:, 2 * dm + 1:])  # [B, Dm]
-        memory = erase_add(state.memory, write_weights, erase, add)  # [B, m, Dm], Eq. (2)
-        utilisation = state.utilisation + write_weights  # [B, m], Eq. (3)
-        induction = self._induce(state.induction, memory, events, read_weights)  # [B, m, Ds], Eq. (6)
+        memory = erase_add(state.memory, write_weights, erase, add)  # [B, m, Dm], Eq. (4)
+        utilisation = state.utilisation + write_weights  # [B, m], g_t (§4.3)
+        induction = self._induce(state.induction, memory, events, read_weights)  # [B, m, Ds], Eq. (9)
         new = MIMNState(memory=memory, utilisation=utilisation, controller=h, read=read, induction=induction)
         return new.where(mask.to(torch.bool), state)
 
     def rebalanced(self, write_weights: torch.Tensor, utilisation: torch.Tensor) -> torch.Tensor:
-        """Eq. (4): ``w~ = w P``, ``P = softmax(W_g u)`` row-wise ``[m, m]``; identity when disabled."""
+        """Eqs. (5), (6): ``w~ = w P``, ``P = softmax(W_g u)`` row-wise ``[m, m]``; identity when disabled."""
         if not self.utilisation_regularization:
             return write_weights
         m = self.memory_slots
@@ -259,7 +289,7 @@ class MIMN(nn.Module):
         return torch.einsum("bi,bij->bj", write_weights, transfer)  # [B, m], still sums to 1
 
     def _induce(self, induction: torch.Tensor, memory: torch.Tensor, events: torch.Tensor, read_weights: torch.Tensor) -> torch.Tensor:
-        """MIU (Eq. (6)): the shared GRU steps the channels of the top-k read slots."""
+        """MIU (Eq. (9)): the shared GRU steps the channels of the top-k read slots."""
         b, m, ds = induction.shape
         inputs = torch.cat([memory, events.unsqueeze(1).expand(-1, m, -1)], dim=-1)  # [B, m, Dm + De]
         stepped = self.induction(inputs.reshape(b * m, -1), induction.reshape(b * m, ds)).view(b, m, ds)

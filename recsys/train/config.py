@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recsys.data.last_behavior import LastBehaviorConfig
 from recsys.data.lifelong_pipeline import LifelongDataConfig
 from recsys.data.synthetic import SyntheticConfig
 from recsys.data.user_weights import UserWeightConfig
@@ -60,6 +61,12 @@ class DataConfig:
             the batches' sequence (:class:`~recsys.data.lifelong_pipeline.LifelongDataConfig`).
         user_weights: each user's loss weight w_u (TransAct's equation (1)), computed from the
             training events and carried by every row (:class:`~recsys.data.user_weights.UserWeightConfig`).
+        protocol: "events" (rows from ``split``, ``negatives_per_target`` and ``train_rows``) or
+            "last_behavior" (the MIMN paper's: each user's last behaviour is the test target, the one
+            before it the validation target, earlier ones training targets, each against sampled
+            unseen items; :mod:`recsys.data.last_behavior`, configured by ``last_behavior``).
+        last_behavior: the rows of the last-behaviour protocol
+            (:class:`~recsys.data.last_behavior.LastBehaviorConfig`).
     """
 
     source: Literal["synthetic", "movielens", "amazon", "amazon_ratings", "events", "log"] = "synthetic"
@@ -79,8 +86,12 @@ class DataConfig:
     num_workers: int = 0
     lifelong: LifelongDataConfig = field(default_factory=LifelongDataConfig)
     user_weights: UserWeightConfig = field(default_factory=UserWeightConfig)
+    protocol: Literal["events", "last_behavior"] = "events"
+    last_behavior: LastBehaviorConfig = field(default_factory=LastBehaviorConfig)
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("events", "last_behavior"):
+            raise ConfigError(f"data.protocol={self.protocol!r} must be 'events' or 'last_behavior'")
         for name in ("negatives_per_target", "eval_negatives_per_target", "max_history", "max_sequence", "num_workers"):
             _check_at_least("data", name, getattr(self, name), 0)
         for name in ("valid_fraction", "test_fraction"):

@@ -111,7 +111,8 @@ def test_a_config_names_a_cached_set_and_download_fetches_it(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------ --from: a verified local copy
-SHARED_FOLDER = {"amazon-beauty": "amazon-s3rec", "amazon-sports": "amazon-s3rec", "ml-100k": "ml-100k"}
+SHARED_FOLDER = {"amazon-beauty": "amazon-s3rec", "amazon-sports": "amazon-s3rec", "ml-100k": "ml-100k",
+                 "ml-latest-small": "ml-latest-small"}
 
 
 def local_copy(shared_data, name: str, into: Path) -> Path:
@@ -123,7 +124,7 @@ def local_copy(shared_data, name: str, into: Path) -> Path:
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("name", ["amazon-beauty", "amazon-sports", "ml-100k"])
+@pytest.mark.parametrize("name", ["amazon-beauty", "amazon-sports", "ml-100k", "ml-latest-small"])
 def test_from_copies_the_real_files_verified_and_once(tmp_path, shared_data, name):
     source = shared_data(SHARED_FOLDER[name])
     folder = fetch_dataset(name, root=tmp_path / "cache", source=source)

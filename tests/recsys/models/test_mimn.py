@@ -19,6 +19,14 @@ def small_model(**overrides):
     return get_model("mimn", feature_spec=SPEC, **{**SMALL, **overrides}).eval()
 
 
+def test_default_sizes_are_the_papers():
+    """§5.1 of the paper: memory slot width = embedding width (16), MIU GRU width 32, 4 slots (Amazon's best)."""
+    config = model_config("mimn")
+    assert (config.memory_slots, config.memory_dim, config.embedding_dim, config.induction_dim) == (4, 16, 16, 32)
+    model = get_model("mimn", feature_spec=SPEC)
+    assert model.arch.induction.hidden_size == 32 and model.init_state(2).induction.shape == (2, 4, 32)
+
+
 def test_config_ranges():
     assert model_config("mimn").utilisation_regularization
     with pytest.raises(ConfigError, match="induction_top_k"):
