@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from recsys.atomic_files import write_json_atomic
+from recsys.plots import grouped_bars, png_beside
 from recsys.uic.events import BehaviorEvent
 from recsys.uic.store import UserRecord
 
@@ -143,6 +144,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rates_plot(report: dict, path: Path) -> Path:
+    """Bars of items/s per step (records for the store, events for the stream)."""
+    groups = {row["step"]: {report["server"]: (row["items_per_s"], float("nan"))} for row in report["rows"]}
+    return grouped_bars(groups, path, "items/s (records or events)", f"UIC on Redis, batches of {report['batch']:,}")
+
+
 def run(url: str | None, records: int, state_bytes: int, batch: int, events: int, fsync: str) -> dict:
     """The report: settings, host, and one row per step."""
     with contextlib.ExitStack() as stack:
@@ -169,7 +176,8 @@ def main() -> None:
     report = run(args.url, args.records, args.state_bytes, args.batch, args.events, args.fsync)
     print(format_table(report["rows"]))
     write_json_atomic(args.out, report)
-    print(f"wrote {args.out}")
+    png = rates_plot(report, png_beside(args.out))
+    print(f"wrote {args.out} and {png}")
 
 
 if __name__ == "__main__":

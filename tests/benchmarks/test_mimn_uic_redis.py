@@ -23,3 +23,10 @@ def test_tiny_run_reports_every_step():
         assert row["items_per_s"] == row["items"] / row["seconds"] > 0
     assert report["rows"][0]["mb_per_s"] == 50 * 4096 / 1e6 / report["rows"][0]["seconds"]
     assert "store commit" in bench.format_table(report["rows"])
+
+
+def test_rates_plot_writes_a_png_beside_the_json(tmp_path):
+    rows = [bench._row(step, 10, 0.5, None, "") for step in ("store commit", "stream publish")]
+    report = dict(server="throwaway, appendfsync always", batch=20, rows=rows)
+    png = bench.rates_plot(report, bench.png_beside(tmp_path / "uic.json"))
+    assert png == tmp_path / "uic.png" and png.stat().st_size > 0
