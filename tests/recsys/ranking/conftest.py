@@ -26,9 +26,10 @@ def world(tmp_path_factory):
     log = generate(config)
     store = LifelongStore.from_log(log)
     rng = np.random.default_rng(0)
-    targets = np.sort(rng.choice(len(log), size=40, replace=False))
+    first_events = np.unique(log.user_id, return_index=True)[1][:3]  # requests with an empty sequence
+    targets = np.unique(np.concatenate([rng.choice(len(log), size=40, replace=False), first_events]))
     spec = FeatureSpec.from_log(log)
-    examples = RankingExamples.build(log, targets, spec, negatives_per_target=7, seed=1)
+    examples = RankingExamples.build(log, targets, spec, negatives_per_target=15, seed=1)
     sequences = build_lifelong_sequences(examples, store, tmp_path_factory.mktemp("lifelong") / "s", SMALL)
     torch.manual_seed(0)
     model = get_model("transact_v2", feature_spec=spec, embedding_dim=8, dense_arch_layers=[16, 8],
