@@ -84,7 +84,8 @@ def _field_specs(spec: FeatureSpec, bucket: Bucket) -> list[tuple[str, torch.dty
         ("windows", torch.int64, (r, WINDOW_COLUMNS)), ("candidate_offsets", torch.int64, (r + 1,)),
         ("item_id", torch.int64, (n,)), ("attributes", torch.int64, (n, len(spec.item_attributes))),
         ("candidate_content", torch.float32, (n, c)),
-        ("token_actions", torch.int32, (t,)), ("token_surface", torch.int32, (t,)), ("token_content", torch.int8, (t, c)),
+        ("token_actions", torch.int32, (t,)), ("token_surface", torch.int32, (t,)),
+        ("token_content", torch.int8, (t, c)),
     ]
 
 
@@ -142,7 +143,8 @@ class HostArena:
         for name in ("requests", "candidates", "tokens"):
             if getattr(need, name) > getattr(self.capacity, name):
                 raise DataError(f"the batch holds {getattr(need, name)} {name}, more than the arena's "
-                                f"max_{name}={getattr(self.capacity, name)}; split the batch or build a larger HostArena")
+                                f"max_{name}={getattr(self.capacity, name)}; split the batch or build a larger "
+                                "HostArena")
         return Bucket(*(_next_bucket(getattr(need, name), MIN_BUCKET[name], getattr(self.capacity, name))
                         for name in ("requests", "candidates", "tokens")))
 

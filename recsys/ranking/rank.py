@@ -237,7 +237,7 @@ def _transact_v2_encoder(model: nn.Module, config: LifelongConfig):
     if model.training:
         raise ConfigError("rank_requests needs the model in eval mode (dropout off); call model.eval() first")
     if config.sequence_length > arch.encoder.max_sequence:
-        raise ConfigError(f"the lifelong config selects {config.sequence_length} S_all tokens but the encoder's position "
-                          f"table holds {arch.encoder.max_sequence}; pass the data.lifelong config the model was "
-                          "trained with")
+        raise ConfigError(f"the lifelong config selects {config.sequence_length} S_all tokens but the encoder's "
+                          f"position table holds {arch.encoder.max_sequence}; pass the data.lifelong config the "
+                          "model was trained with")
     return arch.encoder

@@ -261,7 +261,8 @@ class RankRequestBatch:
             check_request(request, spec, items)
         scales = {r.sequence.scale for r in requests}
         if len(scales) > 1:
-            raise DataError(f"the requests' sequences have different int8 scales {sorted(scales)}; read them from one store")
+            raise DataError(f"the requests' sequences have different int8 scales {sorted(scales)}; "
+                            "read them from one store")
         sequences = [r.sequence for r in requests]
         return cls(
             user_id=np.array([r.user_id for r in requests], dtype=np.int64),

@@ -25,7 +25,8 @@ def test_sequence_from_store_is_the_windows_before_the_request(world):
     impressions = int((before & log.impression & (log.actions == 0)).sum())
     assert sequence.num_tokens - sequence.num_engaged == min(impressions, SMALL.impression_max)
     assert sequence.timestamp.max() < request.request_time
-    assert np.all(sequence.actions[: sequence.num_engaged] != 0) and np.all(sequence.actions[sequence.num_engaged:] == 0)
+    engaged = sequence.num_engaged
+    assert np.all(sequence.actions[:engaged] != 0) and np.all(sequence.actions[engaged:] == 0)
 
 
 def test_batch_holds_each_sequence_once_with_candidate_offsets(world):
@@ -37,7 +38,8 @@ def test_batch_holds_each_sequence_once_with_candidate_offsets(world):
         np.testing.assert_array_equal(batch.candidates[lo:hi], request.candidates)
         t0, t1 = batch.token_offsets[r], batch.token_offsets[r + 1]
         np.testing.assert_array_equal(batch.content[t0:t1], request.sequence.content)
-    np.testing.assert_array_equal(batch.candidate_request(), np.repeat(np.arange(5), [r.num_candidates for r in requests]))
+    sizes = [r.num_candidates for r in requests]
+    np.testing.assert_array_equal(batch.candidate_request(), np.repeat(np.arange(5), sizes))
 
 
 def test_invalid_requests_raise_clear_errors(world):
