@@ -183,7 +183,7 @@ class LifelongTokens:
 
 # -------------------------------------------------------------------- selection (shared)
 @dataclass
-class _Windows:
+class SequenceWindows:
     """Per request ``[n]`` int64 first stream row and length of each sequence."""
 
     lifelong_start: np.ndarray
@@ -194,12 +194,14 @@ class _Windows:
     impression_len: np.ndarray
 
 
-def _windows(engaged_first, engaged_count, impression_first, impression_count, config: LifelongConfig) -> _Windows:
-    """S_LL, S_RT and S_imp as windows of the streams, from the events before each request time."""
+def sequence_windows(engaged_first, engaged_count, impression_first, impression_count,
+                     config: LifelongConfig) -> SequenceWindows:
+    """S_LL, S_RT and S_imp as windows of the streams, from the events before each request time
+    (training and the request path of :mod:`recsys.ranking` share this arithmetic)."""
     realtime_len = np.minimum(engaged_count, config.realtime_max)
     lifelong_len = np.minimum(engaged_count - realtime_len, config.lifelong_max)
     impression_len = np.minimum(impression_count, config.impression_max)
-    return _Windows(
+    return SequenceWindows(
         lifelong_start=engaged_first + engaged_count - realtime_len - lifelong_len,
         lifelong_len=lifelong_len,
         realtime_start=engaged_first + engaged_count - realtime_len,
@@ -209,7 +211,7 @@ def _windows(engaged_first, engaged_count, impression_first, impression_count, c
     )
 
 
-def _expected_lengths(w: _Windows, config: LifelongConfig) -> np.ndarray:
+def expected_lengths(w: SequenceWindows, config: LifelongConfig) -> np.ndarray:
     """``[n]`` stored tokens per request: min(k, length) of every part of S_all, and the realtime history."""
     recent = np.minimum(w.realtime_len, config.realtime_recent)
     return (np.minimum(w.lifelong_len, config.lifelong_k) + recent
@@ -222,7 +224,7 @@ def _select_tokens(
     engaged: EventStream,
     impressions: EventStream,
     values: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    windows: _Windows,
+    windows: SequenceWindows,
     candidates: np.ndarray,
     candidate_request: np.ndarray,
     config: LifelongConfig,
@@ -329,7 +331,7 @@ def serve_lifelong_tokens(
     candidates = _as_candidates(candidate_content, history.engaged.content.shape[1])
     user, time = np.zeros(1, dtype=np.int64), np.array([request_time], dtype=np.int64)
     engaged, engaged_first, engaged_count = engaged_view(history.engaged, user, time, config)
-    windows = _windows(engaged_first, engaged_count, *history.impressions.count_before(user, time), config)
+    windows = sequence_windows(engaged_first, engaged_count, *history.impressions.count_before(user, time), config)
     values = _content_tensors(engaged, history.impressions, device)
     return _select_tokens(engaged, history.impressions, values, windows, candidates,
                           np.zeros(len(candidates), dtype=np.int64), config, history.scale, kernel, device)
@@ -397,7 +399,7 @@ def build_lifelong_sequences(
     _check_store_matches(store, log)
     users = log.user_id[examples.event]  # [R]
     times = examples.request_time  # [R] sequences end strictly before the request starts
-    lengths = _expected_lengths(_request_windows(store, users, times, config), config)  # [R]
+    lengths = expected_lengths(_request_windows(store, users, times, config), config)  # [R]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [R + 1]
     num_tokens, dim = int(offsets[-1]), store.content_dim
     with atomic_directory(path, overwrite) as staging:
@@ -419,19 +421,20 @@ def build_lifelong_sequences(
     return LifelongSequences.open(path)
 
 
-def _request_windows(store: LifelongStore, users: np.ndarray, times: np.ndarray, config: LifelongConfig) -> _Windows:
+def _request_windows(store: LifelongStore, users: np.ndarray, times: np.ndarray,
+                     config: LifelongConfig) -> SequenceWindows:
     """The windows' lengths per query (the first rows are meaningful for ``records == "events"`` only)."""
     first, count = store.engaged.count_before(users, times)
     if config.records == "merged":
         count = store.engaged.count_records_before(users, times)
-    return _windows(first, count, *store.impressions.count_before(users, times), config)
+    return sequence_windows(first, count, *store.impressions.count_before(users, times), config)
 
 
 def _chunk_tokens(examples, store, values, users, times, lo, hi, config, kernel, device) -> LifelongTokens:
     """S_all of rows ``lo:hi``: rows with the same (user, time) are one request."""
     requests, candidate_request = np.unique(np.stack([users, times], axis=1), axis=0, return_inverse=True)
     engaged, first, count = engaged_view(store.engaged, requests[:, 0], requests[:, 1], config)
-    windows = _windows(first, count, *store.impressions.count_before(requests[:, 0], requests[:, 1]), config)
+    windows = sequence_windows(first, count, *store.impressions.count_before(requests[:, 0], requests[:, 1]), config)
     if values is None:  # merged records: this chunk's own engaged table
         values = _content_tensors(engaged, store.impressions, device)
     content = examples.log.items.content_embedding[examples.item[lo:hi]]  # [B, C] float32

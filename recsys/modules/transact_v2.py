@@ -209,9 +209,7 @@ class TransActV2(nn.Module):
         starts = torch.cumsum(lengths, dim=0) - lengths  # [B]
         positions = torch.arange(action_bits.shape[0], device=lengths.device) - starts.repeat_interleave(lengths)  # [V]
         candidate = candidate_content.repeat_interleave(lengths, dim=0)  # [V, C]
-        tokens = (torch.cat([content, candidate], dim=1) + self._action_vectors(action_bits)
-                  + self.surface_embedding(surface) + self.position_embedding(positions))  # [V, 2C]
-        tokens = self.input_projection(tokens)  # [V, d]
+        tokens = self._project_tokens(content, candidate, action_bits, surface, positions)  # [V, d]
         features, outputs, rows, token_index = [], [], [], []
         groups = 1 if torch.compiler.is_exporting() else self.config.length_groups  # export: one static shape
         for group in length_groups(lengths, groups):
@@ -223,6 +221,42 @@ class TransActV2(nn.Module):
         row_order = torch.argsort(torch.cat(rows))  # [B]: back to the input order
         token_order = torch.argsort(torch.cat(token_index))  # [V]
         return TransActV2Encoding(torch.cat(features)[row_order], torch.cat(outputs)[token_order])
+
+    def encode_padded(
+        self,
+        action_bits: torch.Tensor,
+        surface: torch.Tensor,
+        content: torch.Tensor,
+        real: torch.Tensor,
+        candidate_content: torch.Tensor,
+    ) -> torch.Tensor:
+        """The readout ``[B, F]`` of rows padded to one width L: static shapes, no host read, so a
+        CUDA graph can capture it (the request path of :mod:`recsys.ranking`).
+
+        Each row's real tokens come first (``real`` is a prefix of every row); the values at padded
+        slots are ignored (any finite value). Equals :meth:`forward` on the jagged rows up to float
+        rounding: under the causal mask a real token reads only real tokens.
+
+        Args:
+            action_bits: ``[B, L]`` int action bit masks.
+            surface: ``[B, L]`` int surfaces.
+            content: ``[B, L, C]`` float32 content embeddings.
+            real: ``[B, L]`` bool, True at real tokens (a prefix of each row), L <= ``max_sequence``.
+            candidate_content: ``[B, C]``.
+        """
+        rows, width = real.shape
+        positions = torch.arange(width, device=real.device).expand(rows, width)  # [B, L]
+        candidate = candidate_content.unsqueeze(1).expand(-1, width, -1)  # [B, L, C]
+        tokens = self._project_tokens(content, candidate, action_bits, surface, positions)  # [B, L, d]
+        causal = nn.Transformer.generate_square_subsequent_mask(width, device=tokens.device, dtype=tokens.dtype)
+        outputs = self.encoder(tokens, mask=causal, is_causal=True)  # [B, L, d]
+        return self.readout(outputs, real)  # [B, F]
+
+    def _project_tokens(self, content, candidate, action_bits, surface, positions) -> torch.Tensor:
+        """``[..., d]``: ``W_in x_t + b_in`` of the tokens (module docstring), any leading shape."""
+        tokens = (torch.cat([content, candidate], dim=-1) + self._action_vectors(action_bits)
+                  + self.surface_embedding(surface) + self.position_embedding(positions))  # [..., 2C]
+        return self.input_projection(tokens)  # [..., d]
 
     def _encode_rows(self, tokens, starts, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows ``starts, lengths`` (``[b]`` each) padded to their longest: ``features [b, F]``,
@@ -251,10 +285,10 @@ class TransActV2(nn.Module):
         return torch.where(real.any(dim=1, keepdim=True), pooled, 0.0)  # [B, F]
 
     def _action_vectors(self, action_bits: torch.Tensor) -> torch.Tensor:
-        """``[V, 2C]``: the sum of the action vectors of every bit set (zeros for an impression)."""
+        """``[..., 2C]``: the sum of the action vectors of every bit set (zeros for an impression)."""
         bits = torch.arange(self.num_actions, device=action_bits.device)  # [A]
-        multi_hot = ((action_bits.to(torch.int64).unsqueeze(1) >> bits) & 1).to(self.action_embedding.weight.dtype)
-        return multi_hot @ self.action_embedding.weight  # [V, A] @ [A, 2C]
+        multi_hot = ((action_bits.to(torch.int64).unsqueeze(-1) >> bits) & 1).to(self.action_embedding.weight.dtype)
+        return multi_hot @ self.action_embedding.weight  # [..., A] @ [A, 2C]
 
     def _check_inputs(self, lengths, action_bits, surface, content, candidate_content) -> None:
         if torch.compiler.is_exporting():  # the value checks read tensors on the host; eager calls run them

@@ -163,3 +163,17 @@ def test_paper_sizes():
     assert model.input_projection.in_features == 64 and model.model_dim == 64 and model.output_dim == 64
     assert len(model.encoder.layers) == 2 and layer.self_attn.num_heads == 1 and layer.linear1.out_features == 32
     assert model.position_embedding.num_embeddings == 192 and isinstance(layer, nn.TransformerEncoderLayer)
+
+
+def test_encode_padded_equals_the_jagged_forward():
+    """Rows padded to the position table's width (static shapes, the request path) read as the jagged rows."""
+    model = encoder()
+    x = inputs()
+    lengths = x["lengths"]
+    width = model.max_sequence
+    index, real = jagged_index(lengths, width, torch.cumsum(lengths, 0) - lengths)  # [B, L] each
+    safe = torch.where(real, index, 0)
+    with torch.no_grad():
+        padded = model.encode_padded(x["action_bits"][safe] * real, x["surface"][safe] * real,
+                                     x["content"][safe] * real.unsqueeze(-1), real, x["candidate_content"])
+        torch.testing.assert_close(padded, model(**x))
