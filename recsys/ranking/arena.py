@@ -127,7 +127,7 @@ class HostArena:
                             ("max_tokens", max_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"HostArena.{name} must be a positive int, got {value!r}")
-        self.spec, self.device = spec, torch.device(device)
+        self.spec, self.device = spec, _indexed(torch.device(device))
         self.capacity = Bucket(max_requests, max_candidates, max_tokens)
         _, size = _layout(spec, self.capacity)
         cuda = self.device.type == "cuda"
@@ -240,3 +240,10 @@ def _without_history(config: LifelongConfig) -> LifelongConfig:
 
     return replace(LifelongConfig(**{f: getattr(config, f) for f in LifelongConfig.__dataclass_fields__}),
                    realtime_history=0)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:<current>``: the form a tensor's ``.device`` reports, so devices compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
