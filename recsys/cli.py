@@ -12,6 +12,7 @@
     recsys models [PATTERN]
     recsys configs [PATTERN]
     recsys uic serve|warmup|snapshot|rollback|snapshots ...   (the MIMN User Interest Center: recsys/uic/cli.py)
+    recsys serve --checkpoint RUN_DIR [--port 8800] ...        (the model server: recsys/serve/cli.py)
     recsys env
     recsys --version
 
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     from recsys.uic.cli import add_parser as add_uic_parser
 
     add_uic_parser(sub)
+    from recsys.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     sub.add_parser("env", help="print torch/fbgemm/torchrec/triton versions and check they belong together")
     return parser
 
@@ -230,6 +234,12 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from recsys.serve.cli import run
+
+    return run(args)
+
+
 def _cmd_uic(args) -> int:
     from recsys.uic.cli import run
 
@@ -238,6 +248,7 @@ def _cmd_uic(args) -> int:
 
 COMMANDS = {
     "uic": _cmd_uic,
+    "serve": _cmd_serve,
     "env": _cmd_env,
     "models": _cmd_models,
     "configs": _cmd_configs,

@@ -1,8 +1,8 @@
-"""TorchX components of recsys: ``train``, ``evaluate`` and ``plan``, each a typed function
+"""TorchX components of recsys: ``train``, ``evaluate``, ``plan`` and ``serve``, each a typed function
 returning an AppDef whose docstring is its ``--help``.
 
 Installed, they are registered under the ``torchx.components`` entry-point group as
-``recsys.train``, ``recsys.evaluate`` and ``recsys.plan``, beside TorchX's own builtins
+``recsys.train``, ``recsys.evaluate``, ``recsys.plan`` and ``recsys.serve``, beside TorchX's own builtins
 (``dist.ddp``, ``utils.echo``, ...: pyproject.toml registers ``torchx.components`` as well, since
 registering the group replaces the builtins otherwise)::
 
@@ -12,11 +12,12 @@ registering the group replaces the builtins otherwise)::
     torchx run -s local_cwd recsys.evaluate --config configs/dlrm/synthetic.yaml
     torchx run -s local_cwd recsys.plan --config configs/plan/dlrm_1b.yaml \\
         --topology configs/plan/h100_64x8.yaml --out runs/plan-512
+    torchx run -s local_cwd recsys.serve --checkpoint runs/dlrm-synthetic --host 127.0.0.1
 
 ``train`` and ``evaluate`` run ``python -m recsys.cli`` on every process through torchrun, which
 sets RANK/WORLD_SIZE; the recipe joins the process group from them (gloo on CPU, NCCL on GPUs).
 The planner needs no GPU and no process group: one CPU process plans any world size, so ``plan``
-is a single replica.
+is a single replica, and ``serve`` runs ``recsys serve`` in ``replicas`` identical replicas.
 
 The default ``--image`` is what ``docker/Dockerfile`` builds (``docker build -f docker/Dockerfile
 -t recsys-zoo:cpu .``); on Kubernetes push it to a registry and pass
@@ -117,3 +118,41 @@ def plan(
     """
     args = ["plan", "--config", config, "--topology", topology, "--out", out, *overrides]
     return python(*args, m="recsys.cli", image=image, name="recsys-plan", cpu=cpu, memMB=memMB, h=h)
+
+
+def serve(
+    checkpoint: str = "runs/dlrm-synthetic",
+    host: str = "0.0.0.0",
+    port: int = 8800,
+    max_batch: int = 32,
+    queue: int = 256,
+    deadline_ms: float = 100.0,
+    token_file: str | None = None,
+    image: str = DEFAULT_IMAGE,
+    h: str | None = None,
+    cpu: int = 2,
+    memMB: int = 8192,
+    replicas: int = 1,
+) -> specs.AppDef:
+    """Serves a trained checkpoint over HTTP with ``recsys serve`` (POST /rank or /retrieve, GET /ready, /metrics).
+
+    Args:
+        checkpoint: a ``recsys train`` output_dir (or its checkpoints/ or a step_* folder), on storage the replicas see.
+        host: bind address inside the container (``recsys serve`` itself defaults to 127.0.0.1).
+        port: HTTP port, exposed as the role's ``http`` port.
+        max_batch: most requests per model batch.
+        queue: most requests waiting; more get 503 at once.
+        deadline_ms: a request not answered within this gets 503 with Retry-After.
+        token_file: file holding the bearer token requests must carry (recommended off loopback).
+        image: container image with recsys installed (docker/Dockerfile; ignored by local_cwd).
+        h: named resource, overrides cpu/memMB.
+        cpu: CPUs per replica.
+        memMB: memory per replica in MB.
+        replicas: identical server replicas (put a load balancer in front).
+    """
+    args = ["serve", "--checkpoint", checkpoint, "--host", host, "--port", str(port), "--max-batch", str(max_batch),
+            "--queue", str(queue), "--deadline-ms", str(deadline_ms), *(["--token-file", token_file] if token_file else [])]
+    app = python(*args, m="recsys.cli", image=image, name="recsys-serve", cpu=cpu, memMB=memMB, h=h,
+                 num_replicas=replicas)
+    app.roles[0].port_map = {"http": port}
+    return app

@@ -63,6 +63,8 @@ class RankingExamples:
         user_weights: ``[num_users]`` float32 loss weight per user.
         request_time: ``[R]`` int64 start of the row's request (see the module docstring); None =
             computed from the log.
+        surface: ``[R]`` int64 surface id of the row's request; None = its target event's surface
+            (a served request names its own surface: :mod:`recsys.serve.features`).
     """
 
     log: EventLog
@@ -74,6 +76,7 @@ class RankingExamples:
     sampled_negative: np.ndarray
     user_weights: np.ndarray
     request_time: np.ndarray | None = None
+    surface: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.request_time is None:
@@ -169,9 +172,10 @@ class RankingExamples:
         end = self._history_end[rows]  # [B] first event of the user at or after the request time
         time = self.request_time[rows]  # [B]
 
+        surface = log.surface[event] if self.surface is None else self.surface[rows]  # [B]
         engaged, num_engaged = _recent_events(self._engaged_events, start, end, 1)
         return RankingBatch(
-            sparse_features=kjt_from_jagged(self._sparse(event, item, user, start, end)),
+            sparse_features=kjt_from_jagged(self._sparse(surface, item, user, start, end)),
             dense_features=torch.from_numpy(self._dense(item, time, engaged, num_engaged)),
             labels=torch.from_numpy(_multi_hot(self.label_bits[rows], self.spec.num_actions)),
             weights=torch.from_numpy(self.user_weights[user]),
@@ -182,11 +186,11 @@ class RankingExamples:
             **self._sequence(start, end),
         )
 
-    def _sparse(self, event, item, user, start, end) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _sparse(self, surface, item, user, start, end) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """KJT key -> (values, lengths [B]) in ``spec.sparse_features`` order."""
         log, spec = self.log, self.spec
-        one = np.ones(len(event), dtype=np.int32)
-        features = {"user_id": (user, one), "item_id": (item, one), "surface": (log.surface[event], one)}
+        one = np.ones(len(item), dtype=np.int32)
+        features = {"user_id": (user, one), "item_id": (item, one), "surface": (surface, one)}
         for name in spec.item_attributes:
             features[f"item_{name}"] = (log.items.attributes[name][item], one)
         for key, positions in zip(spec.history_features, self._action_events):

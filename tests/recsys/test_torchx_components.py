@@ -32,6 +32,7 @@ class ComponentsParse(ComponentTestCase):
         self.validate(components, "train")
         self.validate(components, "evaluate")
         self.validate(components, "plan")
+        self.validate(components, "serve")
 
 
 def test_torchx_builtins_lists_its_own_components_and_ours():
@@ -39,7 +40,7 @@ def test_torchx_builtins_lists_its_own_components_and_ours():
     assert done.returncode == 0, done.stderr[-3000:]
     listed = {line.split(".", 1)[1].strip() for line in done.stdout.splitlines() if line.strip()[:1].isdigit()}
     assert {"dist.ddp", "dist.torchrun", "utils.echo", "utils.python"} <= listed, done.stdout
-    assert {"recsys.train", "recsys.evaluate", "recsys.plan"} <= listed, done.stdout
+    assert {"recsys.train", "recsys.evaluate", "recsys.plan", "recsys.serve"} <= listed, done.stdout
     echo = torchx("run", "--dryrun", "-s", "local_cwd", "utils.echo", "--msg", "hello")
     assert echo.returncode == 0 and "hello" in echo.stdout + echo.stderr, echo.stderr[-3000:]
 
@@ -63,6 +64,16 @@ def test_plan_component_runs_recsys_plan_in_one_process():
     assert role.args == [
         "-m", "recsys.cli", "plan", "--config", "configs/plan/dlrm_1b.yaml",
         "--topology", "configs/plan/h100_64x8.yaml", "--out", "runs/p", "data.synthetic.num_items=1000",
+    ]
+
+
+def test_serve_component_runs_recsys_serve_with_its_http_port():
+    app = components.serve(checkpoint="runs/dlrm", port=9000, token_file="/secrets/token", replicas=2)
+    (role,) = app.roles
+    assert role.num_replicas == 2 and role.entrypoint == "python" and role.port_map == {"http": 9000}
+    assert role.args == [
+        "-m", "recsys.cli", "serve", "--checkpoint", "runs/dlrm", "--host", "0.0.0.0", "--port", "9000",
+        "--max-batch", "32", "--queue", "256", "--deadline-ms", "100.0", "--token-file", "/secrets/token",
     ]
 
 

@@ -1,0 +1,66 @@
+"""``recsys serve``: serve a ``recsys train`` run over HTTP.
+
+::
+
+    recsys serve --checkpoint RUN_DIR [--host 127.0.0.1 --port 8800] [--max-batch 32] [--max-batch-candidates 4096]
+                 [--max-wait-ms 2] [--queue 256] [--deadline-ms 100] [--max-candidates 2000] [--token-file PATH]
+
+``RUN_DIR`` is a run's ``output_dir`` (or its ``checkpoints/`` or a ``step_*`` folder). The server
+binds 127.0.0.1 unless ``--host`` says otherwise; with ``--token-file`` every request but
+``/health`` and ``/ready`` needs ``Authorization: Bearer <the file's content>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recsys.errors import ConfigError
+
+
+def add_parser(sub) -> None:
+    """Adds ``serve`` to the ``recsys`` parser's subparsers ``sub``."""
+    serve = sub.add_parser("serve", help="serve a trained checkpoint over HTTP (POST /rank, /retrieve; GET /metrics)")
+    serve.add_argument("--checkpoint", required=True, help="a `recsys train` output_dir (or checkpoints/ or step_* folder)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=8800)
+    serve.add_argument("--max-batch", type=int, default=32, help="most requests per model batch")
+    serve.add_argument("--max-batch-candidates", type=int, default=4096, help="most candidates per model batch")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    serve.add_argument("--queue", type=int, default=256, help="most requests waiting; more get 503 at once")
+    serve.add_argument("--deadline-ms", type=float, default=100.0, help="a request not answered by then gets 503")
+    serve.add_argument("--max-candidates", type=int, default=2000, help="most candidates per /rank request")
+    serve.add_argument("--token-file", default=None, help="file holding the bearer token requests must carry")
+    serve.add_argument("--threads", type=int, default=0, help="torch threads of the model (0 = torch's default)")
+
+
+def options_from(args: argparse.Namespace):
+    """The :class:`~recsys.serve.app.ServeOptions` of the command line."""
+    from recsys.serve.app import ServeOptions
+
+    token = None
+    if args.token_file is not None:
+        path = Path(args.token_file)
+        if not path.is_file():
+            raise ConfigError(f"--token-file {path} does not exist; write the token into it or leave the flag out")
+        token = path.read_text(encoding="utf-8").strip()
+    return ServeOptions(max_batch_requests=args.max_batch, max_batch_candidates=args.max_batch_candidates,
+                        max_wait_ms=args.max_wait_ms, queue_size=args.queue, deadline_ms=args.deadline_ms,
+                        max_candidates=args.max_candidates, token=token)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from recsys.serve.app import create_app
+    from recsys.serve.engine import Engine
+
+    options = options_from(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = Engine.load(args.checkpoint)
+    app = create_app(engine, options)
+    print(f"serving {engine.name} ({engine.task}) from {args.checkpoint} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=15)
+    return 0

@@ -1,0 +1,48 @@
+"""Tiny trained runs (session-scoped) and in-process servers for the model server's tests."""
+
+import pytest
+import torch
+
+from recsys.cli import main
+from tests.tiny import TINY_SYNTHETIC_DATA, TINY_SYNTHETIC_DLRM, TINY_TRAINER
+
+TINY_HSTU_RANKING = [
+    *TINY_SYNTHETIC_DATA,
+    "model.embedding_dim=8", "model.num_layers=1", "model.attention_dim=4", "model.linear_dim=4",
+    "model.over_arch_layers=[8]", "model.max_candidates_per_pass=4", "model.dropout=0.0", "data.max_sequence=6",
+]
+
+
+def _train(config: str, out, overrides: list[str]):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--config", config, *overrides, *TINY_TRAINER, "train.epochs=1", f"output_dir={out}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dlrm_run(tmp_path_factory):
+    return _train("configs/dlrm/synthetic.yaml", tmp_path_factory.mktemp("serve-dlrm"), TINY_SYNTHETIC_DLRM)
+
+
+@pytest.fixture(scope="session")
+def hstu_ranking_run(tmp_path_factory):
+    return _train("configs/hstu/synthetic_ranking.yaml", tmp_path_factory.mktemp("serve-hstu-ranking"), TINY_HSTU_RANKING)
+
+
+@pytest.fixture(scope="session")
+def hstu_run(tmp_path_factory):
+    from recsys.train.retrieval import RetrievalRecipe
+    from tests.recsys.train.test_retrieval_recipe import retrieval_config, write_walks
+
+    root = tmp_path_factory.mktemp("serve-hstu")
+    recipe = RetrievalRecipe(retrieval_config(root / "run", "hstu", write_walks(root / "walks.csv"), "train.epochs=1"))
+    recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return root / "run"
