@@ -44,10 +44,10 @@ class TopologyConfig:
         launch_overhead_us: host time per aten op a training step dispatches, in microseconds
             (Python, dispatcher, autograd bookkeeping, launch; ops counted by
             :func:`~recsys.distributed.step_ops.step_ops`). The step's host time is ops x this; a
-            step takes max(host time, device time) + ``step_fixed_ms``. Default 7.6: fitted to the
+            step takes max(host time, device time) + ``step_fixed_ms``. Default 7.6: the line through the
             host-bound rows of ``benchmarks/plan_vs_measured.py`` on one H200 (torch 2.11.0+cu130,
-            torchrec 1.6.1, 2026-12-04; MIMN's ~23k ops in 177 ms against the ~5 ms steps of
-            emb_mlp / dlrm / din); a bare ``x.add_(1)`` loop measured 7.1 us per op there, a small
+            torchrec 1.6.1, 2026-12-04) through emb_mlp (158 ops, ~4.5 ms) and MIMN (~23k ops, 177 ms
+            at batch 64); a bare ``x.add_(1)`` loop measured 7.1 us per op there, a small
             MLP's forward + backward + Adam 12.8 us per op.
         step_fixed_ms: host time per step that does not scale with the ops (DistributedModelParallel's
             input distribution and awaitables, KJT handling, the optimizer's Python), in ms. Default

@@ -134,3 +134,15 @@ def test_peak_is_the_largest_phase_not_the_sum_of_the_parts():
                          Workload(256, LengthDistribution.fixed(100), num_items=10**5))
     assert big.step_peak_bytes == big.phase_bytes["backward"] > big.activation_bytes + big.gradient_bytes
     assert big.transient_bytes == big.backward_transient_bytes > 0
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "dlrm", "hstu_ranking"])
+def test_step_ops_extrapolated_in_length_match_a_traced_step(name):
+    """The op count traced at two short lengths and extrapolated to 40 events equals the ops a
+    TorchDispatchMode counts over a real step (forward, backward, Adam) at 40 events."""
+    from recsys.distributed.step_ops import step_ops, traced_ops
+
+    counted, longest = traced_ops(name, 40, {"embedding_dim": 16})
+    assert step_ops(name, {"embedding_dim": 16}, longest) == pytest.approx(counted, rel=0.02)
+    if name == "gru4rec":  # CPU runs nn.GRU step by step; cuDNN as one op: no growth with the length
+        assert step_ops(name, {"embedding_dim": 16}, longest, fused_rnn=True) < 0.7 * counted
