@@ -53,18 +53,29 @@ CPU_WORLD = SyntheticConfig(num_users=60, num_items=300, mean_events_per_user=80
                             heavy_user_events=600)
 
 
-def measure(name: str, batch_size: int, args, ctx) -> dict:
-    """Plans and trains one (model, batch size); returns the planned and measured numbers."""
-    device = ctx.device
-    world = GPU_WORLD if device.type == "cuda" else CPU_WORLD
+MEMORY_BAR, TIME_BAR = 0.20, 2.0  # planned peak within 20% of the measured one, planned step within 2x
+
+
+def plan_case(name: str, batch_size: int, args, device_type: str, hbm_gb: float | None = None):
+    """(report, probe data, model overrides): the plan of one (model, batch size) as it is trained
+    on ``device_type`` (the data, sizes and topology of that device; planned on any machine)."""
+    world = GPU_WORLD if device_type == "cuda" else CPU_WORLD
     overrides = (TINY.get(name, TINY_DEFAULT) if args.tiny else {})
     data = probe_data(name, batch_size, args.max_len, world, cache_dir=str(Path(args.out) / "lifelong"),
-                      fused_attention=device.type == "cuda")
+                      fused_attention=device_type == "cuda")
     overrides = {**data.overrides, **overrides}
-    report = plan_dry_run(name, data.spec, _topology(device, args), batch_size=data.work.batch_size,
+    report = plan_dry_run(name, data.spec, _topology(device_type, args, hbm_gb), batch_size=data.work.batch_size,
                           lengths=data.work.lengths, matmul_precision=args.matmul_precision,
                           lifelong_rows={k: getattr(data.work, k) for k in ("impressions_per_row", "next_action_pairs_per_row")},
                           **overrides)
+    return report, data, overrides
+
+
+def measure(name: str, batch_size: int, args, ctx) -> dict:
+    """Plans and trains one (model, batch size); returns the planned and measured numbers."""
+    device = ctx.device
+    hbm = torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else None
+    report, data, overrides = plan_case(name, batch_size, args, device.type, hbm)
     model = with_loss(get_model(name, feature_spec=data.spec, device=torch.device("meta"), **overrides), data.spec)
     plan = report.plan
     if hasattr(model, "loss") and hasattr(model, "model"):  # RankingTask: its tables sit under "model."
@@ -79,28 +90,51 @@ def measure(name: str, batch_size: int, args, ctx) -> dict:
         optimizer.step()
 
     peak, times = _run(step, device, args.warmup, args.steps)
+    return row(name, report, data, args.max_len, peak, statistics.median(times))
+
+
+def row(name: str, report, data, max_len: int, peak_gb: float | None, step_ms: float) -> dict:
+    """One result row: planned parts and totals, measured peak and step, their ratios and the bars."""
     rank = report.ranks[0]
+    planned_gb, planned_ms = rank.memory_gb["total"], report.step_ms["total"]
     return {
         "model": name,
         "batch_size": data.work.batch_size,
-        "max_len": args.max_len,
+        "max_len": max_len,
         "mean_len": data.work.lengths.mean,
-        "planned_gb": rank.memory_gb["total"],
+        "planned_gb": planned_gb,
         "planned_parts_gb": {k: v for k, v in rank.memory_gb.items() if k != "total"},
-        "measured_peak_gb": peak,
-        "memory_ratio": peak / rank.memory_gb["total"] if peak else None,
-        "planned_step_ms": report.step_ms["total"],
+        "planned_ops_per_step": report.dense.ops_per_step,
+        "measured_peak_gb": peak_gb,
+        "memory_ratio": peak_gb / planned_gb if peak_gb else None,
+        "planned_step_ms": planned_ms,
         "planned_step_parts_ms": report.step_ms,
-        "measured_step_ms": statistics.median(times),
-        "time_ratio": statistics.median(times) / report.step_ms["total"],
+        "measured_step_ms": step_ms,
+        "time_ratio": step_ms / planned_ms,
+        **meets_bars(planned_gb, peak_gb, planned_ms, step_ms),
     }
 
 
-def _topology(device: torch.device, args) -> TopologyConfig:
-    hbm = torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else 80.0
+def meets_bars(planned_gb: float, measured_gb: float | None, planned_ms: float, measured_ms: float) -> dict:
+    """Whether the planned peak is within ``MEMORY_BAR`` of the measured one (None off GPU) and the
+    planned step within ``TIME_BAR`` times the measured one, either way."""
+    memory_ok = None if not measured_gb else abs(planned_gb - measured_gb) <= MEMORY_BAR * measured_gb
+    time_ok = 1 / TIME_BAR <= measured_ms / planned_ms <= TIME_BAR
+    return {"memory_ok": memory_ok, "time_ok": time_ok}
+
+
+def summary(rows: list[dict]) -> str:
+    """One line: how many rows meet each bar."""
+    measured = [r for r in rows if r["memory_ok"] is not None]
+    memory = f"{sum(r['memory_ok'] for r in measured)}/{len(measured)}" if measured else "not measured"
+    return (f"bars met: memory within {MEMORY_BAR:.0%} {memory}, step within {TIME_BAR:g}x "
+            f"{sum(r['time_ok'] for r in rows)}/{len(rows)} rows")
+
+
+def _topology(device_type: str, args, hbm_gb: float | None = None) -> TopologyConfig:
     peak = {"fp32_tflops": args.peak_tflops, "tf32_tflops": args.peak_tflops, "bf16_tflops": args.peak_tflops}
-    return TopologyConfig(hosts=1, devices_per_host=1, compute_device=device.type, hbm_gb=hbm,
-                          compute_efficiency=args.efficiency, **peak)
+    return TopologyConfig(hosts=1, devices_per_host=1, compute_device=device_type, hbm_gb=hbm_gb or 80.0,
+                          compute_efficiency=args.efficiency, hbm_bw_gbps=args.hbm_bw_gbps, **peak)
 
 
 def _run(step, device: torch.device, warmup: int, steps: int):
@@ -168,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="tiny model widths (the CPU smoke run)")
     parser.add_argument("--peak-tflops", type=float, default=67.0, help="the device's fp32 dense peak (H100 SXM: 67)")
     parser.add_argument("--efficiency", type=float, default=0.4, help="fraction of the peak the plan assumes")
+    parser.add_argument("--hbm-bw-gbps", type=float, default=4800.0, help="the device's memory bandwidth (H200: 4800)")
     parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -186,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                 _print_row(rows[-1])
     finally:
         teardown(ctx)
+    print(summary(rows), flush=True)
     out = Path(args.out)
     result = {"device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
               "peak_tflops": args.peak_tflops, "efficiency": args.efficiency, "rows": rows}
@@ -196,8 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _print_row(r: dict) -> None:
     ratio = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+    mark = {True: "ok", False: "MISS", None: "-"}
     print(f"{r['model']:<14} B={r['batch_size']:<6} memory planned {r['planned_gb']:.3f} GB measured/planned {ratio:<5} "
-          f"step planned {r['planned_step_ms']:.2f} ms measured {r['measured_step_ms']:.2f} ms", flush=True)
+          f"[{mark[r['memory_ok']]}] step planned {r['planned_step_ms']:.2f} ms measured {r['measured_step_ms']:.2f} ms "
+          f"[{mark[r['time_ok']]}]", flush=True)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ class DenseEstimate:
     activation_parts: Dict[str, int]
     flop_parts: Dict[str, float]
     launches: int = 0
+    forward_transient_bytes: int = 0
+    backward_transient_bytes: int = 0
 
     @property
     def gradient_bytes(self) -> int:
@@ -108,6 +110,42 @@ class DenseEstimate:
     def flops(self) -> float:
         return float(sum(self.flop_parts.values()))
 
+    @property
+    def phase_bytes(self) -> Dict[str, int]:
+        """Bytes made during the step that are alive at each phase's peak (parameters and
+        optimizer state, which live throughout, excluded):
+
+        - forward: the saved activations + the forward's largest transient (tensors a layer makes
+          and drops, e.g. the padded ``[B, N, D]`` copy of a jagged sequence);
+        - backward: saved activations + parameter gradients + the largest backward transient (the
+          gradients of a layer's widest activations alive at once with everything saved before
+          it: the ``[B, H, N, N]`` score gradients, the sampled softmax's ``[N, U]`` logit gradients);
+        - optimizer: the gradients + one parameter-sized temporary of the multi-tensor (foreach)
+          Adam update, activations all freed.
+        """
+        saved = self.activation_bytes
+        return {
+            "forward": saved + self.forward_transient_bytes,
+            "backward": saved + self.gradient_bytes + self.backward_transient_bytes,
+            "optimizer": self.gradient_bytes + (self.parameter_bytes if self.optimizer_bytes else 0),
+        }
+
+    @property
+    def step_peak_bytes(self) -> int:
+        """The most step-made bytes alive at once: the max over :attr:`phase_bytes` (what a
+        live-tensor count over one step measures, :class:`~recsys.distributed.step_trace.StepTrace`)."""
+        return max(self.phase_bytes.values())
+
+    @property
+    def peak_bytes(self) -> int:
+        """Peak dense + activation bytes of a step: parameters + optimizer state + :attr:`step_peak_bytes`."""
+        return self.parameter_bytes + self.optimizer_bytes + self.step_peak_bytes
+
+    @property
+    def transient_bytes(self) -> int:
+        """What the peak holds beyond parameters, gradients, optimizer state and saved activations."""
+        return max(self.peak_bytes - self.dense_bytes - self.activation_bytes, 0)
+
     def overhead_ms(self, launch_us: float) -> float:
         """Per-step framework time of eager execution: ``launches`` x ``launch_us`` (dominates small models)."""
         return self.launches * launch_us / 1e3
@@ -123,6 +161,11 @@ class _Tally:
     def __init__(self) -> None:
         self.bytes: Dict[str, int] = {}
         self.flops: Dict[str, float] = {}
+        self.transient = {"forward": 0, "backward": 0}
+
+    def peak(self, phase: str, nbytes: float) -> None:
+        """A transient of ``phase`` (not saved for backward, alive at that phase's peak): the largest counts."""
+        self.transient[phase] = max(self.transient[phase], int(round(nbytes)))
 
     def add(self, part: str, nbytes: float = 0, flops: float = 0) -> None:
         self.bytes[part] = self.bytes.get(part, 0) + int(round(nbytes))
@@ -182,6 +225,8 @@ def _torch_encoder_layer(t: _Tally, part: str, layer: nn.TransformerEncoderLayer
             kept += 5 * e * d + 2 * rows * heads * width
         else:
             kept += 7 * e * d + (3 if drop else 2) * rows * heads * width * width
+        # backward transient: the gradients of probabilities and scores (math path) or of q, k, v (fused)
+        t.peak("backward", F32 * (3 * e * d if fused else 2 * rows * heads * width * width))
         t.add(part, F32 * kept)
         t.add(part, flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
               + _matmul_flops(e, ff, d) + _attention_flops(rows, heads, width, width, d // heads, d // heads))
@@ -202,6 +247,7 @@ def _hstu_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray) -> None:
         drop = layer.dropout.p > 0
         per_token = 2 * d + 4 + 2 * h * (2 * dv + 2 * dqk) + (4 if drop else 3) * h * dv + 2
         padded = b * h * n * (2 * dqk + dv) + 2 * b * h * n * n + b
+        t.peak("backward", F32 * 2 * b * h * n * n)  # gradients of the scores before and after SiLU
         t.add("encoder", F32 * (tokens * per_token + padded))
         t.add("encoder", flops=_matmul_flops(tokens, d, layer.f1.out_features) + _matmul_flops(tokens, h * dv, d)
               + _attention_flops(b, h, n, n, dqk, dv))
@@ -228,6 +274,7 @@ def _sasrec_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, fused: bo
         h, ff = layer.num_heads, layer.ffn[0].out_features
         kept = e * (4 * d + 4 + ff) + (e * (2 * ff + d) if drop else 0) + 4 * e * d
         kept += b * h * n + b * n * n if fused else 3 * b * h * n * n
+        t.peak("backward", F32 * (3 * e * d if fused else 2 * b * h * n * n))
         t.add("encoder", F32 * kept)
         t.add("encoder", flops=_matmul_flops(e, d, 3 * d) + _matmul_flops(e, d, d) + _matmul_flops(e, d, ff)
               + _matmul_flops(e, ff, d) + _attention_flops(b, h, n, n, d // h, d // h))
@@ -256,6 +303,7 @@ def _sampled_softmax(t: _Tally, loss: nn.Module, queries: float, d: int, num_ite
     k = loss.num_negatives
     if loss.negatives == "in_batch":
         t.add("loss", F32 * (4 * queries * d + 2 * queries * queries) + BOOL * queries * queries + I64 * queries)
+        t.peak("backward", F32 * 2 * queries * queries)  # the logits' gradient and its softmax
         t.add("loss", flops=_matmul_flops(queries, d, queries))
         return
     draws = queries * (1 + k)
@@ -263,9 +311,12 @@ def _sampled_softmax(t: _Tally, loss: nn.Module, queries: float, d: int, num_ite
     common = 4 + I64 * (queries + draws) + (F32 + BOOL) * draws + F32 * queries * (1 + 3 * d) + F32 * distinct * (2 + 2 * d)
     if distinct <= k * d:  # scores against every distinct item, then gathered
         t.add("loss", common + F32 * distinct * d + F32 * queries * distinct)
+        # gradients of the [N, U] scores (and the scatter into them) and of the gathered [N, 1 + K] logits
+        t.peak("backward", F32 * 2 * (queries * distinct + queries * (1 + k)))
         t.add("loss", flops=_matmul_flops(queries, d, distinct))
     else:  # gathered [N, K, D]
         t.add("loss", common + F32 * queries * k * d)
+        t.peak("backward", F32 * (queries * k * d + 2 * queries * (1 + k)))  # grads of [N, K, D] and the logits
         t.add("loss", flops=6.0 * queries * k * d)
 
 
@@ -375,10 +426,13 @@ def _behavior_sequence(t: _Tally, model: nn.Module, work: Workload) -> None:
     arch, name = model.arch, type(model.arch).__name__
     if name == "SumPoolingArch":
         t.add("sequence_encoder", BOOL * b * longest)
+        t.peak("forward", F32 * 2 * b * longest * d)  # the padded [B, L, D] events and their masked copy
     elif name == "DINArch":
         _din(t, arch, b, longest, d)
+        t.peak("backward", F32 * b * longest * _linears(arch.attention.unit)[0].in_features)  # grad of the unit's input
     elif name == "GRUArch":
         _gru(t, arch.gru, b, longest, d)
+        t.peak("backward", F32 * b * longest * 4 * arch.gru.hidden_size)  # grads of the [B, L, 3h] gates and [B, L, h] outputs
         t.add("sequence_encoder", I64 * 2 * b + BOOL * b)  # the gather at each row's last event
     elif name == "MIMN":
         _mimn(t, arch, b, longest, d)
@@ -497,6 +551,8 @@ def estimate_dense(model: nn.Module, work: Workload, optimizer: str = "adam") ->
         optimizer_bytes=params * OPTIMIZER_STATES[optimizer],
         activation_parts=t.bytes,
         flop_parts=t.flops,
+        forward_transient_bytes=t.transient["forward"],
+        backward_transient_bytes=t.transient["backward"],
         launches=3 * sum(1 for m in model.modules() if not list(m.children())),  # fwd, bwd, optimizer per leaf
     )
 

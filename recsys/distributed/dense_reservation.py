@@ -23,12 +23,15 @@ from recsys.distributed.dense_estimate import DenseEstimate
 DEFAULT_HEADROOM = 0.15  # TorchRec's default percentage
 
 
-def dense_reservation(estimate: DenseEstimate, headroom: float = DEFAULT_HEADROOM) -> HeuristicalStorageReservation:
-    """A reservation of ``estimate``'s dense + activation bytes on every rank, plus ``headroom`` of HBM."""
+def dense_reservation(estimate: DenseEstimate, headroom: float = DEFAULT_HEADROOM,
+                      fixed_bytes: float = 0.0) -> HeuristicalStorageReservation:
+    """A reservation of ``estimate``'s peak (dense state + the largest phase of the step, see
+    :attr:`~recsys.distributed.dense_estimate.DenseEstimate.peak_bytes`) plus ``fixed_bytes`` (the
+    cuBLAS workspaces) on every rank, plus ``headroom`` of HBM."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchRec's notice on its own dense guess: we pass ours
         return HeuristicalStorageReservation(
-            percentage=headroom, dense_tensor_estimate=max(estimate.dense_bytes + estimate.activation_bytes, 1)
+            percentage=headroom, dense_tensor_estimate=max(int(estimate.peak_bytes + fixed_bytes), 1)
         )
 
 
@@ -42,4 +45,7 @@ def training_reservation(model, cfg, spec, device_type: str, log=None) -> Heuris
     lengths = plan_lengths(cfg, inner, log=log)
     work = Workload(cfg.train.batch_size, lengths, num_items=spec.num_items, fused_attention=device_type == "cuda",
                     **lifelong_rows(cfg.data))
-    return dense_reservation(estimate_dense(model, work, cfg.optim.dense.name))
+    from recsys.distributed.topology import TopologyConfig
+
+    fixed = TopologyConfig(compute_device="cuda").fixed_bytes if device_type == "cuda" else 0.0
+    return dense_reservation(estimate_dense(model, work, cfg.optim.dense.name), fixed_bytes=fixed)

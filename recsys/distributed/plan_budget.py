@@ -34,6 +34,11 @@ class MemoryBudget:
         activations: activations saved for backward at the planned batch.
         inputs: the input KJTs' reservation.
         tables: the largest per-rank total of embedding shards (0 before planning).
+        transient: what the step's peak holds beyond dense state and saved activations (the
+            backward's gradient buffers, the optimizer's temporaries:
+            :attr:`~recsys.distributed.dense_estimate.DenseEstimate.transient_bytes`).
+        fixed: allocations of every step whatever the model (cuBLAS workspaces,
+            :attr:`~recsys.distributed.topology.TopologyConfig.fixed_bytes`).
     """
 
     capacity: float
@@ -42,6 +47,8 @@ class MemoryBudget:
     activations: float
     inputs: float
     tables: float = 0.0
+    transient: float = 0.0
+    fixed: float = 0.0
 
     @property
     def usable(self) -> float:
@@ -49,15 +56,15 @@ class MemoryBudget:
 
     @property
     def used(self) -> float:
-        return self.dense + self.activations + self.inputs + self.tables
+        return self.dense + self.activations + self.transient + self.fixed + self.inputs + self.tables
 
     @property
     def fits(self) -> bool:
         return self.used <= self.usable
 
     def as_gb(self) -> Dict[str, float]:
-        return {name: getattr(self, name) / GB for name in ("capacity", "usable", "dense", "activations", "inputs",
-                                                             "tables", "used")}
+        return {name: getattr(self, name) / GB for name in ("capacity", "usable", "dense", "activations", "transient",
+                                                             "fixed", "inputs", "tables", "used")}
 
 
 def largest_batch(bytes_at: Callable[[int], float], usable: float) -> int:
@@ -88,7 +95,9 @@ def does_not_fit_message(
         f"  activations kept for backward {gb['activations']:.1f} GB (sequences up to {max_length} tokens, "
         f"mean {mean_length:.0f}; largest parts: "
         + ", ".join(f"{name} {value / GB:.1f} GB" for name, value in biggest) + ")",
+        f"  backward / optimizer transients at the step's peak {gb['transient']:.2f} GB",
         f"  dense parameters + gradients + optimizer state {gb['dense']:.2f} GB",
+        f"  fixed allocations (cuBLAS workspaces) {gb['fixed']:.2f} GB",
         f"  input KJTs {gb['inputs']:.2f} GB",
         f"  embedding tables at least {gb['tables']:.2f} GB per rank (spread evenly), with optimizer state"
         if budget.tables else "  embedding tables: not placed (nothing is left for them)",

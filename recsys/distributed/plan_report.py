@@ -7,10 +7,15 @@ chose and what it expects:
 - per table: sharding type, compute kernel, ranks, shards, estimated perf (ms) and storage (GB);
 - per rank: memory by part against capacity: embedding shards, dense model (parameters,
   gradients, optimizer state), activations kept for backward, input KJTs
-  (:mod:`recsys.distributed.dense_estimate`; the dense and activation bytes are the planner's
-  storage reservation, so tables go only where they leave room) and the estimated step time:
-  embedding lookups (fwd/bwd compute + comms: the planner's ``Perf.total``), dense compute (FLOPs
-  at ``topology.compute_efficiency`` of the device's peak) and the dense gradient all-reduce;
+  (:mod:`recsys.distributed.dense_estimate`), the step's transients at its peak (the peak is the
+  max over the forward, backward and optimizer phases) and fixed allocations (cuBLAS workspaces);
+  all but the tables are the planner's storage reservation, so tables go only where they leave
+  room. The estimated step time is max(host time, device time) + per-step fixed host time + the
+  dense gradient all-reduce: host time = the ops a step dispatches
+  (:mod:`recsys.distributed.step_ops`) x ``topology.launch_overhead_us``; device time = embedding
+  lookups (fwd/bwd compute + comms: the planner's ``Perf.total``) + dense compute (FLOPs at
+  ``topology.compute_efficiency`` of the device's peak) + memory traffic (activation bytes over
+  ``topology.hbm_bw_gbps``);
 - the largest batch size per rank that fits this plan;
 - imbalance across ranks: max/mean and coefficient of variation (std/mean) of perf and memory;
 - TorchRec's own planner stats table (``EmbeddingStats``), verbatim.
@@ -117,6 +122,12 @@ class DenseReport:
     allreduce_ms: float
     max_length: int
     mean_length: float
+    transient_gb: float = 0.0
+    fixed_gb: float = 0.0
+    peak_phase: str = ""
+    ops_per_step: float = 0.0
+    memory_ms: float = 0.0
+    step_fixed_ms: float = 0.0
 
 
 @dataclass
@@ -259,6 +270,7 @@ def plan_dry_run(
     optimizer: str = "adam",
     matmul_precision: str = "highest",
     lifelong_rows: Mapping[str, float] | None = None,
+    ops_per_step: float | None = None,
     **model_overrides: Any,
 ) -> PlanReport:
     """Plans `model_name`'s tables for `topology.world_size` ranks on this machine, around the
@@ -276,6 +288,8 @@ def plan_dry_run(
         optimizer: the dense optimizer (``optim.dense.name``).
         matmul_precision: ``train.matmul_precision``: picks the device's peak rate.
         lifelong_rows: TransAct V2: ``{"impressions_per_row": ..., "next_action_pairs_per_row": ...}``.
+        ops_per_step: aten ops one step dispatches (its host time); None = counted by running the
+            model's step on CPU at a tiny batch (:func:`~recsys.distributed.step_ops.step_ops`).
         **model_overrides: fields of the model's config, e.g. ``embedding_dim=128``.
 
     Raises:
@@ -304,7 +318,8 @@ def plan_dry_run(
     )
     inputs = _input_bytes(model, batch_size, planner_constraints_)
     budget = MemoryBudget(topology.memory_gb * GB, topology.headroom, dense.dense_bytes, dense.activation_bytes, inputs,
-                          tables=_table_bytes(model) / topology.world_size)  # the least any placement needs
+                          tables=_table_bytes(model) / topology.world_size,  # the least any placement needs
+                          transient=dense.transient_bytes, fixed=topology.fixed_bytes)
     refuse = _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer)
     if not budget.fits:
         raise refuse(budget)
@@ -312,7 +327,7 @@ def plan_dry_run(
     planner = EmbeddingShardingPlanner(
         topology=torch_topology,
         batch_size=batch_size,
-        storage_reservation=dense_reservation(dense, topology.headroom),
+        storage_reservation=dense_reservation(dense, topology.headroom, topology.fixed_bytes),
         constraints=planner_constraints_,
         stats=[torchrec_stats, stats],
     )
@@ -321,11 +336,15 @@ def plan_dry_run(
     except PlannerError:  # the tables do not fit in what the reservation leaves
         raise refuse(budget) from None
     tables = [_table_report(option) for option in stats.best_plan]
-    dense_report = _dense_report(dense, inputs, topology, matmul_precision, lengths)
+    if ops_per_step is None:
+        from recsys.distributed.step_ops import step_ops
+
+        ops_per_step = step_ops(model_name, model_overrides, lengths.max, fused_rnn=topology.compute_device == "cuda")
+    dense_report = _dense_report(dense, inputs, topology, matmul_precision, lengths, ops_per_step)
     ranks, reserved = _rank_reports(stats, torch_topology, topology, dense_report)
     fullest = max(r.memory_gb["tables"] for r in ranks) * GB
     fitting = largest_batch(
-        lambda rows: dense.dense_bytes + estimate_dense(model, workload(rows), optimizer).activation_bytes
+        lambda rows: estimate_dense(model, workload(rows), optimizer).peak_bytes + topology.fixed_bytes
         + inputs * rows / batch_size + fullest,
         budget.usable,
     )
@@ -378,7 +397,7 @@ def _input_bytes(model, batch_size: int, constraints) -> float:
 
 
 def _dense_report(dense: DenseEstimate, inputs: float, topology: TopologyConfig, precision: str,
-                  lengths: LengthDistribution) -> DenseReport:
+                  lengths: LengthDistribution, ops_per_step: float = 0.0) -> DenseReport:
     peak = topology.peak_tflops(precision)
     bandwidth = (topology.inter_host_bw_gbps if topology.hosts > 1 else topology.intra_host_bw_gbps) * GB
     world = topology.world_size
@@ -395,10 +414,17 @@ def _dense_report(dense: DenseEstimate, inputs: float, topology: TopologyConfig,
         peak_tflops=peak,
         compute_efficiency=topology.compute_efficiency,
         compute_ms=dense.compute_ms(peak, topology.compute_efficiency),
-        overhead_ms=dense.overhead_ms(topology.launch_overhead_us),
+        overhead_ms=ops_per_step * topology.launch_overhead_us / 1e3,
         allreduce_ms=allreduce,
         max_length=lengths.max,
         mean_length=lengths.mean,
+        transient_gb=dense.transient_bytes / GB,
+        fixed_gb=topology.fixed_bytes / GB,
+        peak_phase=max(dense.phase_bytes, key=dense.phase_bytes.get),
+        ops_per_step=ops_per_step,
+        # activations written in forward and read in backward, their gradients written and read
+        memory_ms=4 * (dense.activation_bytes + dense.backward_transient_bytes) / (topology.hbm_bw_gbps * GB) * 1e3,
+        step_fixed_ms=topology.step_fixed_ms,
     )
 
 
@@ -408,7 +434,10 @@ def _step_ms(ranks: List[RankReport]) -> Dict[str, float]:
     return {
         "embedding": slowest.perf_ms["total"],
         "dense_compute": slowest.perf_ms["dense_compute"],
+        "memory_traffic": slowest.perf_ms["memory_traffic"],
+        "device": slowest.perf_ms["device"],
         "framework_overhead": slowest.perf_ms["framework_overhead"],
+        "step_fixed": slowest.perf_ms["step_fixed"],
         "dense_allreduce": slowest.perf_ms["dense_allreduce"],
         "total": slowest.perf_ms["step"],
     }
@@ -420,7 +449,7 @@ def _refusal(model_name, model, topology, batch_size, lengths, dense, budget, wo
 
     def refuse(state: MemoryBudget) -> PlanDoesNotFit:
         fitting = largest_batch(
-            lambda rows: dense.dense_bytes + estimate_dense(model, workload(rows), optimizer).activation_bytes
+            lambda rows: estimate_dense(model, workload(rows), optimizer).peak_bytes + state.fixed
             + state.inputs * rows / batch_size + state.tables,
             state.usable,
         )
@@ -448,7 +477,7 @@ def _knobs(model, dense, lengths, work, optimizer, topology) -> List[str]:
             f"activation checkpointing (recompute each of the {layers} sequence layers in backward; not in the recipes "
             f"yet): keeps about 1/{layers} of the layers' activations plus each layer's input"
         )
-    left = topology.memory_gb * GB * (1 - topology.headroom) - dense.dense_bytes - dense.activation_bytes
+    left = topology.memory_gb * GB * (1 - topology.headroom) - dense.peak_bytes - topology.fixed_bytes
     tables = _table_bytes(model)
     spread = (f"the tables ({tables / GB:.1f} GB with optimizer state) need at least "
               f"{math.ceil(tables / left)} ranks at this batch" if left > 0 else "no rank count helps at this batch")
@@ -524,11 +553,14 @@ def _rank_reports(stats: _RecordingStats, torch_topology, topology: TopologyConf
     for rank, device in enumerate(torch_topology.devices):
         tables = (hbm[rank] if on_device else ddr[rank]) / GB
         memory = {"tables": tables, "dense": dense.parameter_gb + dense.gradient_gb + dense.optimizer_gb,
-                  "activations": dense.activation_gb, "inputs": dense.input_gb}
+                  "activations": dense.activation_gb, "transient": dense.transient_gb, "fixed": dense.fixed_gb,
+                  "inputs": dense.input_gb}
         memory["total"] = sum(memory.values())
-        times = {**perf[rank], "dense_compute": dense.compute_ms, "framework_overhead": dense.overhead_ms,
+        times = {**perf[rank], "dense_compute": dense.compute_ms, "memory_traffic": dense.memory_ms,
+                 "framework_overhead": dense.overhead_ms, "step_fixed": dense.step_fixed_ms,
                  "dense_allreduce": dense.allreduce_ms}
-        times["step"] = times["total"] + dense.compute_ms + dense.overhead_ms + dense.allreduce_ms
+        times["device"] = times["total"] + dense.compute_ms + dense.memory_ms
+        times["step"] = max(times["device"], dense.overhead_ms) + dense.step_fixed_ms + dense.allreduce_ms
         ranks.append(RankReport(
             rank=rank,
             host=rank // topology.devices_per_host,
@@ -612,18 +644,21 @@ def format_markdown(report: PlanReport) -> str:
         "",
         f"{memory} GB per rank by part; time in ms per step (embedding: the planner's fwd/bwd compute + comms).",
         "",
-        f"| rank | host | tables | dense | activations | inputs | {memory} used / cap | fwd compute | fwd comms | "
-        "bwd compute | bwd comms | dense compute | overhead | dense all-reduce | step ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| rank | host | tables | dense | activations | transient | fixed | inputs | {memory} used / cap | fwd compute | "
+        "fwd comms | bwd compute | bwd comms | dense compute | memory traffic | host (ops) | step fixed | "
+        "dense all-reduce | step ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report.ranks:
         p, m = r.perf_ms, r.memory_gb
         cap = r.hbm_cap_gb if topo.compute_device == "cuda" else r.ddr_cap_gb
         lines.append(
             f"| {r.rank} | {r.host} | {_fmt(m['tables'], 2)} | {_fmt(m['dense'], 2)} | {_fmt(m['activations'], 2)} | "
+            f"{_fmt(m['transient'], 2)} | {_fmt(m['fixed'], 2)} | "
             f"{_fmt(m['inputs'], 2)} | {_fmt(m['total'], 2)} / {_fmt(cap, 0)} | {_fmt(p['fwd_compute'])} | "
             f"{_fmt(p['fwd_comms'])} | {_fmt(p['bwd_compute'])} | {_fmt(p['bwd_comms'])} | {_fmt(p['dense_compute'])} | "
-            f"{_fmt(p['framework_overhead'])} | {_fmt(p['dense_allreduce'])} | {_fmt(p['step'])} |"
+            f"{_fmt(p['memory_traffic'])} | {_fmt(p['framework_overhead'])} | {_fmt(p['step_fixed'])} | "
+            f"{_fmt(p['dense_allreduce'])} | {_fmt(p['step'])} |"
         )
     if report.torchrec_stats:
         lines += ["", "## TorchRec planner stats", "", "```", *report.torchrec_stats, "```"]
@@ -645,6 +680,8 @@ def _dense_lines(report: PlanReport) -> List[str]:
         f"| gradients | {dense.gradient_gb:.3f} |",
         f"| optimizer state | {dense.optimizer_gb:.3f} |",
         f"| activations kept for backward ({parts}) | {dense.activation_gb:.3f} |",
+        f"| transients at the step's peak (peak phase: {dense.peak_phase}) | {dense.transient_gb:.3f} |",
+        f"| fixed: cuBLAS workspaces | {dense.fixed_gb:.3f} |",
         f"| input KJTs | {dense.input_gb:.3f} |",
         "",
         (f"Sequences: up to {dense.max_length} tokens, mean {dense.mean_length:.1f} per row. " if dense.max_length
@@ -655,9 +692,12 @@ def _dense_lines(report: PlanReport) -> List[str]:
         "| --- | --- |",
         f"| embedding lookups + comms | {step['embedding']:.3f} |",
         f"| dense compute (fwd + bwd) | {step['dense_compute']:.3f} |",
-        f"| framework overhead ({report.topology.launch_overhead_us:g} us x layer calls) | {step['framework_overhead']:.3f} |",
+        f"| memory traffic (activations at {report.topology.hbm_bw_gbps:g} GB/s) | {step['memory_traffic']:.3f} |",
+        f"| device time (the three above) | {step['device']:.3f} |",
+        f"| host time ({dense.ops_per_step:.0f} ops x {report.topology.launch_overhead_us:g} us) | {step['framework_overhead']:.3f} |",
+        f"| per-step fixed host time | {step['step_fixed']:.3f} |",
         f"| dense gradient all-reduce | {step['dense_allreduce']:.3f} |",
-        f"| total | {step['total']:.3f} |",
+        f"| total: max(device, host) + fixed + all-reduce | {step['total']:.3f} |",
         "",
     ]
 
@@ -674,7 +714,7 @@ def plot_ranks(report: PlanReport, path: str | Path) -> Path:
     width = min(24.0, 6.0 + 0.12 * len(ranks))
     fig, (mem_ax, perf_ax) = plt.subplots(2, 1, figsize=(width, 7), sharex=True)
     _stacked(mem_ax, ranks, [(name, [r.memory_gb[name] for r in report.ranks])
-                             for name in ("tables", "dense", "activations", "inputs")])
+                             for name in ("tables", "dense", "activations", "transient", "fixed", "inputs")])
     mem_ax.axhline(cap, color="tab:red", linestyle="--", label=f"capacity {cap:.0f} GB")
     usable = cap * (1 - report.topology.headroom)
     mem_ax.axhline(usable, color="tab:orange", linestyle=":", label=f"usable {usable:.0f} GB")
@@ -683,7 +723,12 @@ def plot_ranks(report: PlanReport, path: str | Path) -> Path:
                      "memory and estimated time per rank")
     mem_ax.legend(loc="upper right")
     _stacked(perf_ax, ranks, [(name, [r.perf_ms[name] for r in report.ranks])
-                              for name in (*_PERF_FIELDS, "dense_compute", "framework_overhead", "dense_allreduce")])
+                              for name in (*_PERF_FIELDS, "dense_compute", "memory_traffic")])
+    hidden = [max(r.perf_ms["framework_overhead"] - r.perf_ms["device"], 0.0) for r in report.ranks]
+    _stacked_on(perf_ax, ranks, [r.perf_ms["device"] for r in report.ranks],
+                [("host time beyond the device's", hidden),
+                 ("step fixed", [r.perf_ms["step_fixed"] for r in report.ranks]),
+                 ("dense_allreduce", [r.perf_ms["dense_allreduce"] for r in report.ranks])])
     perf_ax.set_ylabel("ms per step")
     perf_ax.set_xlabel("rank")
     perf_ax.legend(loc="upper right")
@@ -695,7 +740,11 @@ def plot_ranks(report: PlanReport, path: str | Path) -> Path:
 
 
 def _stacked(axis, ranks: List[int], parts) -> None:
-    bottom = [0.0] * len(ranks)
+    _stacked_on(axis, ranks, [0.0] * len(ranks), parts)
+
+
+def _stacked_on(axis, ranks: List[int], bottom: List[float], parts) -> None:
+    bottom = list(bottom)
     for name, values in parts:
         axis.bar(ranks, values, width=0.8, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]

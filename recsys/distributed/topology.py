@@ -41,9 +41,24 @@ class TopologyConfig:
             495 / 989).
         compute_efficiency: the fraction of that peak the dense layers reach, in (0, 1]; the
             plan's dense compute time is FLOPs / (peak x efficiency).
-        launch_overhead_us: eager framework time per layer call and step phase (forward, backward,
-            optimizer) in microseconds; it bounds the step of small models from below. A rough
-            default: calibrate it with ``benchmarks/plan_vs_measured.py``.
+        launch_overhead_us: host time per aten op a training step dispatches, in microseconds
+            (Python, dispatcher, autograd bookkeeping, launch; ops counted by
+            :func:`~recsys.distributed.step_ops.step_ops`). The step's host time is ops x this; a
+            step takes max(host time, device time) + ``step_fixed_ms``. Default 7.6: the line through the
+            host-bound rows of ``benchmarks/plan_vs_measured.py`` on one H200 (torch 2.11.0+cu130,
+            torchrec 1.6.1, 2026-12-04) through emb_mlp (158 ops, ~4.5 ms) and MIMN (~23k ops, 177 ms
+            at batch 64); a bare ``x.add_(1)`` loop measured 7.1 us per op there, a small
+            MLP's forward + backward + Adam 12.8 us per op.
+        step_fixed_ms: host time per step that does not scale with the ops (DistributedModelParallel's
+            input distribution and awaitables, KJT handling, the optimizer's Python), in ms. Default
+            3.3: the same fit (the intercept).
+        hbm_bw_gbps: device memory bandwidth in GB/s; memory-bound work (activations written in
+            forward, read in backward, their gradients written and read) costs their bytes over
+            it. H200: 4800 (H100 SXM 3350).
+        cublas_workspace_mb: the cuBLAS / cuBLASLt workspace one thread's handle allocates through
+            the caching allocator on its first matmul (counted by ``max_memory_allocated``), in MiB;
+            a step has two (the forward's thread and autograd's device thread). 32: measured on one
+            H200, torch 2.11.0+cu130, 2026-12-04 (each first matmul added 33554432 bytes); 0 on cpu.
 
     The batch is not part of the cluster: the planner plans for the run's ``train.batch_size``
     (examples per rank per step), read from the run config.
@@ -66,7 +81,12 @@ class TopologyConfig:
     tf32_tflops: float = 495.0
     bf16_tflops: float = 989.0
     compute_efficiency: float = 0.4
-    launch_overhead_us: float = 20.0
+    launch_overhead_us: float = 7.6
+    step_fixed_ms: float = 3.3
+    hbm_bw_gbps: float = 4800.0
+    cublas_workspace_mb: float = 32.0
+
+    WORKSPACE_THREADS: ClassVar[int] = 2  # the forward's thread and autograd's device thread
 
     def __post_init__(self) -> None:
         for name in ("hosts", "devices_per_host"):
@@ -88,6 +108,12 @@ class TopologyConfig:
         if isinstance(self.launch_overhead_us, bool) or not isinstance(self.launch_overhead_us, (int, float)) \
                 or self.launch_overhead_us < 0:
             raise ConfigError(f"topology.launch_overhead_us must be a number >= 0, got {self.launch_overhead_us!r}")
+        for name in ("step_fixed_ms", "cublas_workspace_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"topology.{name} must be a number >= 0, got {value!r}")
+        if isinstance(self.hbm_bw_gbps, bool) or not isinstance(self.hbm_bw_gbps, (int, float)) or self.hbm_bw_gbps <= 0:
+            raise ConfigError(f"topology.hbm_bw_gbps must be a number > 0, got {self.hbm_bw_gbps!r}")
         if not isinstance(self.headroom, (int, float)) or not 0 <= self.headroom < 1:
             raise ConfigError(f"topology.headroom must be in [0, 1), got {self.headroom!r}")
         if not isinstance(self.compute_efficiency, (int, float)) or not 0 < self.compute_efficiency <= 1:
@@ -106,6 +132,13 @@ class TopologyConfig:
     def memory_gb(self) -> float:
         """The memory that trains, per rank: HBM on cuda, DDR on cpu."""
         return self.hbm_gb if self.compute_device == "cuda" else self.ddr_gb
+
+    @property
+    def fixed_bytes(self) -> float:
+        """Allocations every training step holds regardless of the model: the cuBLAS workspaces (cuda only)."""
+        if self.compute_device != "cuda":
+            return 0.0
+        return self.WORKSPACE_THREADS * self.cublas_workspace_mb * 2**20
 
     @property
     def world_size(self) -> int:

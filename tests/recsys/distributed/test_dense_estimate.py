@@ -88,3 +88,61 @@ def test_dense_state_counts_parameters_outside_the_tables_and_the_optimizer():
     assert estimate_dense(model, Workload(8), optimizer="sgd").optimizer_bytes == 0
     with pytest.raises(ConfigError, match="optim.dense.name"):
         estimate_dense(model, Workload(8), optimizer="lion")
+
+
+def _traced_step(name, batch_size, max_len, tmp_path_factory):
+    """(estimate, StepTrace) of one training step after a warm-up one: the tables frozen (their
+    memory is the planner's), Adam (multi-tensor, as on a GPU) on the dense parameters."""
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    from recsys.distributed.step_trace import StepTrace
+
+    case = _case(name, batch_size, max_len, tmp_path_factory)
+    tables = {id(p) for m in case.model.modules() if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
+              for p in m.parameters()}
+    dense = [p for p in case.model.parameters() if id(p) not in tables]
+    for p in case.model.parameters():
+        p.requires_grad_(id(p) not in tables)
+    optimizer = torch.optim.Adam(dense, lr=1e-4, foreach=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        case.step().backward()
+        optimizer.step()
+
+    step()  # Adam's state exists from here on, as in a running job
+    with StepTrace() as trace:
+        step()
+    return estimate_dense(case.model, case.work), trace
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("batch_size, max_len", [(24, 12), (24, 30), (32, 12), (32, 30)])
+def test_step_peak_matches_the_live_bytes_of_a_traced_step(name, batch_size, max_len, tmp_path_factory):
+    """The max over phases (forward end, backward with its transients, the optimizer's update) of
+    the bytes a step makes, against the peak of live tensor bytes counted op by op on CPU."""
+    estimate, trace = _traced_step(name, batch_size, max_len, tmp_path_factory)
+    assert estimate.step_peak_bytes == pytest.approx(trace.peak_bytes, rel=0.10), (estimate.phase_bytes, trace.peak_op)
+
+
+def test_peak_is_the_largest_phase_not_the_sum_of_the_parts():
+    model = get_model("dlrm", device="meta")
+    small = estimate_dense(model, Workload(8))  # a big dense model at a small batch: the optimizer's update peaks
+    assert small.step_peak_bytes == small.phase_bytes["optimizer"] == 2 * small.parameter_bytes
+    assert small.peak_bytes < small.dense_bytes + small.activation_bytes + small.parameter_bytes
+    big = estimate_dense(get_model("sasrec", device="meta", embedding_dim=32, max_seq_len=100),
+                         Workload(256, LengthDistribution.fixed(100), num_items=10**5))
+    assert big.step_peak_bytes == big.phase_bytes["backward"] > big.activation_bytes + big.gradient_bytes
+    assert big.transient_bytes == big.backward_transient_bytes > 0
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "dlrm", "hstu_ranking"])
+def test_step_ops_extrapolated_in_length_match_a_traced_step(name):
+    """The op count traced at two short lengths and extrapolated to 40 events equals the ops a
+    TorchDispatchMode counts over a real step (forward, backward, Adam) at 40 events."""
+    from recsys.distributed.step_ops import step_ops, traced_ops
+
+    counted, longest = traced_ops(name, 40, {"embedding_dim": 16})
+    assert step_ops(name, {"embedding_dim": 16}, longest) == pytest.approx(counted, rel=0.02)
+    if name == "gru4rec":  # CPU runs nn.GRU step by step; cuDNN as one op: no growth with the length
+        assert step_ops(name, {"embedding_dim": 16}, longest, fused_rnn=True) < 0.7 * counted

@@ -179,15 +179,23 @@ def test_report_splits_memory_and_time_by_part_and_keeps_torchrecs_stats(tmp_pat
     dense = report.dense
     for rank in report.ranks:
         m, p = rank.memory_gb, rank.perf_ms
-        assert m["total"] == pytest.approx(m["tables"] + m["dense"] + m["activations"] + m["inputs"])
+        parts = ("tables", "dense", "activations", "transient", "fixed", "inputs")
+        assert m["total"] == pytest.approx(sum(m[k] for k in parts))
         assert m["activations"] == pytest.approx(dense.activation_gb) and dense.activation_gb > 0
-        assert p["step"] == pytest.approx(p["total"] + p["dense_compute"] + p["framework_overhead"] + p["dense_allreduce"])
+        assert m["fixed"] == pytest.approx(2 * 32 / 1024)  # two cuBLAS workspaces of 32 MiB on cuda
+        device = p["total"] + p["dense_compute"] + p["memory_traffic"]
+        assert p["device"] == pytest.approx(device)
+        assert p["step"] == pytest.approx(max(device, p["framework_overhead"]) + p["step_fixed"] + p["dense_allreduce"])
+    assert dense.ops_per_step > 100 and dense.overhead_ms == pytest.approx(dense.ops_per_step * 7.6e-3)
     assert dense.compute_ms == pytest.approx(dense.flops / (67e12 * 0.4) * 1e3)
-    # the planner reserved the dense model and the activations, not TorchRec's guess
+    # the planner reserved the step's peak (dense state, saved activations and the transients of its
+    # largest phase), the cuBLAS workspaces and the inputs, not TorchRec's guess
     reserved = report.reserved_gb["hbm"]
-    assert reserved == pytest.approx(dense.parameter_gb * 4 + dense.activation_gb + dense.input_gb, rel=1e-3)
+    assert dense.peak_phase == "backward"
+    assert reserved == pytest.approx(dense.parameter_gb * 4 + dense.activation_gb + dense.transient_gb + dense.fixed_gb
+                                     + dense.input_gb, rel=1e-3)
     markdown = report.to_markdown()
-    assert "| rank | host | tables | dense | activations | inputs |" in markdown
+    assert "| rank | host | tables | dense | activations | transient | fixed | inputs |" in markdown
     assert "dense compute (fwd + bwd)" in markdown and "## TorchRec planner stats" in markdown
     assert report.largest_batch_size > 256
     paths = report.write(tmp_path)

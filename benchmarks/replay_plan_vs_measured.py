@@ -1,0 +1,54 @@
+"""Replays measured ``plan_vs_measured.json`` rows through the current estimate, on any machine.
+
+For every row of the given files (a GPU run of ``benchmarks/plan_vs_measured.py``) the plan is
+recomputed here, on CPU, for the same model, batch size, lengths and device (a cuda topology with
+the run's peak and efficiency; the synthetic data of the GPU run), and printed beside the measured
+peak and step with the bars (memory within 20%, step within 2x). The measured numbers are the
+file's; only the planned ones are new. Not a test: a check of the estimate against real runs.
+
+    python benchmarks/replay_plan_vs_measured.py runs/bench/plan-vs-measured/plan_vs_measured.json --out runs/replay
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from types import SimpleNamespace
+
+import plan_vs_measured as pvm
+
+from recsys.atomic_files import write_json_atomic
+
+H200_HBM_GB = 139.8
+
+
+def replay(paths, out: str, hbm_gb: float = H200_HBM_GB) -> list[dict]:
+    rows = []
+    for path in paths:
+        result = json.load(open(path))
+        args = SimpleNamespace(tiny=False, max_len=None, out=out, matmul_precision="highest",
+                               peak_tflops=result["peak_tflops"], efficiency=result["efficiency"], hbm_bw_gbps=4800.0)
+        for measured in result["rows"]:
+            args.max_len = measured["max_len"]
+            report, data, _ = pvm.plan_case(measured["model"], measured["batch_size"], args, "cuda", hbm_gb)
+            r = pvm.row(measured["model"], report, data, args.max_len, measured["measured_peak_gb"],
+                        measured["measured_step_ms"])
+            r["old_planned_gb"], r["old_planned_step_ms"] = measured["planned_gb"], measured["planned_step_ms"]
+            rows.append(r)
+            pvm._print_row(r)
+    print(pvm.summary(rows), flush=True)
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json", nargs="+", help="plan_vs_measured.json files of a GPU run")
+    parser.add_argument("--out", required=True, help="folder for replay.json (and the lifelong data cache)")
+    args = parser.parse_args(argv)
+    rows = replay(args.json, args.out)
+    write_json_atomic(f"{args.out}/replay.json", {"rows": rows}, sort_keys=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
