@@ -167,6 +167,7 @@ def _serve(args) -> int:
                      http_ingest=not args.no_http_ingest)
     fed = f", events from {ingest.stream.address} stream {ingest.stream.stream!r}" if ingest else ""
     print(f"UIC: model {center.model_version}, store {center.store!r}{fed}, on http://{args.host}:{args.port}", flush=True)
+    _exit_quietly_after_signals()
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # SIGTERM/SIGINT: graceful shutdown
     finally:
@@ -175,6 +176,16 @@ def _serve(args) -> int:
             ingest.stream.close()
         center.store.close()
     return 0
+
+
+def _exit_quietly_after_signals() -> None:
+    """SIGTERM/SIGINT handlers for after uvicorn: it handles them while it serves (graceful shutdown,
+    the stream's batch in progress committed and acknowledged), then restores these and re-raises the
+    signal; these let ``serve`` close its store and exit 0 instead of dying of the signal."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
 
 
 def _warmup(args) -> int:
