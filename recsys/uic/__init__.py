@@ -11,7 +11,11 @@ grow with the user's history. Floors, in reading order:
 - ``center.py``: :class:`UserInterestCenter`, which applies event batches (batched across users)
   and commits them in one store write; ``event_log.py``: an EventLog as events (warm-up, replay).
 - ``sqlite_store.py``: the embedded store; ``snapshots.py``: daily snapshots and rollback.
-- ``http_service.py``: the FastAPI app; ``cli.py``: ``recsys uic serve|warmup|snapshot|rollback``.
+- ``redis_connection.py``, ``redis_store.py`` (the scale-out store), ``redis_stream.py`` (events from a
+  Redis stream, consumer group, at least once); ``stream_ingest.py``: the thread that feeds a stream's
+  events to the center beside the HTTP service.
+- ``http_service.py``: the FastAPI app; ``cli.py``: ``recsys uic serve|warmup|snapshot|rollback``
+  (``--store sqlite:PATH | redis://...``, ``--source redis://...``).
 
 Nothing here imports a server library at package import.
 """

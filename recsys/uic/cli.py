@@ -2,14 +2,25 @@
 
 ::
 
-    recsys uic serve    --checkpoint RUN [--config YAML] [--store sqlite:PATH] [--host 127.0.0.1 --port 8700] [--daily-snapshots]
+    recsys uic serve    --checkpoint RUN [--config YAML] [--store STORE] [--host 127.0.0.1 --port 8700] [--daily-snapshots KEEP]
+                        [--source redis://HOST:PORT/DB?stream=uic:events&group=uic&consumer=uic-0 [--no-http-ingest]]
     recsys uic warmup   --checkpoint RUN [--config YAML] --events config|PATH [--source log] [--store ...] [--users-per-batch N]
     recsys uic snapshot [--store ...] [--keep 7]
     recsys uic rollback --to NAME [--store ...]
     recsys uic snapshots [--store ...]
 
 ``RUN`` is what ``recsys train`` wrote (``recsys.load``); ``--config`` must describe the same model.
-The store defaults to ``sqlite:runs/uic/states.sqlite``.
+
+``STORE`` is ``sqlite:PATH`` (the embedded default, ``sqlite:runs/uic/states.sqlite``) or
+``redis://HOST:PORT/DB[?namespace=uic]`` (also ``rediss://``, ``unix://``): every command (serve,
+warmup, snapshot, rollback, snapshots) works on either.
+
+``--source redis://HOST:PORT/DB?stream=S&group=G&consumer=C&batch=N&min_idle_ms=M`` makes ``serve``
+consume events from a Redis stream with a consumer group (``recsys/uic/stream_ingest.py``) besides
+``POST /events`` (``--no-http-ingest``: instead of it). Defaults: ``stream=uic:events``, ``group=uic``,
+``consumer=uic-0`` (a restarted service with the same name resumes its own pending entries),
+``batch=500``, ``min_idle_ms=30000``. SIGTERM / SIGINT stop the service after the batch in progress
+is committed and acknowledged. ``/stats`` shows the stream's counters.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from pathlib import Path
 from recsys.errors import ConfigError
 
 DEFAULT_STORE = "sqlite:runs/uic/states.sqlite"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SOURCE_OPTIONS = {"stream": "uic:events", "group": "uic", "consumer": "uic-0", "batch": 500, "min_idle_ms": 30_000}
 
 
 def add_parser(sub) -> None:
@@ -29,7 +42,8 @@ def add_parser(sub) -> None:
     uic_sub = uic.add_subparsers(dest="uic_command", required=True)
 
     def store_arg(p):
-        p.add_argument("--store", default=DEFAULT_STORE, help=f"where the states live (default {DEFAULT_STORE})")
+        p.add_argument("--store", default=DEFAULT_STORE,
+                       help=f"where the states live: sqlite:PATH or redis://HOST:PORT/DB[?namespace=NS] (default {DEFAULT_STORE})")
 
     def model_args(p):
         p.add_argument("--checkpoint", required=True, help="a `recsys train` output_dir (or checkpoints/ or step_* folder) of a mimn model")
@@ -42,6 +56,10 @@ def add_parser(sub) -> None:
     serve.add_argument("--port", type=int, default=8700)
     serve.add_argument("--daily-snapshots", type=int, default=0, metavar="KEEP",
                        help="take the UTC day's snapshot once a day, keeping KEEP (0 = off)")
+    serve.add_argument("--source", default=None, metavar="REDIS_URL",
+                       help="also consume events from a Redis stream: redis://HOST:PORT/DB?stream=uic:events&group=uic"
+                            "&consumer=uic-0&batch=500&min_idle_ms=30000")
+    serve.add_argument("--no-http-ingest", action="store_true", help="with --source: no POST /events (the stream only)")
     warmup = uic_sub.add_parser("warmup", help="build the states from an event log in bulk")
     model_args(warmup)
     warmup.add_argument("--events", required=True,
@@ -70,16 +88,41 @@ def _open_sqlite(where: str):
     return SQLiteStateStore(where)
 
 
+def _open_redis(url: str):
+    from recsys.uic.redis_connection import split_options
+    from recsys.uic.redis_store import RedisStateStore
+
+    url, options = split_options(url, {"namespace": "uic"}, "--store")
+    return RedisStateStore(url, options["namespace"])
+
+
 STORES = {"sqlite": _open_sqlite}  # scheme -> opener of "scheme:WHERE"
 
 
 def open_store(spec: str):
-    """A store from ``scheme:WHERE`` (``sqlite:runs/uic/states.sqlite``)."""
+    """A store from ``sqlite:PATH`` or ``redis://HOST:PORT/DB[?namespace=NS]``."""
+    if spec.startswith(REDIS_SCHEMES):
+        return _open_redis(spec)
     scheme, _, where = spec.partition(":")
     if scheme not in STORES or not where:
-        raise ConfigError(f"--store {spec!r} is not SCHEME:WHERE with SCHEME one of {sorted(STORES)}; "
+        raise ConfigError(f"--store {spec!r} is not sqlite:PATH or redis://HOST:PORT/DB[?namespace=NS]; "
                           f"e.g. --store {DEFAULT_STORE}")
     return STORES[scheme](where)
+
+
+def open_source(center, url: str):
+    """A :class:`~recsys.uic.stream_ingest.StreamIngest` of ``center`` from ``--source URL`` (not started)."""
+    from recsys.uic.redis_connection import redact, split_options
+    from recsys.uic.redis_stream import RedisEventStream
+    from recsys.uic.stream_ingest import StreamIngest
+
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(f"--source {redact(url)!r} must be a Redis URL: redis://HOST:PORT/DB?stream=uic:events&group=uic")
+    url, options = split_options(url, SOURCE_OPTIONS, "--source")
+    if options["batch"] < 1 or options["min_idle_ms"] < 0:
+        raise ConfigError(f"--source: batch must be >= 1 and min_idle_ms >= 0, got {options}")
+    stream = RedisEventStream(url, options["stream"], options["group"], options["consumer"], options["min_idle_ms"])
+    return StreamIngest(center, stream, batch_size=options["batch"])
 
 
 def load_model(checkpoint: str, config: str | None):
@@ -116,14 +159,33 @@ def _serve(args) -> int:
 
     from recsys.uic.http_service import create_app
 
+    if args.no_http_ingest and args.source is None:
+        raise ConfigError("--no-http-ingest needs --source (otherwise nothing would feed the center)")
     center, _ = build_center(args)
-    app = create_app(center, daily_snapshot_keep=args.daily_snapshots)
-    print(f"UIC: model {center.model_version}, store {center.store!r}, on http://{args.host}:{args.port}", flush=True)
+    ingest = open_source(center, args.source) if args.source else None
+    app = create_app(center, daily_snapshot_keep=args.daily_snapshots, stream_ingest=ingest,
+                     http_ingest=not args.no_http_ingest)
+    fed = f", events from {ingest.stream.address} stream {ingest.stream.stream!r}" if ingest else ""
+    print(f"UIC: model {center.model_version}, store {center.store!r}{fed}, on http://{args.host}:{args.port}", flush=True)
+    _exit_quietly_after_signals()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")  # SIGTERM/SIGINT: graceful shutdown
     finally:
+        if ingest is not None:
+            ingest.stop()
+            ingest.stream.close()
         center.store.close()
     return 0
+
+
+def _exit_quietly_after_signals() -> None:
+    """SIGTERM/SIGINT handlers for after uvicorn: it handles them while it serves (graceful shutdown,
+    the stream's batch in progress committed and acknowledged), then restores these and re-raises the
+    signal; these let ``serve`` close its store and exit 0 instead of dying of the signal."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
 
 
 def _warmup(args) -> int:

@@ -7,11 +7,13 @@ Endpoints::
                       only after the batch is committed (the producer retries until a 200: at-least-once,
                       and the center's idempotence makes the retries harmless);
                    -> 400 body not JSON, 422 a field is wrong (named: "events[3].item_id ..."); nothing applied
+                   (absent when the app ingests from a stream only: ``http_ingest=False``)
     GET  /state/{user_id}   the record's metadata and its state as JSON lists per field (404 unknown user)
     POST /states   {"user_ids": [...], "encoding": "base64" | "lists"} -> the states for ranking
                    (init_state for users without a record: "found": false)
     GET  /health   {"status": "ok", "model_version", "store"}
-    GET  /stats    the store's counters
+    GET  /stats    the store's counters, the users with a record, and the stream's counters when
+                   a :class:`~recsys.uic.stream_ingest.StreamIngest` feeds the center
 
 ``fastapi`` is imported when an app is created, never at ``import recsys``.
 """
@@ -67,13 +69,17 @@ def parse_user_ids(payload: Any) -> tuple[list[int], str]:
     return ids, encoding
 
 
-def create_app(center: UserInterestCenter, daily_snapshot_keep: int = 0):
+def create_app(center: UserInterestCenter, daily_snapshot_keep: int = 0, stream_ingest=None,
+               http_ingest: bool = True):
     """The FastAPI app of ``center``.
 
     Args:
         center: the center the endpoints apply to and read from.
         daily_snapshot_keep: when > 0, a background thread takes the UTC day's snapshot
             (:func:`recsys.uic.snapshots.take_daily_snapshot`) once a day, keeping this many.
+        stream_ingest: a :class:`recsys.uic.stream_ingest.StreamIngest`, started with the app and
+            stopped (its batch in progress committed and acknowledged) when the app shuts down.
+        http_ingest: serve ``POST /events`` (False: events come from ``stream_ingest`` only).
     """
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
@@ -86,7 +92,11 @@ def create_app(center: UserInterestCenter, daily_snapshot_keep: int = 0):
         if daily_snapshot_keep > 0:
             thread = threading.Thread(target=_daily_snapshots, args=(center, daily_snapshot_keep, stop), daemon=True)
             thread.start()
+        if stream_ingest is not None:
+            stream_ingest.start()
         yield
+        if stream_ingest is not None:
+            await run_in_threadpool(stream_ingest.stop)
         stop.set()
         if thread is not None:
             thread.join(timeout=5)
@@ -108,11 +118,13 @@ def create_app(center: UserInterestCenter, daily_snapshot_keep: int = 0):
     async def bad_json(request, error: _BadJSON):
         return JSONResponse(status_code=400, content={"error": str(error)})
 
-    @app.post("/events")
     async def post_events(request: Request):
         events = parse_events(await json_body(request))
         result = await run_in_threadpool(center.apply, events)  # returns after the store's commit
         return dataclasses.asdict(result)
+
+    if http_ingest:
+        app.post("/events")(post_events)
 
     @app.get("/state/{user_id}")
     async def get_state(user_id: int):
@@ -143,9 +155,15 @@ def create_app(center: UserInterestCenter, daily_snapshot_keep: int = 0):
     async def health():
         return {"status": "ok", "model_version": center.model_version, "store": repr(center.store)}
 
+    def current_stats() -> dict:
+        body = {"model_version": center.model_version, "counters": center.store.counters(), "users": center.store.count()}
+        if stream_ingest is not None:
+            body["stream"] = stream_ingest.stats()
+        return body
+
     @app.get("/stats")
     async def stats():
-        return {"model_version": center.model_version, "counters": await run_in_threadpool(center.store.counters)}
+        return await run_in_threadpool(current_stats)
 
     return app
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from recsys.errors import ConfigError, RecsysError
 
@@ -31,6 +31,32 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def split_options(url: str, options: dict[str, Any], flag: str) -> tuple[str, dict[str, Any]]:
+    """``(url without the UIC's query options, their values)`` of ``redis://HOST:PORT/DB?name=value&...``.
+
+    Args:
+        url: the URL given on the command line (its other query parameters are the client's).
+        options: the UIC's option names and their defaults; a value is converted to its default's type.
+        flag: the command-line flag, named in errors (``--store``).
+
+    Example::
+
+        split_options("redis://h:6379/0?namespace=uic.p1", {"namespace": "uic"}, "--store")
+        # ("redis://h:6379/0", {"namespace": "uic.p1"})
+    """
+    parts = urlsplit(url)
+    values, rest = dict(options), []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in options:
+            rest.append((name, value))
+            continue
+        try:
+            values[name] = type(options[name])(value)
+        except ValueError:
+            raise ConfigError(f"{flag} {redact(url)}: {name}={value!r} must be a {type(options[name]).__name__}") from None
+    return urlunsplit(parts._replace(query=urlencode(rest))), values
 
 
 def describe(client: Any) -> str:

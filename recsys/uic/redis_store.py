@@ -30,15 +30,13 @@ copy. Take snapshots at model roll-outs, not on a timer. Counters are ingest tot
 from __future__ import annotations
 
 import operator
-import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from recsys.errors import DataError
 from recsys.uic.redis_connection import RedisUnavailable, connect, translate_errors
-from recsys.uic.store import StateStore, UserRecord
+from recsys.uic.store import SNAPSHOT_NAME, StateStore, UserRecord, check_snapshot_name, missing_snapshot
 
 INT64 = (-(2**63), 2**63 - 1)
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 RECORD_FIELDS = ("state", "last_timestamp", "last_event_id", "events_applied", "model_version")
 
 # KEYS: counters, users, record keys... ARGV: n_counters, (name, delta)*, (user_id, state, last_timestamp,
@@ -140,6 +138,9 @@ class RedisStateStore(StateStore):
         self._scripts = {name: self.client.register_script(body) for name, body in
                          (("commit", COMMIT), ("snapshot", SNAPSHOT), ("restore", RESTORE), ("drop", DROP))}
 
+    def __repr__(self) -> str:
+        return f"RedisStateStore({self.address!r}, namespace={self.namespace!r})"
+
     # -- keys -------------------------------------------------------------------------------------
     def record_key(self, user_id: int) -> str:
         return f"{self._prefix}:rec:{user_id}"
@@ -149,8 +150,7 @@ class RedisStateStore(StateStore):
 
     def _snapshot_keys(self, name: str) -> tuple[str, str]:
         """(the snapshot's user-set key, its record-key prefix)."""
-        if not isinstance(name, str) or not SNAPSHOT_NAME.match(name):
-            raise DataError(f"snapshot name {name!r} must be 1-128 letters, digits or ._- (e.g. 'v3-2026-05-01')")
+        check_snapshot_name(name)
         return self._key(f"snap:{name}:users"), self._key(f"snap:{name}:rec:")
 
     # -- StateStore -------------------------------------------------------------------------------
@@ -179,6 +179,11 @@ class RedisStateStore(StateStore):
         with translate_errors(self.address):
             totals = self.client.hgetall(self._key("counters"))
         return {name.decode(): int(value) for name, value in totals.items()}
+
+    def count(self) -> int:
+        """Users with a record."""
+        with translate_errors(self.address):
+            return int(self.client.scard(self._key("users")))
 
     def snapshot(self, name: str) -> None:
         users, prefix = self._snapshot_keys(name)
@@ -238,8 +243,8 @@ class RedisStateStore(StateStore):
             except redis.exceptions.ResponseError as error:
                 message = str(error)
                 if "UICSTORE no snapshot" in message:
-                    raise DataError(f"no snapshot named {snapshot!r} in namespace {self.namespace!r}; "
-                                    f"snapshots: {self.snapshots()}") from None
+                    raise missing_snapshot(snapshot, f"namespace {self.namespace!r} at {self.address}",
+                                           self.snapshots()) from None
                 if "UICSTORE" in message:
                     raise DataError(f"Redis at {self.address}: {message.split('UICSTORE ', 1)[1].split(' script:')[0]}; "
                                     f"another program writes under namespace {self.namespace!r}: give the store "

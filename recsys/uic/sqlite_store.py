@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from recsys.errors import ConfigError, DataError
-from recsys.uic.store import StateStore, UserRecord
+from recsys.errors import ConfigError
+from recsys.uic.store import StateStore, UserRecord, check_snapshot_name, missing_snapshot
 
 COLUMNS = "user_id, state, last_timestamp, last_event_id, events_applied, model_version"
 SCHEMA = f"""
@@ -119,7 +119,7 @@ class SQLiteStateStore(StateStore):
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, name: str) -> None:
-        name = _check_name(name)
+        name = check_snapshot_name(name)
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM snapshot_records WHERE name = ?", (name,))
             self._db.execute("DELETE FROM snapshots WHERE name = ?", (name,))
@@ -131,15 +131,16 @@ class SQLiteStateStore(StateStore):
             return [row[0] for row in self._db.execute("SELECT name FROM snapshots ORDER BY seq")]
 
     def restore(self, name: str) -> None:
+        name = check_snapshot_name(name)
         with self._lock, self._transaction():
-            if self._db.execute("SELECT 1 FROM snapshots WHERE name = ?", (name,)).fetchone() is None:
-                available = [row[0] for row in self._db.execute("SELECT name FROM snapshots ORDER BY seq")]
-                raise DataError(f"no snapshot {name!r} in {self.path}; available (oldest first): {available}")
+            self._require_snapshot(name)
             self._db.execute("DELETE FROM records")
             self._db.execute(f"INSERT INTO records ({COLUMNS}) SELECT {COLUMNS} FROM snapshot_records WHERE name = ?", (name,))
 
     def drop_snapshot(self, name: str) -> None:
+        name = check_snapshot_name(name)
         with self._lock, self._transaction():
+            self._require_snapshot(name)
             self._db.execute("DELETE FROM snapshot_records WHERE name = ?", (name,))
             self._db.execute("DELETE FROM snapshots WHERE name = ?", (name,))
 
@@ -148,6 +149,12 @@ class SQLiteStateStore(StateStore):
             self._db.close()
 
     # ------------------------------------------------------------------ helpers
+    def _require_snapshot(self, name: str) -> None:
+        """A DataError listing the snapshots when ``name`` is not one (inside the caller's transaction)."""
+        if self._db.execute("SELECT 1 FROM snapshots WHERE name = ?", (name,)).fetchone() is None:
+            available = [row[0] for row in self._db.execute("SELECT name FROM snapshots ORDER BY seq")]
+            raise missing_snapshot(name, str(self.path), available)
+
     def _transaction(self):
         return _Transaction(self._db)
 
@@ -164,8 +171,3 @@ class _Transaction:
     def __exit__(self, kind, error, trace) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise DataError(f"a snapshot name must be a non-empty string of at most 200 characters, got {name!r}")
-    return name

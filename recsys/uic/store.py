@@ -12,13 +12,36 @@ A store's contract (``tests/recsys/uic/`` checks it for every store):
   acknowledges events only after ``commit`` returned.
 - Snapshots: :meth:`StateStore.snapshot` saves every record under a name; :meth:`StateStore.restore`
   replaces the current records by a snapshot's; :meth:`StateStore.snapshots` lists names, oldest first.
+  Every store follows the same rules: a name is 1-128 letters, digits or ``._-``
+  (:func:`check_snapshot_name`; ``uic-2026-12-04``); snapshotting under an existing name replaces
+  that snapshot and makes it the newest; restoring or dropping a name that does not exist is a
+  :class:`~recsys.errors.DataError` (:func:`missing_snapshot`) that lists the snapshots and changes
+  nothing; counters are ingest totals, which a restore leaves alone.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+from recsys.errors import DataError
+
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def check_snapshot_name(name: str) -> str:
+    """``name`` if it is a valid snapshot name (1-128 letters, digits or ``._-``), else a DataError."""
+    if not isinstance(name, str) or not SNAPSHOT_NAME.match(name):
+        raise DataError(f"snapshot name {name!r} must be 1-128 letters, digits or ._- (e.g. 'uic-2026-12-04')")
+    return name
+
+
+def missing_snapshot(name: str, where: str, available: Sequence[str]) -> DataError:
+    """The error every store raises for a snapshot ``name`` it does not hold."""
+    return DataError(f"no snapshot {name!r} in {where}; available (oldest first): {list(available)} "
+                     "(take one with `recsys uic snapshot`)")
 
 
 @dataclass(frozen=True)
@@ -62,8 +85,12 @@ class StateStore(abc.ABC):
         """Totals of every counter committed so far."""
 
     @abc.abstractmethod
+    def count(self) -> int:
+        """Users with a record."""
+
+    @abc.abstractmethod
     def snapshot(self, name: str) -> None:
-        """Save every record under ``name`` (overwrites a snapshot of that name)."""
+        """Save every record under ``name`` (replaces a snapshot of that name, which becomes the newest)."""
 
     @abc.abstractmethod
     def snapshots(self) -> list[str]:
@@ -75,7 +102,7 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def drop_snapshot(self, name: str) -> None:
-        """Delete snapshot ``name``."""
+        """Delete snapshot ``name`` (a clear error if it does not exist)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -50,15 +50,28 @@ def assert_states_equal(state, reference):
         torch.testing.assert_close(getattr(state, name), getattr(reference, name), rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_streaming_one_event_at_a_time_equals_the_training_forward(tmp_path):
+def test_streaming_one_event_at_a_time_equals_the_training_forward(store_factory):
+    """Through the HTTP service, one event per request, on every store of ``conftest.STORE_FACTORIES``."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from recsys.uic.http_service import create_app
+
     model = tiny_model()
     streams = user_streams()
-    center = make_center(tmp_path, model)
+    center = UserInterestCenter(model, store_factory(), model_version_of(model))
     arrivals = sorted((e for s in streams.values() for e in s), key=lambda e: (e.order_key, e.user_id))
     assert len({e.user_id for e in arrivals[:10]}) > 1  # users interleave
-    for event in arrivals:
-        center.apply([event])
-    assert_states_equal(center.states(sorted(streams)), training_state(model, streams))
+    with TestClient(create_app(center)) as client:
+        for event in arrivals:
+            assert client.post("/events", json={"events": [event.__dict__]}).status_code == 200
+        served = client.post("/states", json={"user_ids": sorted(streams)}).json()["states"]
+    reference = training_state(model, streams)
+    assert_states_equal(center.states(sorted(streams)), reference)
+    assert_states_equal(center.codec.decode([base64.b64decode(row["state"]) for row in served]), reference)
+    engaged = {u: sum(1 for e in s if e.actions) for u, s in streams.items()}
+    assert {row["user_id"]: row["events_applied"] for row in served} == engaged
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -115,7 +115,7 @@ def test_snapshot_keeps_the_last_seven_days_and_rollback_restores(tmp_path, caps
 
 def test_an_unknown_store_scheme_is_a_clear_error(tmp_path, capsys):
     assert main(["uic", "snapshots", "--store", "postgres:x"]) == 2
-    assert "SCHEME one of ['sqlite']" in capsys.readouterr().err
+    assert "is not sqlite:PATH or redis://HOST:PORT/DB[?namespace=NS]" in capsys.readouterr().err
 
 
 def test_warmup_from_a_log_folder(runs, tmp_path, capsys):
@@ -129,3 +129,39 @@ def test_warmup_from_a_log_folder(runs, tmp_path, capsys):
     assert f"from {len(log)} events" in capsys.readouterr().out
     with SQLiteStateStore(tmp_path / "uic.sqlite") as store:
         assert len(store.read(range(log.num_users))) == log.num_users
+
+
+def test_warmup_snapshot_and_rollback_on_a_redis_store(runs, tmp_path, capsys):
+    from recsys.uic.redis_store import RedisStateStore
+    from tests.recsys.uic.redis_server import redis_server
+
+    old, _ = runs
+    with redis_server(tmp_path / "redis") as server:
+        store = f"{server.url}?namespace=uic.p1"
+        assert main(["uic", "warmup", "--checkpoint", str(old), "--events", "config", "--store", store,
+                     "--users-per-batch", "16"]) == 0
+        log = generate(SyntheticConfig(**WORLD))
+        assert f"applied={int((log.actions != 0).sum())}" in capsys.readouterr().out
+        with RedisStateStore(server.url, "uic.p1") as redis_store, RedisStateStore(server.url, "uic") as default:
+            warmed = redis_store.read(range(log.num_users))
+            assert len(warmed) == log.num_users and default.count() == 0  # the namespace of the URL
+            assert main(["uic", "snapshot", "--store", store]) == 0
+            today = f"uic-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
+            redis_store.commit([UserRecord(0, b"\x00", 1, 1, 1, "other")])
+            assert main(["uic", "snapshots", "--store", store]) == 0
+            assert today in capsys.readouterr().out.split()
+            assert main(["uic", "rollback", "--to", today, "--store", store]) == 0
+            assert redis_store.read(range(log.num_users)) == warmed
+        assert main(["uic", "rollback", "--to", "uic-2026-01-01", "--store", store]) == 2
+        assert f"available (oldest first): ['{today}']" in capsys.readouterr().err
+        assert main(["uic", "snapshots", "--store", f"{server.url}?namespace=a:b"]) == 2
+        assert "namespace 'a:b' must be" in capsys.readouterr().err
+
+
+def test_serve_flags_are_checked_before_anything_starts(runs, tmp_path, capsys):
+    old, _ = runs
+    assert main(["uic", "serve", "--checkpoint", str(old), "--no-http-ingest"]) == 2
+    assert "--no-http-ingest needs --source" in capsys.readouterr().err
+    assert main(["uic", "serve", "--checkpoint", str(old), "--store", f"sqlite:{tmp_path / 'uic.sqlite'}",
+                 "--source", "kafka://x"]) == 2
+    assert "--source 'kafka://x' must be a Redis URL" in capsys.readouterr().err

@@ -136,3 +136,113 @@ def test_kill_mid_ingestion_then_replay_equals_a_clean_run(tmp_path):
     engaged = sum(1 for s in sources for b in s for e in b if e.actions)
     assert counters["applied"] == engaged  # over both server lives: each event applied exactly once
     clean.store.close()
+
+
+def stream_events(resent: int = 120) -> list[BehaviorEvent]:
+    """Both producers' events in publish order, then ``resent`` of them again (a producer's retries)."""
+    events = [e for batches in zip(*(source(p) for p in (0, 1))) for batch in batches for e in batch]
+    return events + random.Random(5).sample(events, resent)
+
+
+def start_stream_server(run: Path, redis_url: str, port: int) -> subprocess.Popen:
+    """``recsys uic serve`` with its state in namespace ``served`` and its events from stream ``events``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "recsys.cli", "uic", "serve", "--checkpoint", str(run), "--port", str(port),
+         "--store", f"{redis_url}?namespace=served",
+         "--source", f"{redis_url}?stream=events&group=uic&consumer=uic-0&batch=40&min_idle_ms=0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited: {server.stdout.read().decode()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    server.kill()
+    raise AssertionError("the server did not answer /health within 60 s")
+
+
+def acknowledged(raw, parse_entry) -> list[BehaviorEvent]:
+    """The events of the entries the group delivered and acknowledged (delivered, no longer pending)."""
+    group = raw.xinfo_groups("events")[0]
+    pending = {p["message_id"] for p in raw.xpending_range("events", "uic", "-", "+", 10_000)}
+    return [parse_entry(fields, entry_id) for entry_id, fields in raw.xrange("events", "-", group["last-delivered-id"])
+            if entry_id not in pending]
+
+
+def test_kill_mid_stream_ingestion_on_redis_then_restart_equals_a_clean_run(tmp_path):
+    """``recsys uic serve --source redis://... --store redis://...`` (the real center) is killed with
+    SIGKILL while a producer publishes; restarted with the same consumer name it takes its pending
+    entries back first. Every user's state, last key and count must equal a clean in-process run."""
+    from recsys.uic.redis_store import RedisStateStore
+    from recsys.uic.redis_stream import RedisEventStream, parse_entry
+    from tests.recsys.uic.redis_server import redis_server
+
+    run = write_run(tmp_path / "run")
+    events, port = stream_events(), free_port()
+    engaged = sum(1 for e in events[:USERS * EVENTS_PER_USER] if e.actions)
+    with redis_server(tmp_path / "redis") as redis:
+        raw = redis.client()
+        publisher = RedisEventStream(redis.url, "events", "uic", "producer")
+        publisher.publish(events[:600])
+
+        def publish_rest():  # under load: the stream grows while the server consumes it
+            for start in range(600, len(events), 100):
+                publisher.publish(events[start:start + 100])
+                time.sleep(0.02)
+
+        producer = threading.Thread(target=publish_rest)
+        served = RedisStateStore(redis.url, "served")
+        applied = lambda: served.counters().get("applied", 0)  # noqa: E731
+        server = start_stream_server(run, redis.url, port)
+        producer.start()
+        try:
+            while applied() < engaged // 3 and server.poll() is None:
+                time.sleep(0.005)
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+        at_kill, pending_at_kill = applied(), publisher.pending()
+        assert engaged // 3 <= at_kill < engaged, "the kill must land while events are being consumed"
+        records = served.read(range(USERS))  # every acknowledged event survived the kill
+        for event in acknowledged(raw, parse_entry):
+            assert records[event.user_id].last_key >= event.order_key
+
+        producer.join(timeout=60)
+        server = start_stream_server(run, redis.url, port)
+        try:
+            end = raw.xinfo_stream("events")["last-generated-id"]
+            deadline = time.monotonic() + 60
+            while not (raw.xinfo_groups("events")[0]["last-delivered-id"] == end and publisher.pending() == 0):
+                assert time.monotonic() < deadline and server.poll() is None, "the restarted server did not finish"
+                time.sleep(0.02)
+            stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
+            server.send_signal(signal.SIGTERM)  # graceful: the batch in progress is committed and acknowledged
+            assert server.wait(timeout=30) == 0, server.stdout.read().decode()
+        finally:
+            if server.poll() is None:
+                server.kill()
+        assert stats["stream"]["pending"] == 0 and stats["stream"]["errors"] == 0
+        assert stats["stream"]["redelivered"] == pending_at_kill  # its own pending entries came back first
+
+        model = recsys.load(run)  # the clean run: the same stream, in order, in process
+        clean = UserInterestCenter(model, RedisStateStore(redis.url, "clean"), model_version_of(model))
+        for start in range(0, len(events), 40):
+            clean.apply(events[start:start + 40])
+        got, want = served.read(range(USERS)), clean.store.read(range(USERS))
+        assert {u: (r.last_key, r.events_applied) for u, r in got.items()} == \
+               {u: (r.last_key, r.events_applied) for u, r in want.items()}
+        served_states = clean.codec.decode([got[u].state for u in range(USERS)])
+        clean_states = clean.states(range(USERS))
+        counters = served.counters()
+        assert counters["applied"] == clean.store.counters()["applied"] == engaged  # none applied twice
+        assert counters.get("duplicates", 0) + counters.get("late", 0) >= 120  # the producer's retries were dropped
+        served.close()
+        clean.store.close()
+    for name, _ in clean.codec.shapes:
+        torch.testing.assert_close(getattr(served_states, name), getattr(clean_states, name), rtol=1e-5, atol=1e-6)

@@ -162,9 +162,9 @@ def test_snapshots_restore_and_drop(store):
     assert store.snapshots() == ["after", "before"]
     store.drop_snapshot("after")
     assert store.snapshots() == ["before"]
-    with pytest.raises(DataError, match=r"no snapshot named 'after'.*snapshots: \['before'\]"):
+    with pytest.raises(DataError, match=r"no snapshot 'after' in namespace 'uic-test'.*available \(oldest first\): \['before'\]"):
         store.restore("after")
-    with pytest.raises(DataError, match="no snapshot named 'gone'"):
+    with pytest.raises(DataError, match="no snapshot 'gone'"):
         store.drop_snapshot("gone")
     with pytest.raises(DataError, match="snapshot name 'a:b'"):
         store.snapshot("a:b")

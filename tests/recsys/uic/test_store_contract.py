@@ -83,3 +83,47 @@ def test_snapshots_survive_closing(store_factory):
     assert again.snapshots() == ["s"]
     again.restore("s")
     assert again.read([1]) == {1: record(1)}
+
+
+def test_dropping_or_restoring_a_missing_snapshot_is_a_clear_error_that_changes_nothing(store_factory):
+    store = store_factory()
+    store.commit([record(1)], {"applied": 1})
+    store.snapshot("kept")
+    for action in (store.drop_snapshot, store.restore):
+        with pytest.raises(DataError, match=r"no snapshot 'gone' in .*available \(oldest first\): \['kept'\]"):
+            action("gone")
+    assert store.snapshots() == ["kept"] and store.read([1]) == {1: record(1)}
+
+
+def test_snapshot_names_follow_one_rule(store_factory):
+    store = store_factory()
+    for bad in ("", "a:b", "x" * 129, "a b", "snap/1", 7):
+        for action in (store.snapshot, store.restore, store.drop_snapshot):
+            with pytest.raises(DataError, match="must be 1-128 letters, digits or ._-"):
+                action(bad)
+    store.snapshot("uic-2026-12-04")
+    store.snapshot("v3.model_A-" + "x" * 117)  # 128 characters
+    assert store.snapshots() == ["uic-2026-12-04", "v3.model_A-" + "x" * 117]
+
+
+def test_overwriting_a_snapshot_makes_it_the_newest_and_holds_the_new_records(store_factory):
+    store = store_factory()
+    for name in ("a", "b", "c"):
+        store.snapshot(name)
+    store.commit([record(5)])
+    store.snapshot("a")
+    assert store.snapshots() == ["b", "c", "a"]
+    store.restore("b")
+    assert store.read([5]) == {}
+    store.restore("a")
+    assert store.read([5]) == {5: record(5)}
+
+
+def test_restore_leaves_the_counters_and_an_empty_snapshot_restores_to_no_records(store_factory):
+    store = store_factory()
+    store.snapshot("empty")
+    store.commit([record(1), record(2)], {"applied": 2})
+    assert store.count() == 2
+    store.restore("empty")
+    assert store.read([1, 2]) == {} and store.count() == 0
+    assert store.counters() == {"applied": 2}  # ingest totals, not state
