@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from recsys.atomic_files import write_json_atomic
+from recsys.plots import grouped_bars
+
 
 class _Count(TorchDispatchMode):
     def __init__(self) -> None:
@@ -95,6 +98,13 @@ def autograd_op_us(device: torch.device, steps: int = 50) -> dict:
     return {"mlp_step_ms": ms, "mlp_step_ops": counter.ops, "autograd_op_us": ms * 1e3 / counter.ops}
 
 
+def per_op_plot(result: dict, path: Path) -> Path:
+    """Bars of the host cost per op: a bare launch and an op of a forward + backward + Adam step."""
+    groups = {"bare aten op": {result["device"]: (result["raw_launch_us"], float("nan"))},
+              "op of a training step": {result["device"]: (result["autograd_op_us"], float("nan"))}}
+    return grouped_bars(groups, path, "host µs per op", "per-op host cost (the plan's launch_overhead_us)")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
@@ -102,9 +112,9 @@ def main(argv=None) -> dict:
     device = torch.device("cuda")
     result = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
               **workspace_bytes(device), "raw_launch_us": raw_launch_us(device), **autograd_op_us(device)}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "calibration.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    write_json_atomic(Path(args.out) / "calibration.json", result, sort_keys=True)
     print(json.dumps(result, indent=1, sort_keys=True))
+    print(f"wrote {Path(args.out) / 'calibration.json'} and {per_op_plot(result, Path(args.out) / 'calibration.png')}")
     return result
 
 

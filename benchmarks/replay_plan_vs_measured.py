@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import plan_vs_measured as pvm
@@ -47,6 +48,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     rows = replay(args.json, args.out)
     write_json_atomic(f"{args.out}/replay.json", {"rows": rows}, sort_keys=True)
+    print(f"wrote {args.out}/replay.json and {pvm.plot(rows, Path(args.out) / 'replay.png')}")
     return rows
 
 
