@@ -45,10 +45,16 @@ def free_port() -> int:
 
 
 def start_server(run: Path, store: Path, port: int) -> subprocess.Popen:
+    """``recsys uic serve`` on the SQLite file ``store``."""
+    return serve(run, port, "--store", f"sqlite:{store}")
+
+
+def serve(run: Path, port: int, *flags: str) -> subprocess.Popen:
+    """``recsys uic serve --checkpoint run --port port *flags``, once it answers ``/health``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", "uic", "serve", "--checkpoint", str(run), "--store", f"sqlite:{store}",
-         "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [sys.executable, "-m", "recsys.cli", "uic", "serve", "--checkpoint", str(run), "--port", str(port), *flags],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -57,7 +63,7 @@ def start_server(run: Path, store: Path, port: int) -> subprocess.Popen:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     server.kill()
     raise AssertionError("the server did not answer /health within 60 s")
 
@@ -146,23 +152,8 @@ def stream_events(resent: int = 120) -> list[BehaviorEvent]:
 
 def start_stream_server(run: Path, redis_url: str, port: int) -> subprocess.Popen:
     """``recsys uic serve`` with its state in namespace ``served`` and its events from stream ``events``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli", "uic", "serve", "--checkpoint", str(run), "--port", str(port),
-         "--store", f"{redis_url}?namespace=served",
-         "--source", f"{redis_url}?stream=events&group=uic&consumer=uic-0&batch=40&min_idle_ms=0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited: {server.stdout.read().decode()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    server.kill()
-    raise AssertionError("the server did not answer /health within 60 s")
+    return serve(run, port, "--store", f"{redis_url}?namespace=served",
+                 "--source", f"{redis_url}?stream=events&group=uic&consumer=uic-0&batch=40&min_idle_ms=0")
 
 
 def acknowledged(raw, parse_entry) -> list[BehaviorEvent]:
