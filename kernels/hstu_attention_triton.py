@@ -124,26 +124,54 @@ def _tile_mask(pos_q, row_ok, cols, n, history, max_attn_len, num_contextual,
 
 
 @triton.jit
-def _tile_bias(pos_q, t_next, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
-               max_distance, num_buckets, bucket_scale,
+def _time_bucket(dt, thresholds_ptr, num_buckets, bucket_scale):
+    """Exact ``bucket(dt)`` of int64 ``dt >= 1`` (any shape): float32 ``log2`` rounded to the bucket or
+    the one above (``+ 1e-4``, far above float32's error), then one comparison with the bucket's
+    first integer. Rounding through ``x + 1.5 * 2^23`` avoids the slow float-to-int conversion."""
+    x = tl.log2(dt.to(tl.float32)) * bucket_scale + (1e-4 - 0.5)
+    approx = (x + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000  # round(x) = floor(log + 1e-4)
+    approx = tl.minimum(tl.maximum(approx, 0), num_buckets)
+    return approx - (dt < tl.load(thresholds_ptr + approx)).to(tl.int32)
+
+
+@triton.jit
+def _tile_bias(pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr,
+               thresholds_ptr, max_distance, num_buckets, bucket_scale,
                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``rab`` of the tile (float32) and the table indices it read (for the backward)."""
+    """``rab`` of the tile (float32), the table indices it read (for the backward), and whether one
+    time bucket covers the whole tile (then ``time_bucket`` is it, else -1).
+
+    Far from the diagonal, the time gaps of a tile usually fall in one log bucket: the tile's range
+    of ``t_next(i) - t_j`` (from the row and column extremes) decides that with two scalar buckets,
+    and the tile then skips the per-pair log and gather (and, backward, adds one sum to the table).
+    """
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     pos_index = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     time_index = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    time_bucket = history * 0 - 1  # an int32 scalar, as the branch below assigns
     if HAS_POS:
         distance = tl.minimum(cols, history)[None, :] - tl.minimum(pos_q, history)[:, None]
         pos_index = tl.minimum(tl.maximum(distance, -max_distance), max_distance) + max_distance
         bias += tl.load(pos_bias_ptr + pos_index)
     if HAS_TIME:
         t_key = tl.load(ts_ptr + key_start + cols, mask=col_ok, other=0)  # [BLOCK_N] int64
-        dt = t_next[:, None] - t_key[None, :]
-        dt = tl.maximum(tl.where(dt < 0, -dt, dt), 1)
-        approx = tl.floor(tl.log2(dt.to(tl.float32)) * bucket_scale + 1e-4).to(tl.int32)  # bucket or bucket + 1
-        approx = tl.minimum(tl.maximum(approx, 0), num_buckets)
-        time_index = approx - (dt < tl.load(thresholds_ptr + approx)).to(tl.int32)
-        bias += tl.load(time_bias_ptr + time_index)
-    return bias, pos_index, time_index
+        lowest = tl.min(tl.where(row_ok, t_next, 9223372036854775807), 0) - tl.max(
+            tl.where(col_ok, t_key, -9223372036854775807), 0)
+        highest = tl.max(tl.where(row_ok, t_next, -9223372036854775807), 0) - tl.min(
+            tl.where(col_ok, t_key, 9223372036854775807), 0)
+        low_gap = tl.where((lowest > 0) | (highest < 0), tl.minimum(tl.abs(lowest), tl.abs(highest)), 1)
+        high_gap = tl.maximum(tl.maximum(tl.abs(lowest), tl.abs(highest)), 1)
+        low_bucket = _time_bucket(low_gap, thresholds_ptr, num_buckets, bucket_scale)
+        if low_bucket == _time_bucket(high_gap, thresholds_ptr, num_buckets, bucket_scale):
+            time_bucket = low_bucket
+            time_index = time_index + low_bucket
+            bias += tl.load(time_bias_ptr + low_bucket)
+        else:
+            dt = t_next[:, None] - t_key[None, :]
+            time_index = _time_bucket(tl.maximum(tl.where(dt < 0, -dt, dt), 1), thresholds_ptr, num_buckets,
+                                      bucket_scale)
+            bias += tl.load(time_bias_ptr + time_index)
+    return bias, pos_index, time_index, time_bucket
 
 
 @triton.jit
@@ -202,9 +230,9 @@ def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, n, history, key_start
     k = _load_rows(k_ptr, key_start, cols, col_ok, stride_kt, k_head, tl.arange(0, BLOCK_DQK), dim_qk)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha  # [BLOCK_M, BLOCK_N] float32
     if HAS_POS or HAS_TIME:
-        bias, _, _ = _tile_bias(pos_q, t_next, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr,
-                                thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME,
-                                BLOCK_M, BLOCK_N)
+        bias, _, _, _ = _tile_bias(pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr,
+                                   time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS,
+                                   HAS_TIME, BLOCK_M, BLOCK_N)
         s += bias
     p = s * _sigmoid(s, FAST_SIGMOID)  # SiLU
     if MASKED:
@@ -338,9 +366,9 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, his
     """``P / N`` (for dV) and ``dS`` (for dQ, dK, the tables) of one tile, both [BLOCK_M, BLOCK_N] float32."""
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
     if HAS_POS or HAS_TIME:
-        bias, pos_index, time_index = _tile_bias(
-            pos_q, t_next, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
-            max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
+        bias, pos_index, time_index, time_bucket = _tile_bias(
+            pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr,
+            thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
         s += bias
     sig = _sigmoid(s, FAST_SIGMOID)
     p = s * sig * inv_norm[:, None]  # SiLU(S) / N
@@ -357,7 +385,10 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, his
         if HAS_POS:
             _scatter_table_grad(dpos_ptr, pos_index, ds, keep, DETERMINISTIC)
         if HAS_TIME:
-            _scatter_table_grad(dtime_ptr, time_index, ds, keep, DETERMINISTIC)
+            if time_bucket >= 0:  # one bucket for the whole tile: one addition
+                tl.atomic_add(dtime_ptr + time_bucket, tl.sum(tl.sum(ds, 1), 0), sem="relaxed")
+            else:
+                _scatter_table_grad(dtime_ptr, time_index, ds, keep, DETERMINISTIC)
     return p, ds
 
 

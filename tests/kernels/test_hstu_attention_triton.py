@@ -438,3 +438,15 @@ def test_low_precision_forward_and_backward_on_gpu(dtype):
     assert err(got, want) <= 2 * err(ref, want) + 1e-5
     for name in want_grads:
         assert err(got_grads[name], want_grads[name]) <= 2 * err(ref_grads[name], want_grads[name]) + 1e-5, name
+
+
+def test_tiles_within_one_time_bucket():
+    """Two bursts of events far apart: the tiles pairing one burst with the other hold a single time
+    bucket (taken per tile, one table addition backward), the others one bucket per pair."""
+    lengths = [64, 40]
+    case = make_case(lengths, max_seq_len=64, seed=8)
+    burst = torch.cat([torch.arange(32) * 3, 10**9 + torch.arange(32) * 5, torch.arange(20) * 7,
+                       5 * 10**7 + torch.arange(20)])
+    case["timestamps"] = burst.to(DEVICE)
+    assert_forward_backward_match(case, num_targets=targets_for(lengths, most=1))
+    assert_forward_backward_match(case, deterministic=True)
