@@ -38,7 +38,9 @@ fixed order: bitwise reproducible, slower, and ``programs x table`` floats of me
 
 SiLU: bfloat16 / float16 on CUDA take the sigmoid from one ``tanh.approx.f32`` (relative error about
 ``2^-11``, below those types' rounding); float32 and the interpreter use ``tl.sigmoid``. float32
-inputs follow ``torch.backends.cuda.matmul.allow_tf32`` (TF32 tensor cores, or exact IEEE products).
+inputs follow ``torch.backends.cuda.matmul.allow_tf32``: TF32 tensor cores when allowed, else
+float32 accuracy from three TF32 products (``"tf32x3"``) on CUDA and exact products in the
+interpreter (see :func:`_input_precision`).
 
 Packaging: ``torch.ops.recsys.hstu_attention_fwd`` / ``hstu_attention_bwd`` are
 ``torch.library.custom_op`` with fake implementations (``torch.compile`` / ``torch.export`` trace
@@ -716,7 +718,7 @@ def _settings(q, k, v, position_bias, time_bias, timestamps, num_targets, next_t
         CAUSAL=causal, HAS_TARGETS=num_targets is not None, HAS_WINDOW=max_attn_len > 0, HAS_CONTEXT=num_contextual > 0,
         HAS_POS=position_bias is not None, HAS_TIME=has_time, HAS_NEXT_TS=has_time and next_timestamp is not None,
         BLOCK_DQK=max(16, triton.next_power_of_2(dim_qk)), BLOCK_DV=max(16, triton.next_power_of_2(dim_v)),
-        INPUT_PRECISION=_input_precision(q.dtype),
+        INPUT_PRECISION=_input_precision(q),
         FAST_SIGMOID=q.is_cuda and q.dtype in (torch.bfloat16, torch.float16),
     )
     return scalars, flags
@@ -822,12 +824,17 @@ def _backward(grad_out, q, k, v, seq_offsets, query_offsets, num_targets, timest
     return dq, dk, dv, *table_grads
 
 
-def _input_precision(dtype: torch.dtype) -> Optional[str]:
-    """float32 tiles: TF32 when PyTorch's matmuls may use it (``torch.backends.cuda.matmul.allow_tf32``),
-    else exact IEEE products; other dtypes: tensor cores as they are."""
-    if dtype != torch.float32:
+def _input_precision(q: torch.Tensor) -> Optional[str]:
+    """float32 tiles: TF32 when PyTorch's matmuls may use it (``torch.backends.cuda.matmul.allow_tf32``);
+    otherwise float32 accuracy, from three TF32 products per product on CUDA (``"tf32x3"``: tensor
+    cores, error of the order of float32 rounding; exact IEEE products without tensor cores are
+    several times slower than the reference) and exact products in the interpreter. Other dtypes:
+    tensor cores as they are."""
+    if q.dtype != torch.float32:
         return None
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "tf32x3" if q.is_cuda else "ieee"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -950,6 +957,10 @@ def hstu_attention_triton(
     """
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
+    if timestamps is not None:
+        timestamps = timestamps.long()
+    if next_timestamp is not None:
+        next_timestamp = next_timestamp.long()
     out, _ = torch.ops.recsys.hstu_attention_fwd(
         q, k, v, seq_offsets, query_offsets if query_offsets is not None else seq_offsets,
         num_targets, timestamps, next_timestamp, position_bias, time_bias,

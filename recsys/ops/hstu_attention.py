@@ -8,8 +8,9 @@ the reference. Registered here: ``"pytorch"`` (the reference) and ``"triton"``
 (:mod:`recsys.kernels.hstu_attention_triton`: fused forward and backward that compute the mask,
 the normalizer and the relative bias in-kernel from the offsets, targets, timestamps and the two
 bias tables, so no ``[B, N, N]`` tensor exists; picked by ``"auto"`` on CUDA for bfloat16, float16
-and float32, training and evaluation alike; on CPU tensors only when asked for by name with
-``TRITON_INTERPRET=1``). Force one with ``kernel="pytorch"`` / ``kernel="triton"``.
+and float32 (TF32 products when ``torch.backends.cuda.matmul.allow_tf32`` is on, else float32
+accuracy from three TF32 products), training and evaluation alike; on CPU tensors only when asked
+for by name with ``TRITON_INTERPRET=1``). Force one with ``kernel="pytorch"`` / ``kernel="triton"``.
 
 Jagged layout: tokens of all sequences are concatenated along dim 0 and ``seq_offsets`` (``[B + 1]``
 int64, ``seq_offsets[0] == 0``) marks where each sequence starts::
@@ -25,7 +26,10 @@ Differences from the reference code (generative-recommenders), on purpose:
 - targets share one position for the position bias and never feed ``t_next`` of another token
   (see :mod:`recsys.ops.relative_bias_index`);
 - ``query_offsets`` lets a pass compute only the last tokens of each sequence against a cached
-  history (M-FALCON), with jagged rather than fixed per-sequence query counts.
+  history (M-FALCON), with jagged rather than fixed per-sequence query counts;
+- ``num_contextual`` makes the first C keys visible to every query; the contextual queries
+  themselves attend causally (the reference code also lets them see the whole history, which makes
+  them depend on later tokens).
 
 Shape letters: T tokens, B sequences, H heads, Dqk / Dv head dims.
 """

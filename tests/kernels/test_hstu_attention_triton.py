@@ -171,6 +171,16 @@ def test_float32_with_tf32_allowed_on_gpu(monkeypatch):
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
+def test_float32_without_tf32_keeps_float32_accuracy_on_gpu(monkeypatch):
+    """TF32 off (PyTorch's default): auto still takes the kernel, whose three-TF32 products keep the
+    float32 tolerances of the CPU tests, forward and backward."""
+    require_gpu("float32 tensor-core products")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    lengths = [100, 7, 0, 256]
+    case = make_case(lengths, dqk=64, dv=64, max_seq_len=256, seed=4)
+    assert_forward_backward_match(case, num_targets=targets_for(lengths))
+
+
 # ------------------------------------------------------------------------------------------------
 # Forward and backward against the reference (torch.autograd through the PyTorch reference)
 # ------------------------------------------------------------------------------------------------
