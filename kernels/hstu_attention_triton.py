@@ -93,13 +93,36 @@ def _sequence(seq_offsets_ptr, query_offsets_ptr, num_targets_ptr, b, HAS_TARGET
 
 
 @triton.jit
-def _query_next_time(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history, HAS_NEXT_TS: tl.constexpr):
-    """``[BLOCK_M]`` int64 t_next of each query (see relative_bias_index.next_timestamps)."""
-    nxt = tl.where(pos_q + 1 < history, pos_q + 1, pos_q)
-    t_next = tl.load(ts_ptr + key_start + nxt, mask=row_ok, other=0)
-    if HAS_NEXT_TS:
-        t_next = tl.where(pos_q + 1 == history, tl.load(next_ts_ptr + b), t_next)
-    return t_next
+def _query_times(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history,
+                 HAS_TIME: tl.constexpr, HAS_NEXT_TS: tl.constexpr):
+    """``[BLOCK_M]`` int64 t_next of each query (see relative_bias_index.next_timestamps) and its
+    smallest and largest value over the real rows (zeros without a time bias)."""
+    t_next = (pos_q * 0).to(tl.int64)
+    if HAS_TIME:
+        nxt = tl.where(pos_q + 1 < history, pos_q + 1, pos_q)
+        t_next = tl.load(ts_ptr + key_start + nxt, mask=row_ok, other=0)
+        if HAS_NEXT_TS:
+            t_next = tl.where(pos_q + 1 == history, tl.load(next_ts_ptr + b), t_next)
+    return t_next, _masked_min(t_next, row_ok), _masked_max(t_next, row_ok)
+
+
+@triton.jit
+def _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME: tl.constexpr):
+    """``[BLOCK_N]`` int64 key timestamps and their extremes over the real keys (zeros without a time bias)."""
+    t_key = (cols * 0).to(tl.int64)
+    if HAS_TIME:
+        t_key = tl.load(ts_ptr + key_start + cols, mask=col_ok, other=0)
+    return t_key, _masked_min(t_key, col_ok), _masked_max(t_key, col_ok)
+
+
+@triton.jit
+def _masked_min(x, ok):
+    return tl.min(tl.where(ok, x, 9223372036854775807), 0)
+
+
+@triton.jit
+def _masked_max(x, ok):
+    return tl.max(tl.where(ok, x, -9223372036854775807), 0)
 
 
 @triton.jit
@@ -137,14 +160,15 @@ def _time_bucket(dt, thresholds_ptr, num_buckets, bucket_scale):
 
 
 @triton.jit
-def _tile_bias(pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr,
-               thresholds_ptr, max_distance, num_buckets, bucket_scale,
+def _tile_bias(pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+               pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale,
                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``rab`` of the tile (float32), the table indices it read (for the backward), and whether one
     time bucket covers the whole tile (then ``time_bucket`` is it, else -1).
 
     Far from the diagonal, the time gaps of a tile usually fall in one log bucket: the tile's range
-    of ``t_next(i) - t_j`` (from the row and column extremes) decides that with two scalar buckets,
+    of ``t_next(i) - t_j`` (from the row and column extremes, computed once per tile row or column
+    by the caller) decides that with two scalar buckets,
     and the tile then skips the per-pair log and gather (and, backward, adds one sum to the table).
     """
     bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -156,11 +180,8 @@ def _tile_bias(pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, 
         pos_index = tl.minimum(tl.maximum(distance, -max_distance), max_distance) + max_distance
         bias += tl.load(pos_bias_ptr + pos_index)
     if HAS_TIME:
-        t_key = tl.load(ts_ptr + key_start + cols, mask=col_ok, other=0)  # [BLOCK_N] int64
-        lowest = tl.min(tl.where(row_ok, t_next, 9223372036854775807), 0) - tl.max(
-            tl.where(col_ok, t_key, -9223372036854775807), 0)
-        highest = tl.max(tl.where(row_ok, t_next, -9223372036854775807), 0) - tl.min(
-            tl.where(col_ok, t_key, 9223372036854775807), 0)
+        lowest = t_next_lo - t_key_hi  # the tile's smallest and largest t_next(i) - t_j
+        highest = t_next_hi - t_key_lo
         low_gap = tl.where((lowest > 0) | (highest < 0), tl.minimum(tl.abs(lowest), tl.abs(highest)), 1)
         high_gap = tl.maximum(tl.maximum(tl.abs(lowest), tl.abs(highest)), 1)
         low_bucket = _time_bucket(low_gap, thresholds_ptr, num_buckets, bucket_scale)
@@ -218,7 +239,7 @@ def _key_range(pos_first, pos_last, n, history, max_attn_len, num_contextual,
 
 
 @triton.jit
-def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, n, history, key_start,
+def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history, key_start,
               k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
               alpha, stride_kt, stride_vt, k_head, v_head, dim_qk, dim_v,
               max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
@@ -232,9 +253,10 @@ def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, n, history, key_start
     k = _load_rows(k_ptr, key_start, cols, col_ok, stride_kt, k_head, tl.arange(0, BLOCK_DQK), dim_qk)
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha  # [BLOCK_M, BLOCK_N] float32
     if HAS_POS or HAS_TIME:
-        bias, _, _, _ = _tile_bias(pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr,
-                                   time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS,
-                                   HAS_TIME, BLOCK_M, BLOCK_N)
+        t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
+        bias, _, _, _ = _tile_bias(pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+                                   pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets,
+                                   bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
         s += bias
     p = s * _sigmoid(s, FAST_SIGMOID)  # SiLU
     if MASKED:
@@ -265,9 +287,8 @@ def _fwd_block(
     rows = row0 + tl.arange(0, BLOCK_M)
     row_ok = rows < query_len
     pos_q = first_query + rows  # [BLOCK_M] positions of the queries in their sequence
-    t_next = tl.zeros([BLOCK_M], dtype=tl.int64)
-    if HAS_TIME:
-        t_next = _query_next_time(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history, HAS_NEXT_TS)
+    t_next, t_next_lo, t_next_hi = _query_times(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history,
+                                                HAS_TIME, HAS_NEXT_TS)
     q = _load_rows(q_ptr, query_start, rows, row_ok, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), dim_qk)
     pos_last = first_query + tl.minimum(row0 + BLOCK_M, query_len) - 1
     prefix_end, lo, full_end, hi = _key_range(first_query + row0, pos_last, n, history, max_attn_len, num_contextual,
@@ -275,21 +296,24 @@ def _fwd_block(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
     for start in range(0, prefix_end, BLOCK_N):  # the contextual prefix before a window
-        acc, count = _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, n, history, key_start,
+        acc, count = _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history,
+                               key_start,
                                k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                                alpha, stride_kt, stride_vt, h * stride_kh, h * stride_vh, dim_qk, dim_v,
                                max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                                True, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME, LENGTH_NORM,
                                BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, INPUT_PRECISION, FAST_SIGMOID)
     for start in range(lo, full_end, BLOCK_N):  # tiles every row sees whole: no mask
-        acc, count = _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, n, history, key_start,
+        acc, count = _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history,
+                               key_start,
                                k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                                alpha, stride_kt, stride_vt, h * stride_kh, h * stride_vh, dim_qk, dim_v,
                                max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                                False, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME, LENGTH_NORM,
                                BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, INPUT_PRECISION, FAST_SIGMOID)
     for start in range(full_end, hi, BLOCK_N):  # the diagonal, the sequence's end, targets, the window
-        acc, count = _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, n, history, key_start,
+        acc, count = _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history,
+                               key_start,
                                k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                                alpha, stride_kt, stride_vt, h * stride_kh, h * stride_vh, dim_qk, dim_v,
                                max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
@@ -357,8 +381,9 @@ def _scatter_table_grad(grad_ptr, index, ds, keep, DETERMINISTIC: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, history, key_start,
-              ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr,
+def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
+              t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+              pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr,
               alpha, max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_CONTEXT: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
@@ -369,8 +394,8 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, his
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
     if HAS_POS or HAS_TIME:
         bias, pos_index, time_index, time_bucket = _tile_bias(
-            pos_q, t_next, row_ok, cols, col_ok, history, key_start, ts_ptr, pos_bias_ptr, time_bias_ptr,
-            thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
+            pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi, pos_bias_ptr,
+            time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
         s += bias
     sig = _sigmoid(s, FAST_SIGMOID)
     p = s * sig * inv_norm[:, None]  # SiLU(S) / N
@@ -395,7 +420,8 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, his
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, start_m, cols, col_ok, n, history, key_start, b, h, query_start, query_len, first_query,
+def _dkdv_step(dk, dv, k, v, t_key, t_key_lo, t_key_hi, start_m, cols, col_ok, n, history, key_start, b, h,
+               query_start, query_len, first_query,
                q_ptr, do_ptr, inv_norm_ptr, ts_ptr, next_ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                dpos_ptr, dtime_ptr, alpha, stride_qt, stride_qh, stride_dot, stride_doh, dim_qk, dim_v,
                max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
@@ -411,11 +437,11 @@ def _dkdv_step(dk, dv, k, v, start_m, cols, col_ok, n, history, key_start, b, h,
     q = _load_rows(q_ptr, query_start, rows, row_ok, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), dim_qk)
     do = _load_rows(do_ptr, query_start, rows, row_ok, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), dim_v)
     inv_norm = tl.load(inv_norm_ptr + query_start + rows, mask=row_ok, other=0.0)
-    t_next = tl.zeros([BLOCK_M], dtype=tl.int64)
-    if HAS_TIME:
-        t_next = _query_next_time(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history, HAS_NEXT_TS)
-    p, ds = _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, history, key_start,
-                      ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr,
+    t_next, t_next_lo, t_next_hi = _query_times(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history,
+                                                HAS_TIME, HAS_NEXT_TS)
+    p, ds = _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
+                      t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+                      pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr,
                       alpha, max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                       MASKED, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME,
                       BIAS_GRAD, DETERMINISTIC, BLOCK_M, BLOCK_N, INPUT_PRECISION, FAST_SIGMOID)
@@ -497,12 +523,14 @@ def _hstu_bwd_dkdv_kernel(
         dvs = tl.arange(0, BLOCK_DV)
         k = _load_rows(k_ptr, key_start, cols, col_ok, stride_kt, h * stride_kh, dqk, dim_qk)
         v = _load_rows(v_ptr, key_start, cols, col_ok, stride_vt, h * stride_vh, dvs, dim_v)
+        t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
         lo, mask_end, hi = _query_range(start_n, n, history, query_len, first_query, max_attn_len, num_contextual,
                                         CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, BLOCK_M, BLOCK_N)
         dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
         for start_m in range(lo, mask_end, BLOCK_M):
-            dk, dv = _dkdv_step(dk, dv, k, v, start_m, cols, col_ok, n, history, key_start, b, h, query_start,
+            dk, dv = _dkdv_step(dk, dv, k, v, t_key, t_key_lo, t_key_hi, start_m, cols, col_ok, n, history,
+                                key_start, b, h, query_start,
                                 query_len, first_query, q_ptr, do_ptr, inv_norm_ptr, ts_ptr, next_ts_ptr,
                                 pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr, alpha,
                                 stride_qt, stride_qh, stride_dot, stride_doh, dim_qk, dim_v, max_distance,
@@ -511,7 +539,8 @@ def _hstu_bwd_dkdv_kernel(
                                 BIAS_GRAD, DETERMINISTIC, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, INPUT_PRECISION,
                                 FAST_SIGMOID)
         for start_m in range(mask_end, hi, BLOCK_M):  # query tiles that see the whole key tile
-            dk, dv = _dkdv_step(dk, dv, k, v, start_m, cols, col_ok, n, history, key_start, b, h, query_start,
+            dk, dv = _dkdv_step(dk, dv, k, v, t_key, t_key_lo, t_key_hi, start_m, cols, col_ok, n, history,
+                                key_start, b, h, query_start,
                                 query_len, first_query, q_ptr, do_ptr, inv_norm_ptr, ts_ptr, next_ts_ptr,
                                 pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr, alpha,
                                 stride_qt, stride_qh, stride_dot, stride_doh, dim_qk, dim_v, max_distance,
@@ -527,7 +556,7 @@ def _hstu_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, n, history, key_start, h,
+def _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history, key_start, h,
              k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
              alpha, stride_kt, stride_kh, stride_vt, stride_vh, dim_qk, dim_v,
              max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
@@ -540,8 +569,10 @@ def _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, n, history, key_
     col_ok = cols < n
     k = _load_rows(k_ptr, key_start, cols, col_ok, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), dim_qk)
     v = _load_rows(v_ptr, key_start, cols, col_ok, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), dim_v)
-    _, ds = _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, t_next, cols, col_ok, n, history, key_start,
-                      ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr, ts_ptr, ts_ptr,
+    t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
+    _, ds = _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
+                      t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+                      pos_bias_ptr, time_bias_ptr, thresholds_ptr, ts_ptr, ts_ptr,
                       alpha, max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                       MASKED, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME,
                       False, False, BLOCK_M, BLOCK_N, INPUT_PRECISION, FAST_SIGMOID)
@@ -567,29 +598,31 @@ def _dq_block(
     q = _load_rows(q_ptr, query_start, rows, row_ok, stride_qt, h * stride_qh, dqk, dim_qk)
     do = _load_rows(do_ptr, query_start, rows, row_ok, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), dim_v)
     inv_norm = tl.load(inv_norm_ptr + query_start + rows, mask=row_ok, other=0.0)
-    t_next = tl.zeros([BLOCK_M], dtype=tl.int64)
-    if HAS_TIME:
-        t_next = _query_next_time(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history, HAS_NEXT_TS)
+    t_next, t_next_lo, t_next_hi = _query_times(ts_ptr, next_ts_ptr, b, key_start, pos_q, row_ok, history,
+                                                HAS_TIME, HAS_NEXT_TS)
     pos_last = first_query + tl.minimum(start_m + BLOCK_M, query_len) - 1
     prefix_end, lo, full_end, hi = _key_range(first_query + start_m, pos_last, n, history, max_attn_len,
                                               num_contextual, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, BLOCK_N)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     for start in range(0, prefix_end, BLOCK_N):
-        dq = _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, n, history, key_start, h,
+        dq = _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history,
+                      key_start, h,
                       k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                       alpha, stride_kt, stride_kh, stride_vt, stride_vh, dim_qk, dim_v,
                       max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                       True, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME,
                       BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, INPUT_PRECISION, FAST_SIGMOID)
     for start in range(lo, full_end, BLOCK_N):
-        dq = _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, n, history, key_start, h,
+        dq = _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history,
+                      key_start, h,
                       k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                       alpha, stride_kt, stride_kh, stride_vt, stride_vh, dim_qk, dim_v,
                       max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                       False, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME,
                       BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, INPUT_PRECISION, FAST_SIGMOID)
     for start in range(full_end, hi, BLOCK_N):
-        dq = _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, n, history, key_start, h,
+        dq = _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi, n, history,
+                      key_start, h,
                       k_ptr, v_ptr, ts_ptr, pos_bias_ptr, time_bias_ptr, thresholds_ptr,
                       alpha, stride_kt, stride_kh, stride_vt, stride_vh, dim_qk, dim_v,
                       max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
@@ -635,8 +668,10 @@ def _hstu_bwd_dq_kernel(
 # Launchers (autotuned on CUDA; fixed small tiles in the interpreter)
 # ----------------------------------------------------------------------------------------------
 
-# Hopper (H100 / H200) candidates: 128 x 64 tiles with 8 warps and 3-4 stages are the usual
-# winners at Dqk = Dv = 128; the 64-row tiles serve head dims above 128 and short sequences.
+# Hopper (H100 / H200) candidates. Forward: 128 x 64 tiles, 8 warps (a [128, 128] float32
+# accumulator is 64 registers a thread), 3-4 stages. Backward: dK and dV of 64 keys (2 x [64, 128]
+# float32, 64 registers a thread at 8 warps) or 128 keys at 2 stages; dQ of 128 queries. The
+# smaller tiles serve head dims above 128 (pruned to them) and short sequences.
 FWD_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
@@ -646,15 +681,15 @@ FWD_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
 ]
-DKDV_CONFIGS = [  # BLOCK_N keys per program, BLOCK_M queries per step
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
+DKDV_CONFIGS = [  # BLOCK_N keys per program (dK, dV accumulate in registers), BLOCK_M queries per step
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
 ]
-DQ_CONFIGS = [  # BLOCK_M queries per program, BLOCK_N keys per step
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+DQ_CONFIGS = [  # BLOCK_M queries per program (dQ accumulates in registers), BLOCK_N keys per step
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
