@@ -126,57 +126,81 @@ def _masked_max(x, ok):
 
 
 @triton.jit
+def _q2(x, KEYS_ON_ROWS: tl.constexpr):
+    """A per-query vector spread over the tile's query axis (columns when keys are on the rows)."""
+    if KEYS_ON_ROWS:
+        return x[None, :]
+    else:
+        return x[:, None]
+
+
+@triton.jit
+def _k2(x, KEYS_ON_ROWS: tl.constexpr):
+    """A per-key vector spread over the tile's key axis."""
+    if KEYS_ON_ROWS:
+        return x[:, None]
+    else:
+        return x[None, :]
+
+
+@triton.jit
 def _tile_mask(pos_q, row_ok, cols, n, history, max_attn_len, num_contextual,
                CAUSAL: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               HAS_CONTEXT: tl.constexpr):
-    """``[BLOCK_M, BLOCK_N]`` bool: query at position pos_q sees key at position cols."""
-    real = row_ok[:, None] & (cols < n)[None, :]
+               HAS_CONTEXT: tl.constexpr, KEYS_ON_ROWS: tl.constexpr):
+    """Bool tile: query at position pos_q sees key at position cols (``[BLOCK_M, BLOCK_N]``, or
+    ``[BLOCK_N, BLOCK_M]`` with keys on the rows as the dK / dV kernel computes)."""
+    q_pos = _q2(pos_q, KEYS_ON_ROWS)
+    k_pos = _k2(cols, KEYS_ON_ROWS)
+    real = _q2(row_ok, KEYS_ON_ROWS) & _k2(cols < n, KEYS_ON_ROWS)
     keep = real
     if CAUSAL:
-        keep = keep & (cols[None, :] <= pos_q[:, None])
+        keep = keep & (k_pos <= q_pos)
     if HAS_TARGETS:  # two different targets never see each other
-        between = (cols[None, :] >= history) & (pos_q[:, None] >= history)
-        keep = keep & ~(between & (cols[None, :] != pos_q[:, None]))
+        keep = keep & ~((k_pos >= history) & (q_pos >= history) & (k_pos != q_pos))
     if HAS_WINDOW:  # targets count at position h
-        dist = tl.minimum(pos_q, history)[:, None] - tl.minimum(cols, history)[None, :]
+        dist = _q2(tl.minimum(pos_q, history), KEYS_ON_ROWS) - _k2(tl.minimum(cols, history), KEYS_ON_ROWS)
         if CAUSAL:
             keep = keep & (dist <= max_attn_len)
         else:
             keep = keep & (dist <= max_attn_len) & (dist >= -max_attn_len)
     if HAS_CONTEXT:  # the contextual prefix is visible to every query
-        keep = keep | (real & (cols[None, :] < num_contextual))
+        keep = keep | (real & (k_pos < num_contextual))
     return keep
 
 
 @triton.jit
 def _time_bucket(dt, thresholds_ptr, num_buckets, bucket_scale):
-    """Exact ``bucket(dt)`` of int64 ``dt >= 1`` (any shape): float32 ``log2`` rounded to the bucket or
-    the one above (``+ 1e-4``, far above float32's error), then one comparison with the bucket's
-    first integer. Rounding through ``x + 1.5 * 2^23`` avoids the slow float-to-int conversion."""
+    """Exact ``bucket(dt)`` of int32 / int64 ``dt >= 1`` (any shape): float32 ``log2`` rounded to the
+    bucket or the one above (``+ 1e-4``, far above float32's error), then one comparison with the
+    bucket's first integer. Rounding through ``x + 1.5 * 2^23`` avoids the slow float-to-int conversion."""
     x = tl.log2(dt.to(tl.float32)) * bucket_scale + (1e-4 - 0.5)
     approx = (x + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000  # round(x) = floor(log + 1e-4)
     approx = tl.minimum(tl.maximum(approx, 0), num_buckets)
-    return approx - (dt < tl.load(thresholds_ptr + approx)).to(tl.int32)
+    first = tl.load(thresholds_ptr + approx)  # int64
+    if dt.dtype == tl.int32:
+        first = tl.minimum(first, 2147483647).to(tl.int32)
+    return approx - (dt < first).to(tl.int32)
 
 
 @triton.jit
-def _tile_bias(pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+def _tile_bias(like, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
                pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale,
-               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``rab`` of the tile (float32), the table indices it read (for the backward), and whether one
-    time bucket covers the whole tile (then ``time_bucket`` is it, else -1).
+               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, KEYS_ON_ROWS: tl.constexpr):
+    """``rab`` of the tile (float32, the shape of ``like``), the table indices it read (for the
+    backward), and the one time bucket that covers the whole tile (-1 when none does).
 
     Far from the diagonal, the time gaps of a tile usually fall in one log bucket: the tile's range
-    of ``t_next(i) - t_j`` (from the row and column extremes, computed once per tile row or column
-    by the caller) decides that with two scalar buckets,
-    and the tile then skips the per-pair log and gather (and, backward, adds one sum to the table).
+    of ``t_next(i) - t_j`` (from the query and key extremes, computed once per query or key tile by
+    the caller) decides that with two scalar buckets, and the tile then skips the per-pair log and
+    gather (and, backward, adds one sum to the table). Otherwise the gaps are taken in int32 when
+    the tile's range allows (half the registers of int64), else in int64.
     """
-    bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    pos_index = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-    time_index = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+    bias = tl.zeros_like(like)
+    pos_index = bias.to(tl.int32)
+    time_index = bias.to(tl.int32)
     time_bucket = history * 0 - 1  # an int32 scalar, as the branch below assigns
     if HAS_POS:
-        distance = tl.minimum(cols, history)[None, :] - tl.minimum(pos_q, history)[:, None]
+        distance = _k2(tl.minimum(cols, history), KEYS_ON_ROWS) - _q2(tl.minimum(pos_q, history), KEYS_ON_ROWS)
         pos_index = tl.minimum(tl.maximum(distance, -max_distance), max_distance) + max_distance
         bias += tl.load(pos_bias_ptr + pos_index)
     if HAS_TIME:
@@ -189,10 +213,14 @@ def _tile_bias(pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_
             time_bucket = low_bucket
             time_index = time_index + low_bucket
             bias += tl.load(time_bias_ptr + low_bucket)
+        elif (highest < 1073741824) & (lowest > -1073741824):  # every gap within +-2^30: int32
+            gap32 = (_q2((t_next - t_key_lo).to(tl.int32), KEYS_ON_ROWS)
+                     - _k2((t_key - t_key_lo).to(tl.int32), KEYS_ON_ROWS))  # padding rows may wrap: masked later
+            time_index = _time_bucket(tl.maximum(tl.abs(gap32), 1), thresholds_ptr, num_buckets, bucket_scale)
+            bias += tl.load(time_bias_ptr + time_index)
         else:
-            dt = t_next[:, None] - t_key[None, :]
-            time_index = _time_bucket(tl.maximum(tl.where(dt < 0, -dt, dt), 1), thresholds_ptr, num_buckets,
-                                      bucket_scale)
+            gap64 = _q2(t_next, KEYS_ON_ROWS) - _k2(t_key, KEYS_ON_ROWS)  # (names differ: a branch's values must not)
+            time_index = _time_bucket(tl.maximum(tl.abs(gap64), 1), thresholds_ptr, num_buckets, bucket_scale)
             bias += tl.load(time_bias_ptr + time_index)
     return bias, pos_index, time_index, time_bucket
 
@@ -254,14 +282,14 @@ def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi,
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha  # [BLOCK_M, BLOCK_N] float32
     if HAS_POS or HAS_TIME:
         t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
-        bias, _, _, _ = _tile_bias(pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+        bias, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
                                    pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets,
-                                   bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
+                                   bucket_scale, HAS_POS, HAS_TIME, False)
         s += bias
     p = s * _sigmoid(s, FAST_SIGMOID)  # SiLU
     if MASKED:
         keep = _tile_mask(pos_q, row_ok, cols, n, history, max_attn_len, num_contextual,
-                          CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT)
+                          CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, False)
         p = tl.where(keep, p, 0.0)
         if LENGTH_NORM:
             count += tl.sum(keep.to(tl.int32), 1)
@@ -387,25 +415,31 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
               alpha, max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_CONTEXT: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
-              BIAS_GRAD: tl.constexpr, DETERMINISTIC: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-              FAST_SIGMOID: tl.constexpr):
-    """``P / N`` (for dV) and ``dS`` (for dQ, dK, the tables) of one tile, both [BLOCK_M, BLOCK_N] float32."""
-    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
+              BIAS_GRAD: tl.constexpr, DETERMINISTIC: tl.constexpr, KEYS_ON_ROWS: tl.constexpr,
+              INPUT_PRECISION: tl.constexpr, FAST_SIGMOID: tl.constexpr):
+    """``P / N`` (for dV) and ``dS`` (for dQ, dK, the tables) of one tile, float32, ``[BLOCK_M, BLOCK_N]``
+    or, with ``KEYS_ON_ROWS`` (the dK / dV kernel: ``dV += P^T dO`` straight from the registers),
+    ``[BLOCK_N, BLOCK_M]``."""
+    if KEYS_ON_ROWS:
+        s = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION) * alpha
+        dp = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)
+    else:
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
     if HAS_POS or HAS_TIME:
         bias, pos_index, time_index, time_bucket = _tile_bias(
-            pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi, pos_bias_ptr,
-            time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, BLOCK_M, BLOCK_N)
+            s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi, pos_bias_ptr,
+            time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, KEYS_ON_ROWS)
         s += bias
     sig = _sigmoid(s, FAST_SIGMOID)
-    p = s * sig * inv_norm[:, None]  # SiLU(S) / N
-    dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION) * inv_norm[:, None]  # dO V^T / N
-    ds = dp * sig * (1.0 + s * (1.0 - sig))  # SiLU'(S) = sig (1 + S (1 - sig))
+    norm = _q2(inv_norm, KEYS_ON_ROWS)
+    p = s * sig * norm  # SiLU(S) / N
+    ds = dp * norm * sig * (1.0 + s * (1.0 - sig))  # dO V^T / N * SiLU'(S), SiLU' = sig (1 + S (1 - sig))
     if MASKED:
         keep = _tile_mask(pos_q, row_ok, cols, n, history, max_attn_len, num_contextual,
-                          CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT)
+                          CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, KEYS_ON_ROWS)
     else:
-        keep = row_ok[:, None] & col_ok[None, :]
+        keep = _q2(row_ok, KEYS_ON_ROWS) & _k2(col_ok, KEYS_ON_ROWS)
     p = tl.where(keep, p, 0.0)
     ds = tl.where(keep, ds, 0.0)
     if BIAS_GRAD:
@@ -444,9 +478,9 @@ def _dkdv_step(dk, dv, k, v, t_key, t_key_lo, t_key_hi, start_m, cols, col_ok, n
                       pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr,
                       alpha, max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                       MASKED, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME,
-                      BIAS_GRAD, DETERMINISTIC, BLOCK_M, BLOCK_N, INPUT_PRECISION, FAST_SIGMOID)
-    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=INPUT_PRECISION)
-    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=INPUT_PRECISION)
+                      BIAS_GRAD, DETERMINISTIC, True, INPUT_PRECISION, FAST_SIGMOID)  # [BLOCK_N, BLOCK_M]
+    dv = tl.dot(p.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
+    dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
     return dk, dv
 
 
@@ -575,7 +609,7 @@ def _dq_tile(dq, q, do, inv_norm, start, pos_q, row_ok, t_next, t_next_lo, t_nex
                       pos_bias_ptr, time_bias_ptr, thresholds_ptr, ts_ptr, ts_ptr,
                       alpha, max_distance, num_buckets, bucket_scale, max_attn_len, num_contextual,
                       MASKED, CAUSAL, HAS_TARGETS, HAS_WINDOW, HAS_CONTEXT, HAS_POS, HAS_TIME,
-                      False, False, BLOCK_M, BLOCK_N, INPUT_PRECISION, FAST_SIGMOID)
+                      False, False, False, INPUT_PRECISION, FAST_SIGMOID)
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
 
 
@@ -668,42 +702,48 @@ def _hstu_bwd_dq_kernel(
 # Launchers (autotuned on CUDA; fixed small tiles in the interpreter)
 # ----------------------------------------------------------------------------------------------
 
-# Hopper (H100 / H200) candidates. Forward: 128 x 64 tiles, 8 warps (a [128, 128] float32
-# accumulator is 64 registers a thread), 3-4 stages. Backward: dK and dV of 64 keys (2 x [64, 128]
-# float32, 64 registers a thread at 8 warps) or 128 keys at 2 stages; dQ of 128 queries. The
-# smaller tiles serve head dims above 128 (pruned to them) and short sequences.
+# Hopper (H100 / H200) candidates, checked at D = 128, bf16 by compiling for sm_90a (ptxas register
+# report, Triton 3.9): without bias the forward's 128 x 64 tile at 8 warps takes 194 registers and
+# dK / dV's 128 keys x 32 queries at 8 warps 249, neither spilling; the per-pair bias adds
+# registers, where 64 x 64 (forward), 64 keys x 32 queries (dK / dV) and 128 x 32 (dQ) tiles spill
+# little or nothing. The smaller tiles also serve head dims above 128 (pruned to them).
 FWD_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-]
-DKDV_CONFIGS = [  # BLOCK_N keys per program (dK, dV accumulate in registers), BLOCK_M queries per step
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),  # head dims above 128
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+]
+DKDV_CONFIGS = [  # BLOCK_N keys per program (dK, dV accumulate in registers), BLOCK_M queries per step
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=2),  # head dims above 128
 ]
 DQ_CONFIGS = [  # BLOCK_M queries per program (dQ accumulates in registers), BLOCK_N keys per step
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),  # head dims above 128
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
 ]
 TUNE_KEY = ["TUNE_LEN", "BLOCK_DQK", "BLOCK_DV", "CAUSAL", "HAS_TARGETS", "HAS_WINDOW", "HAS_POS", "HAS_TIME"]
 INTERPRETER_BLOCK = 32
 
 
 def _prune(configs, named_args, **kwargs):
-    """Head dims above 128: only tiles whose [BLOCK_M | BLOCK_N, D] operands fit the registers."""
-    dims = max(kwargs.get("BLOCK_DQK", named_args.get("BLOCK_DQK", 16)), kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 16)))
+    """Head dims above 128: only the tiles of at most 64 x 32 pairs (register spills otherwise)."""
+    dims = max(kwargs.get("BLOCK_DQK", named_args.get("BLOCK_DQK", 16)),
+               kwargs.get("BLOCK_DV", named_args.get("BLOCK_DV", 16)))
     if dims <= 128:
         return configs
-    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32]
     return small or configs[-1:]
 
 
