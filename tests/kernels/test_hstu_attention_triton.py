@@ -338,29 +338,30 @@ def test_bias_and_mask_semantics_against_a_naive_loop(causal):
 
 
 def test_time_buckets_are_exact_at_every_bucket_edge():
-    """One-token sequences whose time gap (next_timestamp - own timestamp) is each bucket's first
-    integer and the one before it: the kernel's float32 log plus threshold correction gives the
-    model's float64 bucket at every edge, up to gaps of 2^53."""
+    """One query (the last token, whose t_next is next_timestamp = 0) against keys whose time gap
+    is each bucket's first integer, the integer before it and its negative: the kernel's float32
+    log plus threshold correction gives the model's float64 bucket at every edge, up to gaps of
+    2^53. v = one-hot of the key reads each weight SiLU(time_bias[bucket]) off the output."""
     from recsys.kernels.hstu_attention_triton import time_bucket_thresholds
 
     num_buckets = 127
     edges = time_bucket_thresholds(num_buckets, 0.301, torch.device("cpu"))[1:]  # [NB]
     wanted = torch.arange(1, num_buckets + 1)[edges < 2**53]
     edges = edges[edges < 2**53]
-    gaps = torch.cat([edges, edges - 1, -edges])  # negative gaps: |dt|
     # each edge is the first gap of its bucket or above (a bucket can be empty: bucket 1 is)
     assert bool((time_buckets(edges, num_buckets) >= wanted).all() & (time_buckets(edges - 1, num_buckets) < wanted).all())
+    gaps = torch.cat([edges, edges - 1, -edges])  # t_next - t_j with t_next = 0
     count = gaps.numel()
     time_bias = torch.linspace(-2.0, 2.0, num_buckets + 1, dtype=torch.float64).float()
     with torch.no_grad():
         out = hstu_attention(
-            torch.zeros(count, 1, 16, device=DEVICE), torch.zeros(count, 1, 16, device=DEVICE),
-            torch.ones(count, 1, 16, device=DEVICE), torch.arange(count + 1, device=DEVICE), 1,
-            timestamps=torch.zeros(count, dtype=torch.int64, device=DEVICE), time_bias=time_bias.to(DEVICE),
-            next_timestamp=gaps.to(DEVICE), kernel="triton",
-        ).cpu()[:, 0, 0]
+            torch.zeros(1, 1, 16, device=DEVICE), torch.zeros(count, 1, 16, device=DEVICE),
+            torch.eye(count, device=DEVICE).unsqueeze(1), torch.tensor([0, count], device=DEVICE), count,
+            timestamps=(-gaps).to(DEVICE), time_bias=time_bias.to(DEVICE), next_timestamp=torch.zeros(1, dtype=torch.int64, device=DEVICE),
+            query_offsets=torch.tensor([0, 1], device=DEVICE), kernel="triton",
+        ).cpu()[0, 0] * count  # [count] weight of each key
     # neighbouring table entries differ by 0.03: one bucket off would show far above the tolerance
-    torch.testing.assert_close(out, F.silu(time_bias[time_buckets(gaps, num_buckets)]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, F.silu(time_bias[time_buckets(gaps, num_buckets)]), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
