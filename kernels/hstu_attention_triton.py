@@ -30,8 +30,11 @@ float32 accumulation):
   tiles that can see it; ``dS = dP * SiLU'(S)`` with ``dP = dO V^T / N``;
 - backward ``dQ``: one program per query tile walks its key tiles again (no atomics on dQ).
 
-Bias-table gradients: by default, ``tl.atomic_add`` of every visible pair's ``dS`` into one of
-``NUM_COPIES`` copies of each table (copies spread the contention on the small time table; they are
+Bias-table gradients, in the dK / dV kernel: a tile within one time bucket adds its ``dS`` sum once;
+a tile of history pairs without a mask adds to the position table along its diagonals (one sum per
+relative position, :func:`_add_diagonals`); the other tiles (the diagonal band, targets, tiles
+spanning several buckets) ``tl.atomic_add`` every visible pair's ``dS``. All of it goes into one of
+``NUM_COPIES`` copies of each table (copies spread the contention on the small tables; they are
 summed afterwards). ``deterministic=True`` gives every program its own partial table, filled tile by
 tile in a fixed order (a loop over the index range each tile touches), and sums the partials in a
 fixed order: bitwise reproducible, slower, and ``programs x table`` floats of memory.
@@ -409,6 +412,45 @@ def _scatter_table_grad(grad_ptr, index, ds, keep, DETERMINISTIC: tl.constexpr):
 
 
 @triton.jit
+def _add_diagonals(grad_ptr, ds, base, table_size):
+    """``grad[base + r - c] += ds[r, c]`` for a ``[R, C]`` tile (``R >= C``) whose table index runs
+    along its diagonals: each diagonal summed first, ``R + C - 1`` additions instead of ``R * C``.
+
+    Rolling column c up by c rows (``tl.gather``) lines the diagonals up as rows: row v then holds
+    the pairs with ``r - c = v`` (no wrap) and ``r - c = v - R`` (wrapped)."""
+    R: tl.constexpr = ds.shape[0]
+    C: tl.constexpr = ds.shape[1]
+    rolled_rows = tl.arange(0, R)[:, None] + tl.arange(0, C)[None, :]  # [R, C]
+    rolled = tl.gather(ds, rolled_rows % R, 0)  # rolled[v, c] = ds[(v + c) % R, c]
+    v = tl.arange(0, R)
+    upper = tl.sum(tl.where(rolled_rows < R, rolled, 0.0), 1)  # diagonal r - c = v
+    lower = tl.sum(tl.where(rolled_rows >= R, rolled, 0.0), 1)  # diagonal r - c = v - R
+    tl.atomic_add(grad_ptr + base + v, upper, mask=(base + v >= 0) & (base + v < table_size), sem="relaxed")
+    lower_index = base + v - R
+    tl.atomic_add(grad_ptr + lower_index, lower, mask=(v > R - C) & (lower_index >= 0) & (lower_index < table_size),
+                  sem="relaxed")
+
+
+@triton.jit
+def _position_grad(dpos_ptr, pos_index, ds, keep, pos_q, row_ok, cols, col_ok, history, max_distance,
+                   MASKED: tl.constexpr, DETERMINISTIC: tl.constexpr, KEYS_ON_ROWS: tl.constexpr):
+    """The position table's share of ``ds``: along the diagonals for a whole tile of history pairs
+    within the table's reach (keys on the rows), pair by pair otherwise."""
+    if not MASKED and KEYS_ON_ROWS and ds.shape[0] >= ds.shape[1]:
+        q_first = tl.min(pos_q, 0)
+        q_last = tl.max(tl.where(row_ok, pos_q, -1), 0)
+        k_first = tl.min(cols, 0)
+        k_last = tl.max(tl.where(col_ok, cols, -1), 0)
+        if ((q_last < history) & (k_last < history) & (k_last - q_first <= max_distance)
+                & (q_last - k_first <= max_distance)):
+            _add_diagonals(dpos_ptr, ds, k_first - q_first + max_distance, 2 * max_distance + 1)
+        else:
+            _scatter_table_grad(dpos_ptr, pos_index, ds, keep, DETERMINISTIC)
+    else:
+        _scatter_table_grad(dpos_ptr, pos_index, ds, keep, DETERMINISTIC)
+
+
+@triton.jit
 def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
               t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
               pos_bias_ptr, time_bias_ptr, thresholds_ptr, dpos_ptr, dtime_ptr,
@@ -444,7 +486,8 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
     ds = tl.where(keep, ds, 0.0)
     if BIAS_GRAD:
         if HAS_POS:
-            _scatter_table_grad(dpos_ptr, pos_index, ds, keep, DETERMINISTIC)
+            _position_grad(dpos_ptr, pos_index, ds, keep, pos_q, row_ok, cols, col_ok, history, max_distance,
+                           MASKED, DETERMINISTIC, KEYS_ON_ROWS)
         if HAS_TIME:
             if time_bucket >= 0:  # one bucket for the whole tile: one addition
                 tl.atomic_add(dtime_ptr + time_bucket, tl.sum(tl.sum(ds, 1), 0), sem="relaxed")
