@@ -35,9 +35,11 @@ a tile of history pairs without a mask adds to the position table along its diag
 relative position, :func:`_add_diagonals`); the other tiles (the diagonal band, targets, tiles
 spanning several buckets) ``tl.atomic_add`` every visible pair's ``dS``. All of it goes into one of
 ``NUM_COPIES`` copies of each table (copies spread the contention on the small tables; they are
-summed afterwards). ``deterministic=True`` gives every program its own partial table, filled tile by
-tile in a fixed order (a loop over the index range each tile touches), and sums the partials in a
-fixed order: bitwise reproducible, slower, and ``programs x table`` floats of memory.
+summed afterwards). ``deterministic=True`` gives every dK / dV program its own partial table, filled
+tile by tile in a fixed order (a loop over the index range each tile touches), sums the partials in
+a fixed order and launches every kernel with fixed tiles (:data:`DETERMINISTIC_CONFIGS`, not
+autotuned): bitwise reproducible, slower, and ``programs x table`` floats of memory (about 1 GB for
+the position table at 8 x 16384 tokens and 4 heads).
 
 SiLU: bfloat16 / float16 on CUDA take the sigmoid from one ``tanh.approx.f32`` (relative error about
 ``2^-11``, below those types' rounding); float32 and the interpreter use ``tl.sigmoid``. float32
@@ -861,15 +863,25 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(2) == 1 else t.contiguous()
 
 
-def _blocks(q: torch.Tensor, block_m: int, block_n: int) -> dict:
-    """Fixed tiles (interpreter, or asked for): {} means autotune."""
-    if q.is_cuda and not block_m and not block_n:
+# Deterministic runs take these fixed tiles on CUDA: autotuning could pick other tiles (another
+# summation order) in another process.
+DETERMINISTIC_CONFIGS = {"fwd": FWD_CONFIGS[0], "dkdv": DKDV_CONFIGS[1], "dq": DQ_CONFIGS[1]}
+
+
+def _blocks(q: torch.Tensor, block_m: int, block_n: int, kernel: str, deterministic: bool) -> dict:
+    """Launch tiles of ``kernel``: as asked for; {} (autotune) on CUDA; fixed when deterministic or
+    in the interpreter."""
+    if block_m or block_n or not q.is_cuda:
+        return dict(BLOCK_M=block_m or INTERPRETER_BLOCK, BLOCK_N=block_n or INTERPRETER_BLOCK)
+    if not deterministic:
         return {}
-    return dict(BLOCK_M=block_m or INTERPRETER_BLOCK, BLOCK_N=block_n or INTERPRETER_BLOCK)
+    config = DETERMINISTIC_CONFIGS[kernel]
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def _forward(q, k, v, seq_offsets, query_offsets, num_targets, timestamps, next_timestamp, position_bias, time_bias,
-             max_seq_len, alpha, causal, length_norm, max_attn_len, num_contextual, time_bucket_base, block_m, block_n):
+             max_seq_len, alpha, causal, length_norm, max_attn_len, num_contextual, time_bucket_base, block_m, block_n,
+             deterministic):
     """``([Tq, H, Dv] output, [Tq] float32 1 / N per query row)``."""
     num_queries, num_heads, _ = q.shape
     num_seqs = seq_offsets.numel() - 1
@@ -880,7 +892,7 @@ def _forward(q, k, v, seq_offsets, query_offsets, num_targets, timestamps, next_
     q, k, v = _rows(q), _rows(k), _rows(v)
     scalars, flags = _settings(q, k, v, position_bias, time_bias, timestamps, num_targets, next_timestamp,
                                max_attn_len, num_contextual, causal, time_bucket_base, max_seq_len)
-    blocks = _blocks(q, block_m, block_n)
+    blocks = _blocks(q, block_m, block_n, "fwd", deterministic)
     kernel = _hstu_fwd_kernel if blocks else _fwd_tuned
     grid = lambda meta: (num_seqs * num_heads, triton.cdiv(max_seq_len, meta["BLOCK_M"]))  # noqa: E731
     kernel[grid](
@@ -913,11 +925,7 @@ def _backward(grad_out, q, k, v, seq_offsets, query_offsets, num_targets, timest
     strides = dict(stride_qt=q.stride(0), stride_qh=q.stride(1), stride_kt=k.stride(0), stride_kh=k.stride(1),
                    stride_vt=v.stride(0), stride_vh=v.stride(1), stride_dot=grad_out.stride(0),
                    stride_doh=grad_out.stride(1))
-    blocks = _blocks(q, block_m, block_n)
-
-    dkdv_blocks = blocks or {}
-    if deterministic and not blocks:  # a fixed tile, so the summation order never changes with tuning
-        dkdv_blocks = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    dkdv_blocks = _blocks(q, block_m, block_n, "dkdv", deterministic)
     key_tiles = triton.cdiv(max_seq_len, dkdv_blocks.get("BLOCK_N", 16))  # the smallest tile when tuned
     copies = num_seqs * num_heads * key_tiles if deterministic else NUM_COPIES
     partials = [torch.zeros(copies, max(n, 1), dtype=torch.float32, device=q.device) for n in sizes]
@@ -931,6 +939,7 @@ def _backward(grad_out, q, k, v, seq_offsets, query_offsets, num_targets, timest
         BIAS_GRAD=bias_grad and (position_bias is not None or time_bias is not None),
         DETERMINISTIC=deterministic, **dkdv_blocks,
     )
+    blocks = _blocks(q, block_m, block_n, "dq", deterministic)
     kernel = _hstu_bwd_dq_kernel if blocks else _dq_tuned
     grid = lambda meta: (num_seqs * num_heads, triton.cdiv(max_seq_len, meta["BLOCK_M"]))  # noqa: E731
     kernel[grid](
@@ -968,10 +977,11 @@ def hstu_attention_fwd(
     max_seq_len: int, alpha: float, causal: bool, length_norm: bool, max_attn_len: int, num_contextual: int,
     time_bucket_base: float, block_m: int, block_n: int, deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward: ``([Tq, H, Dv] output, [Tq] float32 1 / N)``; ``deterministic`` is for the backward."""
+    """Forward: ``([Tq, H, Dv] output, [Tq] float32 1 / N)``; ``deterministic`` fixes the tiles (and the
+    backward's summation order)."""
     return _forward(q, k, v, seq_offsets, query_offsets, num_targets, timestamps, next_timestamp, position_bias,
                     time_bias, max_seq_len, alpha, causal, length_norm, max_attn_len, num_contextual,
-                    time_bucket_base, block_m, block_n)
+                    time_bucket_base, block_m, block_n, deterministic)
 
 
 @hstu_attention_fwd.register_fake
