@@ -213,8 +213,8 @@ def measure(provider, x, with_bias, backward, want, device, repeats, flops, peak
 
 
 def format_table(rows: list[dict], peak: float) -> str:
-    head = (f"{'L':>6}{'B':>6}{'bias':>6}{'pass':>9}{'provider':>9}{'ms':>10}{'TFLOP/s':>9}"
-            f"{'of ' + format(peak, '.3g'):>9}{'max |err|':>11}")
+    head = (f"{'L':>6}{'B':>6}{'bias':>6}{'pass':>9}{'provider':>9}{'ms':>10}{'TFLOP/s':>10}"
+            f"{'of ' + format(peak, '.3g'):>12}{'max |err|':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
         start = f"{r['longest']:>6}{r['sequences']:>6}{'yes' if r['bias'] else 'no':>6}{r['pass']:>9}{r['provider']:>9}"
@@ -222,7 +222,7 @@ def format_table(rows: list[dict], peak: float) -> str:
             lines.append(f"{start}  skipped: {r['skipped']}")
             continue
         error = f"{r['max_abs_error']:.2e}" if r["max_abs_error"] is not None else "-"
-        lines.append(f"{start}{r['ms']:>10.3f}{r['tflops']:>9.3g}{r['of_matmul']:>9.1%}{error:>11}")
+        lines.append(f"{start}{r['ms']:>10.3f}{r['tflops']:>10.3g}{r['of_matmul']:>12.1%}{error:>11}")
     return "\n".join(lines)
 
 
@@ -257,7 +257,7 @@ def main() -> None:
     else:
         raise SystemExit("no CUDA device: run with --cpu for a smoke run")
     peak = matmul_tflops(device)
-    print(f"matmul: {peak:.1f} TFLOP/s ({'bf16' if device == 'cuda' else 'float32'}, measured)")
+    print(f"matmul: {peak:.3g} TFLOP/s ({'bf16' if device == 'cuda' else 'float32'}, measured)")
     rows = []
     for longest in lengths:
         rows += run_length(longest, args.providers, args.passes, [True, False], dtype, device, max(1, args.repeats),
