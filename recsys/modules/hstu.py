@@ -27,8 +27,11 @@ and values at every layer are the same with or without targets appended.
 targets against them. A non-causal encoder's history reads the targets, so both refuse it.
 
 Shared layout: every layer of a pass attends over the same sequences, so the encoder validates
-the jagged input and builds the padding indices, masks and bias indices once
-(:class:`recsys.ops.hstu_attention_layout.HSTUAttentionLayout`) and hands them to each layer.
+the jagged input once (:class:`recsys.ops.hstu_attention_layout.HSTUAttentionLayout`) and hands the
+layout to each layer. On CUDA, ``kernel="auto"`` runs the fused Triton kernel in training and
+evaluation: it takes the timestamps and the bias tables and computes the mask and relative bias
+in-kernel, so the layout's ``[B, N, N]`` mask and bias index are never built; the PyTorch
+reference (CPU, or ``kernel="pytorch"``) builds them on first use and every layer reuses them.
 
 Shape letters: T tokens, B sequences, D embedding dim, H heads, Dqk / Dv per-head dims.
 """
