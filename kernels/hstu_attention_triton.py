@@ -32,7 +32,7 @@ float32 accumulation):
 
 Bias-table gradients, in the dK / dV kernel: a tile within one time bucket adds its ``dS`` sum once;
 a tile of history pairs without a mask adds to the position table along its diagonals (one sum per
-relative position, :func:`_add_diagonals`); the other tiles (the diagonal band, targets, tiles
+relative position, :func:`_add_diagonals`; atomics mode only); the other tiles (the diagonal band, targets, tiles
 spanning several buckets) ``tl.atomic_add`` every visible pair's ``dS``. All of it goes into one of
 ``NUM_COPIES`` copies of each table (copies spread the contention on the small tables; they are
 summed afterwards). ``deterministic=True`` gives every dK / dV program its own partial table, filled
@@ -437,8 +437,9 @@ def _add_diagonals(grad_ptr, ds, base, table_size):
 def _position_grad(dpos_ptr, pos_index, ds, keep, pos_q, row_ok, cols, col_ok, history, max_distance,
                    MASKED: tl.constexpr, DETERMINISTIC: tl.constexpr, KEYS_ON_ROWS: tl.constexpr):
     """The position table's share of ``ds``: along the diagonals for a whole tile of history pairs
-    within the table's reach (keys on the rows), pair by pair otherwise."""
-    if not MASKED and KEYS_ON_ROWS and ds.shape[0] >= ds.shape[1]:
+    within the table's reach (keys on the rows, atomics mode), pair by pair otherwise."""
+    # (deterministic runs keep every addition on one thread, in program order: no diagonal path)
+    if not MASKED and not DETERMINISTIC and KEYS_ON_ROWS and ds.shape[0] >= ds.shape[1]:
         q_first = tl.min(pos_q, 0)
         q_last = tl.max(tl.where(row_ok, pos_q, -1), 0)
         k_first = tl.min(cols, 0)
