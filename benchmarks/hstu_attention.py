@@ -1,26 +1,34 @@
-"""Jagged HSTU attention forward: the PyTorch reference against the Triton kernel.
+"""Jagged HSTU attention, forward and forward + backward: the fused Triton kernel against the padded
+PyTorch reference and padded causal SDPA (flash attention).
 
-    python benchmarks/hstu_attention.py                       # CUDA: pytorch and triton, every shape
-    python benchmarks/hstu_attention.py --dtype float32 [--tf32]
-    python benchmarks/hstu_attention.py --cpu                 # CPU: the reference on small shapes (a smoke run)
+    python benchmarks/hstu_attention.py                                  # CUDA: every L, both passes, bias and none
+    python benchmarks/hstu_attention.py --lengths 4096 --passes fwd     # one length, forward only
     python benchmarks/hstu_attention.py --out runs/bench/hstu_attention.json
+    python benchmarks/hstu_attention.py --cpu                            # CPU smoke run: tiny shapes, kernel interpreted
 
-Each shape is B sequences of ragged lengths (uniform in [L/2, L], fixed seed), H heads of
-dimension D, causal attention with the position and time bias (the HSTU layer's settings), under
-``torch.no_grad()``. The layout (mask, bias index) is built once per shape, as an encoder does for
-all its layers, and is not timed. Before timing, every backend's output is compared with the
-float32 reference (max absolute difference printed and kept).
+Each length L runs B = 2^17 / L sequences (the same 2^17-token budget) of jagged lengths uniform
+in [L/2, L] (fixed seed), H = 4 heads of dimension D = 128, bfloat16, causal attention, with the
+position + time bias (the HSTU layer's settings: tables of 2L - 1 and 129 entries, sorted random
+timestamps) or without any bias. Providers:
 
-TFLOP/s counts the useful work: per head, 2 * D multiply-adds for Q K^T and 2 * D for the weights
-times V over the causal pairs (n (n + 1) / 2 per sequence), divided by the median time; next to it
-the share of 790 TFLOP/s, the bf16 matmul rate measured on the H100 here (float32 runs compare
-against the same figure; with ``--tf32`` both backends may use TF32 tensor cores, without it both
-compute exact float32 products).
+- ``triton``: :func:`recsys.ops.hstu_attention.hstu_attention` with ``kernel="triton"`` (mask,
+  normalizer and bias computed in-kernel from offsets, timestamps and the tables);
+- ``pytorch``: the padded reference, its layout (mask, bias index) built once and not timed, as an
+  encoder does for all its layers; only where its ``[B, H, N, N]`` tensors fit in memory;
+- ``sdpa``: ``scaled_dot_product_attention`` on the padded ``[B, H, L, D]`` batch, ``is_causal``,
+  flash backend: softmax attention, no bias, the speed reference of a tuned attention kernel.
+
+Time: median of ``triton.testing.do_bench`` (CUDA), the host clock on CPU. TFLOP/s counts useful
+work only: forward ``4 H D sum_b n_b (n_b + 1) / 2`` (Q K^T and weights x V over the causal pairs),
+forward + backward 3.5 times that (backward = 2.5 x forward), for every provider (SDPA's padded
+work is larger). ``of matmul``: the share of the bf16 matmul rate measured at the start with a
+large ``torch.matmul``. ``max |err|``: forward output against the float32 reference, where that fits.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -28,22 +36,19 @@ import torch
 
 from recsys.atomic_files import write_json_atomic
 from recsys.plots import line_plot, png_beside
-from recsys.ops.hstu_attention import hstu_attention
-from recsys.ops.hstu_attention_layout import build_hstu_attention_layout
 
-PEAK_TFLOPS = 790.0  # bf16 dense matmul, measured on the H100 (docs/benchmarks.md)
-GPU_SHAPES = [  # (name, sequences B, longest L, heads H, head dim D)
-    ("Beauty-size: B=128, L=50, H=4, D=16", 128, 50, 4, 16),
-    ("ML-20M-size: B=128, L=200, H=4, D=64", 128, 200, 4, 64),
-    ("long: B=32, L=1024, H=2, D=64", 32, 1024, 2, 64),
-    ("long: B=8, L=4096, H=2, D=128", 8, 4096, 2, 128),
-]
-CPU_SHAPES = [("smoke: B=8, L=64, H=2, D=16", 8, 64, 2, 16)]
+TOKENS = 2**17
+GPU_LENGTHS = [256, 1024, 4096, 8192, 16384]
+CPU_LENGTHS = [32, 64]
+HEADS, DIM = 4, 128
+CPU_HEADS, CPU_DIM, CPU_TOKENS = 2, 16, 2**8
 NUM_TIME_BUCKETS = 128
+PASSES = ("fwd", "fwd+bwd")
+BACKWARD_FACTOR = 2.5  # useful backward FLOPs per forward FLOP
 
 
 def make_inputs(num_seqs: int, longest: int, heads: int, dim: int, dtype: torch.dtype, device: str, seed: int = 0):
-    """Ragged jagged inputs, bias tables and their layout (built once, as an encoder does)."""
+    """Jagged q, k, v ``[T, H, D]``, offsets, sorted timestamps and both bias tables; ``[B]`` lengths."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(max(longest // 2, 1), longest + 1, (num_seqs,), generator=g)
     total = int(lengths.sum())
@@ -59,21 +64,22 @@ def make_inputs(num_seqs: int, longest: int, heads: int, dim: int, dtype: torch.
         position_bias=(torch.randn(2 * longest - 1, generator=g) * 0.1).to(device),
         time_bias=(torch.randn(NUM_TIME_BUCKETS + 1, generator=g) * 0.1).to(device),
     )
-    x["layout"] = build_hstu_attention_layout(offsets, longest, num_rows=total, timestamps=timestamps)
     return x, lengths
 
 
 def useful_flops(lengths: torch.Tensor, heads: int, dim: int) -> float:
+    """Forward: 2 * D multiply-adds for Q K^T and 2 * D for weights x V, per causal pair and head."""
     pairs = float((lengths * (lengths + 1) // 2).sum())
     return 2.0 * pairs * heads * (dim + dim)
 
 
-def time_ms(fn, device: str, repeats: int) -> float:
+def time_ms(fn, device: str, repeats: int, grad_to_none=None) -> float:
     """Median milliseconds: ``triton.testing.do_bench`` on GPU, the host clock on CPU."""
     if device == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, rep=max(repeats, 10), return_mode="median"))
+        return float(triton.testing.do_bench(fn, rep=max(repeats, 10), grad_to_none=grad_to_none,
+                                             return_mode="median"))
     fn()
     times = []
     for _ in range(repeats):
@@ -83,71 +89,182 @@ def time_ms(fn, device: str, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def run(shapes, backends: list[str], dtype: torch.dtype, device: str, repeats: int) -> list[dict]:
-    rows = []
-    for shape in shapes:
-        rows += run_shape(*shape, backends, dtype, device, repeats)
-        if device == "cuda":
-            torch.cuda.empty_cache()  # the shape's inputs are gone with run_shape's frame
-    return rows
+def matmul_tflops(device: str, size: int = 8192) -> float:
+    """The bf16 (float32 on CPU) matmul rate of this device, from one large ``torch.matmul``."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    size = size if device == "cuda" else 256
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    ms = time_ms(lambda: a @ b, device, repeats=50 if device == "cuda" else 5)
+    return 2.0 * size**3 / (ms * 1e-3) / 1e12
 
 
-@torch.no_grad()
-def run_shape(name: str, num_seqs: int, longest: int, heads: int, dim: int, backends: list[str],
-              dtype: torch.dtype, device: str, repeats: int) -> list[dict]:
-    """One row per backend: time, TFLOP/s and the largest difference to the float32 reference."""
+def reference_fits(num_seqs: int, longest: int, heads: int, backward: bool, device: str) -> bool:
+    """Whether the padded reference's ``[B, H, N, N]`` tensors (scores, SiLU, weights, their
+    gradients) and ``[B, N, N]`` layout (mask, int64 bias index, gathered bias) fit in 80% of the
+    free device memory."""
+    if device != "cuda":
+        return True
+    square = num_seqs * longest * longest
+    needed = square * (heads * 4 * (8 if backward else 3) + 8 + 4 + 1)
+    return needed < 0.8 * torch.cuda.mem_get_info()[0]
+
+
+def _bias(x: dict, with_bias: bool) -> dict:
+    if with_bias:
+        return x
+    return {**x, "position_bias": None, "time_bias": None}
+
+
+def provider_call(provider: str, x: dict, with_bias: bool, backward: bool):
+    """A zero-argument call running one pass of one provider, and the tensors whose gradients it sets."""
+    from recsys.ops.hstu_attention import hstu_attention
+
+    args = _bias(x, with_bias)
+    leaves = [args[n] for n in ("q", "k", "v", "position_bias", "time_bias") if args.get(n) is not None]
+    if provider == "sdpa":
+        return _sdpa_call(x, backward)
+    kernel = "triton" if provider == "triton" else "pytorch"
+    if provider == "pytorch":  # the reference's sequence-only layout, built once as an encoder does
+        from recsys.ops.hstu_attention_layout import build_hstu_attention_layout
+
+        args = {**args, "layout": build_hstu_attention_layout(
+            args["seq_offsets"], args["max_seq_len"], num_rows=args["q"].size(0), timestamps=args["timestamps"])}
+    if not backward:
+        def forward():
+            with torch.no_grad():
+                return hstu_attention(**args, kernel=kernel)
+        return forward, []
+    inputs = {n: (args[n].detach().requires_grad_() if args.get(n) is not None else None)
+              for n in ("q", "k", "v", "position_bias", "time_bias")}
+    grad = torch.randn_like(args["v"])
+
+    def forward_backward():
+        hstu_attention(**{**args, **inputs}, kernel=kernel).backward(grad)
+    return forward_backward, [t for t in inputs.values() if t is not None]
+
+
+def _sdpa_call(x: dict, backward: bool):
+    """Padded causal flash attention on ``[B, H, L, D]``: the speed of a tuned softmax-attention kernel."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    num_seqs, longest = x["seq_offsets"].numel() - 1, x["max_seq_len"]
+    heads, dim = x["q"].shape[1:]
+    padded = [torch.randn(num_seqs, heads, longest, dim, device=x["q"].device, dtype=x["q"].dtype,
+                          requires_grad=backward) for _ in range(3)]
+    grad = torch.randn_like(padded[0])
+
+    def run():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(*padded, is_causal=True)
+        if backward:
+            out.backward(grad)
+    return (run if backward else torch.no_grad()(run)), padded if backward else []
+
+
+def run_length(longest: int, providers: list[str], passes: list[str], biases: list[bool], dtype: torch.dtype,
+               device: str, repeats: int, heads: int, dim: int, tokens: int, peak: float) -> list[dict]:
+    """Rows of one length L: every provider, pass and bias option that applies."""
+    from recsys.ops.hstu_attention import hstu_attention
+
+    num_seqs = max(tokens // longest, 1)
     x, lengths = make_inputs(num_seqs, longest, heads, dim, dtype, device)
-    want = hstu_attention(**{**x, **{n: x[n].float() for n in ("q", "k", "v")}}, kernel="pytorch")
-    flops = useful_flops(lengths, heads, dim)
+    forward_flops = useful_flops(lengths, heads, dim)
     rows = []
-    for backend in backends:
-        error = float((hstu_attention(**x, kernel=backend).float() - want).abs().max())
-        ms = time_ms(lambda: hstu_attention(**x, kernel=backend), device, repeats)
-        tflops = flops / (ms * 1e-3) / 1e12
-        rows.append(dict(shape=name, sequences=num_seqs, longest=longest, tokens=int(lengths.sum()),
-                         heads=heads, dim=dim, dtype=str(dtype).removeprefix("torch."), backend=backend,
-                         ms=ms, tflops=tflops, peak_share=tflops / PEAK_TFLOPS, max_abs_error=error))
+    for with_bias in biases:
+        want = None
+        if reference_fits(num_seqs, longest, heads, False, device):
+            x32 = {**_bias(x, with_bias), **{n: x[n].float() for n in ("q", "k", "v")}}
+            with torch.no_grad():
+                want = hstu_attention(**x32, kernel="pytorch")
+        for provider in providers:
+            if provider == "sdpa" and (with_bias or device != "cuda"):
+                continue  # no relative bias in SDPA; flash needs CUDA
+            for name in passes:
+                backward = name == "fwd+bwd"
+                row = {"longest": longest, "sequences": num_seqs, "tokens": int(lengths.sum()), "heads": heads,
+                       "dim": dim, "dtype": str(dtype).removeprefix("torch."), "bias": with_bias, "provider": provider,
+                       "pass": name}
+                if provider == "pytorch" and not reference_fits(num_seqs, longest, heads, backward, device):
+                    rows.append({**row, "skipped": "the padded reference does not fit in memory"})
+                    continue
+                rows.append({**row, **measure(provider, x, with_bias, backward, want, device, repeats,
+                                              forward_flops * (1 + BACKWARD_FACTOR * backward), peak)})
+        del want
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    head = f"{'shape':<40}{'dtype':>10}{'backend':>9}{'ms':>10}{'TFLOP/s':>10}{'of 790':>9}{'max |err|':>12}"
+def measure(provider, x, with_bias, backward, want, device, repeats, flops, peak) -> dict:
+    """Time, TFLOP/s, share of the matmul rate and the forward error of one provider and pass."""
+    try:
+        fn, leaves = provider_call(provider, x, with_bias, backward)
+        error = None
+        if not backward and want is not None and provider != "sdpa":
+            error = float((fn().float() - want).abs().max())
+        ms = time_ms(fn, device, repeats, grad_to_none=leaves or None)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"skipped": "out of memory"}
+    tflops = flops / (ms * 1e-3) / 1e12
+    return dict(ms=ms, tflops=tflops, of_matmul=tflops / peak, max_abs_error=error)
+
+
+def format_table(rows: list[dict], peak: float) -> str:
+    head = (f"{'L':>6}{'B':>6}{'bias':>6}{'pass':>9}{'provider':>9}{'ms':>10}{'TFLOP/s':>10}"
+            f"{'of ' + format(peak, '.3g'):>12}{'max |err|':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['shape']:<40}{r['dtype']:>10}{r['backend']:>9}{r['ms']:>10.3f}{r['tflops']:>10.2f}"
-                     f"{r['peak_share']:>9.1%}{r['max_abs_error']:>12.2e}")
+        start = f"{r['longest']:>6}{r['sequences']:>6}{'yes' if r['bias'] else 'no':>6}{r['pass']:>9}{r['provider']:>9}"
+        if "skipped" in r:
+            lines.append(f"{start}  skipped: {r['skipped']}")
+            continue
+        error = f"{r['max_abs_error']:.2e}" if r["max_abs_error"] is not None else "-"
+        lines.append(f"{start}{r['ms']:>10.3f}{r['tflops']:>10.3g}{r['of_matmul']:>12.1%}{error:>11}")
     return "\n".join(lines)
 
 
 def plot(report: dict, path: Path) -> Path:
-    """Latency vs the longest sequence, one line per backend and dtype."""
+    """TFLOP/s (useful) vs L, one line per provider, pass and bias option."""
     series: dict[str, list] = {}
     for r in report["rows"]:
-        series.setdefault(f"{r['backend']} {r['dtype']}", []).append((r["longest"], r["ms"]))
-    return line_plot(series, path, "longest sequence (tokens)", "ms (median)", log_x=True, log_y=True,
-                     title=f"jagged HSTU attention forward on {report['device']}")
+        if "skipped" not in r:
+            label = f"{r['provider']} {r['pass']}{' bias' if r['bias'] else ''}"
+            series.setdefault(label, []).append((r["longest"], r["tflops"]))
+    return line_plot(series, path, "longest sequence L (tokens)", "useful TFLOP/s (median)", log_x=True,
+                     title=f"jagged HSTU attention, {report['matmul_tflops']:.0f} TFLOP/s bf16 matmul, on {report['device']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="run the reference on CPU (small shapes)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (torch.backends.cuda.matmul.allow_tf32)")
+    parser.add_argument("--cpu", action="store_true", help="smoke run on CPU: tiny shapes, the kernel interpreted")
+    parser.add_argument("--lengths", type=int, nargs="+", help=f"L values (default {GPU_LENGTHS})")
+    parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
+    parser.add_argument("--providers", nargs="+", choices=["triton", "pytorch", "sdpa"],
+                        default=["triton", "pytorch", "sdpa"])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/hstu_attention.json"))
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if args.cpu:
-        device, shapes, backends, dtype = "cpu", CPU_SHAPES, ["pytorch"], torch.float32
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+        device, dtype, heads, dim, tokens = "cpu", torch.float32, CPU_HEADS, CPU_DIM, CPU_TOKENS
+        lengths = args.lengths or CPU_LENGTHS
     elif torch.cuda.is_available():
-        device, shapes, backends = "cuda", GPU_SHAPES, ["pytorch", "triton"]
+        device, dtype, heads, dim, tokens = "cuda", torch.bfloat16, HEADS, DIM, TOKENS
+        lengths = args.lengths or GPU_LENGTHS
     else:
-        raise SystemExit("no CUDA device: run with --cpu for the reference on CPU")
-    rows = run(shapes, backends, dtype, device, max(1, args.repeats))
-    print(format_table(rows))
+        raise SystemExit("no CUDA device: run with --cpu for a smoke run")
+    peak = matmul_tflops(device)
+    print(f"matmul: {peak:.3g} TFLOP/s ({'bf16' if device == 'cuda' else 'float32'}, measured)")
+    rows = []
+    for longest in lengths:
+        rows += run_length(longest, args.providers, args.passes, [True, False], dtype, device, max(1, args.repeats),
+                           heads, dim, tokens, peak)
+    print(format_table(rows, peak))
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "peak_tflops": PEAK_TFLOPS, "allow_tf32": args.tf32, "rows": rows}
+              "matmul_tflops": peak, "heads": heads, "dim": dim, "tokens_per_length": tokens, "rows": rows}
     write_json_atomic(args.out, report)
     print(f"wrote {args.out} and {plot(report, png_beside(args.out))}")
 

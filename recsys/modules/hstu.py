@@ -27,8 +27,11 @@ and values at every layer are the same with or without targets appended.
 targets against them. A non-causal encoder's history reads the targets, so both refuse it.
 
 Shared layout: every layer of a pass attends over the same sequences, so the encoder validates
-the jagged input and builds the padding indices, masks and bias indices once
-(:class:`recsys.ops.hstu_attention_layout.HSTUAttentionLayout`) and hands them to each layer.
+the jagged input once (:class:`recsys.ops.hstu_attention_layout.HSTUAttentionLayout`) and hands the
+layout to each layer. On CUDA, ``kernel="auto"`` runs the fused Triton kernel in training and
+evaluation: it takes the timestamps and the bias tables and computes the mask and relative bias
+in-kernel, so the layout's ``[B, N, N]`` mask and bias index are never built; the PyTorch
+reference (CPU, or ``kernel="pytorch"``) builds them on first use and every layer reuses them.
 
 Shape letters: T tokens, B sequences, D embedding dim, H heads, Dqk / Dv per-head dims.
 """
@@ -65,6 +68,8 @@ class HSTULayer(nn.Module):
         alpha: score scale, default ``1 / sqrt(attention_dim)``.
         causal: hide later tokens.
         kernel: attention backend, ``"auto"`` or a name from ``hstu_attention_kernels()``.
+        max_attn_len: attend to at most this many positions back (0: no limit).
+        num_contextual: the first tokens of every sequence that every query sees (0: none).
 
     Example::
 
@@ -88,10 +93,17 @@ class HSTULayer(nn.Module):
         alpha: float | None = None,
         causal: bool = True,
         kernel: str = "auto",
+        max_attn_len: int = 0,
+        num_contextual: int = 0,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"HSTULayer: normalization={normalization!r}; use one of {NORMALIZATIONS}")
+        if max_attn_len < 0 or num_contextual < 0:
+            raise ConfigError(
+                f"HSTULayer: max_attn_len={max_attn_len}, num_contextual={num_contextual}; use values >= 0 (0: off)"
+            )
+        self.max_attn_len, self.num_contextual = max_attn_len, num_contextual
         self.num_heads, self.attention_dim, self.linear_dim = num_heads, attention_dim, linear_dim
         self.max_seq_len, self.normalization, self.alpha = max_seq_len, normalization, alpha
         self.causal, self.kernel = causal, kernel
@@ -132,7 +144,8 @@ class HSTULayer(nn.Module):
             q, k, v, seq_offsets, self.max_seq_len,
             alpha=self.alpha, timestamps=timestamps, num_targets=num_targets, causal=self.causal,
             normalization=self.normalization, query_offsets=query_offsets, kernel=self.kernel, layout=layout,
-            next_timestamp=next_timestamp, **bias_kwargs,
+            next_timestamp=next_timestamp, max_attn_len=self.max_attn_len, num_contextual=self.num_contextual,
+            **bias_kwargs,
         )  # [Tq, H, Dv]
         return out.flatten(1, 2)  # [Tq, H * Dv]
 
@@ -156,7 +169,7 @@ class HSTULayer(nn.Module):
         return build_hstu_attention_layout(
             seq_offsets, self.max_seq_len, num_rows=num_rows, num_queries=num_queries, num_targets=num_targets,
             timestamps=timestamps, causal=self.causal, normalization=self.normalization, query_offsets=query_offsets,
-            next_timestamp=next_timestamp,
+            next_timestamp=next_timestamp, max_attn_len=self.max_attn_len, num_contextual=self.num_contextual,
         )
 
     def output(self, x: torch.Tensor, attn: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -308,6 +321,7 @@ class HSTUEncoder(nn.Module):
         use_position_bias, use_time_bias, num_time_buckets, time_bucket_base, alpha, causal, kernel:
             as :class:`HSTULayer` (every layer learns its own bias tables, as in the reference).
         final_norm: apply LayerNorm(D) to the output.
+        max_attn_len, num_contextual: as :class:`HSTULayer` (attention window, contextual prefix).
 
     Example::
 
@@ -333,6 +347,8 @@ class HSTUEncoder(nn.Module):
         causal: bool = True,
         kernel: str = "auto",
         final_norm: bool = True,
+        max_attn_len: int = 0,
+        num_contextual: int = 0,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -342,6 +358,7 @@ class HSTUEncoder(nn.Module):
             HSTULayer(
                 embedding_dim, num_heads, attention_dim, linear_dim, max_seq_len, dropout, normalization,
                 use_position_bias, use_time_bias, num_time_buckets, time_bucket_base, alpha, causal, kernel,
+                max_attn_len, num_contextual,
             )
             for _ in range(num_layers)
         )
@@ -446,6 +463,8 @@ class HSTUConfig:
 
     The presets below are the reference's public configurations (configs/<dataset>/hstu-*.gin).
     ``max_seq_len`` there is the history length; a model that appends targets must add their count.
+    ``max_attn_len`` (>= 0, 0: no limit) and ``num_contextual`` (>= 0, 0: none) are the attention
+    window and the contextual prefix of :func:`recsys.ops.hstu_attention.hstu_attention`.
     """
 
     num_layers: int
@@ -464,6 +483,8 @@ class HSTUConfig:
     causal: bool = True
     kernel: str = "auto"
     final_norm: bool = True
+    max_attn_len: int = 0
+    num_contextual: int = 0
 
     def build(self) -> HSTUEncoder:
         return HSTUEncoder(**asdict(self))

@@ -5,10 +5,12 @@ Every backend implements the same signature and the semantics written down in
 register themselves with :func:`register_hstu_attention_backend`; ``kernel="auto"`` takes the most
 recently registered backend that supports the input (and a gradient, when one is needed), else
 the reference. Registered here: ``"pytorch"`` (the reference) and ``"triton"``
-(:mod:`recsys.kernels.hstu_attention_triton`, forward only: on CUDA under ``"auto"`` when no
-gradient is needed, for bfloat16 / float16, and for float32 when TF32 matmuls are allowed (exact
-float32 products are slower than the reference); on CPU tensors only when asked for by name with
-``TRITON_INTERPRET=1``).
+(:mod:`recsys.kernels.hstu_attention_triton`: fused forward and backward that compute the mask,
+the normalizer and the relative bias in-kernel from the offsets, targets, timestamps and the two
+bias tables, so no ``[B, N, N]`` tensor exists; picked by ``"auto"`` on CUDA for bfloat16, float16
+and float32 (TF32 products when ``torch.backends.cuda.matmul.allow_tf32`` is on, else float32
+accuracy from three TF32 products), training and evaluation alike; on CPU tensors only when asked
+for by name with ``TRITON_INTERPRET=1``). Force one with ``kernel="pytorch"`` / ``kernel="triton"``.
 
 Jagged layout: tokens of all sequences are concatenated along dim 0 and ``seq_offsets`` (``[B + 1]``
 int64, ``seq_offsets[0] == 0``) marks where each sequence starts::
@@ -24,7 +26,10 @@ Differences from the reference code (generative-recommenders), on purpose:
 - targets share one position for the position bias and never feed ``t_next`` of another token
   (see :mod:`recsys.ops.relative_bias_index`);
 - ``query_offsets`` lets a pass compute only the last tokens of each sequence against a cached
-  history (M-FALCON), with jagged rather than fixed per-sequence query counts.
+  history (M-FALCON), with jagged rather than fixed per-sequence query counts;
+- ``num_contextual`` makes the first C keys visible to every query; the contextual queries
+  themselves attend causally (the reference code also lets them see the whole history, which makes
+  them depend on later tokens).
 
 Shape letters: T tokens, B sequences, H heads, Dqk / Dv head dims.
 """
@@ -38,7 +43,11 @@ import torch
 
 from recsys.errors import ConfigError, DataError
 from recsys.ops.relative_bias_index import DEFAULT_TIME_BUCKET_BASE
-from recsys.ops.hstu_attention_layout import HSTUAttentionLayout, build_hstu_attention_layout
+from recsys.ops.hstu_attention_layout import (
+    HSTUAttentionLayout,
+    build_hstu_attention_layout,
+    check_hstu_attention_inputs,
+)
 from recsys.ops.hstu_attention_reference import hstu_attention_reference
 from recsys.ops.triton_kernels import load_kernel, triton_interpret_requested
 
@@ -57,6 +66,8 @@ class HSTUAttentionBackend:
         auto: whether ``kernel="auto"`` may pick it for these inputs (default: ``supports``).
         differentiable: whether its output has a gradient; a forward-only backend is skipped by
             ``"auto"`` and refused by name when q, k, v or a bias table needs one.
+        needs_layout: whether it reads an :class:`HSTUAttentionLayout` (built here when not given);
+            a backend that does not gets the arguments checked but no layout built.
     """
 
     name: str
@@ -64,6 +75,7 @@ class HSTUAttentionBackend:
     supports: Callable[[torch.Tensor], bool]
     auto: Callable[[torch.Tensor], bool]
     differentiable: bool = True
+    needs_layout: bool = True
 
 
 _BACKENDS: dict[str, HSTUAttentionBackend] = {}
@@ -75,10 +87,13 @@ def register_hstu_attention_backend(
     supports: Callable[[torch.Tensor], bool],
     auto: Callable[[torch.Tensor], bool] | None = None,
     differentiable: bool = True,
+    needs_layout: bool = True,
 ) -> None:
     """Make ``fn`` selectable as ``kernel=name``; the newest backend ``auto`` accepts wins under ``"auto"``."""
     _BACKENDS.pop(name, None)
-    _BACKENDS[name] = HSTUAttentionBackend(name, fn, supports, auto if auto is not None else supports, differentiable)
+    _BACKENDS[name] = HSTUAttentionBackend(
+        name, fn, supports, auto if auto is not None else supports, differentiable, needs_layout
+    )
 
 
 def hstu_attention_kernels() -> list[str]:
@@ -91,13 +106,16 @@ def _hstu_attention_triton(*args, **kwargs) -> torch.Tensor:
     return kernel(*args, **kwargs)
 
 
+TRITON_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
 register_hstu_attention_backend("pytorch", hstu_attention_reference, lambda q: True)
 register_hstu_attention_backend(
     "triton",
     _hstu_attention_triton,
-    supports=lambda q: q.is_cuda or triton_interpret_requested(),
-    auto=lambda q: q.is_cuda and (q.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32),
-    differentiable=False,
+    supports=lambda q: q.dtype in TRITON_DTYPES and (q.is_cuda or triton_interpret_requested()),
+    auto=lambda q: q.is_cuda and q.dtype in TRITON_DTYPES,
+    differentiable=True,
+    needs_layout=False,
 )
 
 
@@ -120,6 +138,9 @@ def hstu_attention(
     kernel: str = "auto",
     layout: HSTUAttentionLayout | None = None,
     next_timestamp: torch.Tensor | None = None,
+    max_attn_len: int = 0,
+    num_contextual: int = 0,
+    deterministic: bool | None = None,
 ) -> torch.Tensor:
     """Jagged HSTU attention ``SiLU(alpha Q K^T + rab) V / N`` with causal and target masks.
 
@@ -149,6 +170,13 @@ def hstu_attention(
         next_timestamp: ``[B]`` int64 time of the event after each sequence's history (e.g. the
             held-out target's at evaluation): ``t_next`` of the last history token for the time
             bias; None uses that token's own timestamp.
+        max_attn_len: hide keys more than this many positions before the query (targets count
+            at position ``h_b``); 0 (default) for no limit.
+        num_contextual: the first ``num_contextual`` tokens of every sequence (a contextual
+            prefix such as user features) are visible to every query; 0 (default) for none.
+        deterministic: backward with bitwise-reproducible bias-table gradients (the Triton
+            kernel then reduces per-program partial tables in a fixed order instead of using
+            atomics; slower). None follows ``torch.are_deterministic_algorithms_enabled()``.
 
     Returns:
         ``[Tq, H, Dv]`` attention output per query token.
@@ -160,21 +188,24 @@ def hstu_attention(
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"hstu_attention: normalization={normalization!r}; use one of {NORMALIZATIONS}")
     _check_shapes(q, k, v, timestamps, position_bias, time_bias)
-    if layout is None:
+    backend = _select_backend(kernel, q, _needs_grad(q, k, v, position_bias, time_bias))
+    settings = dict(num_targets=num_targets, timestamps=timestamps, query_offsets=query_offsets,
+                    next_timestamp=next_timestamp, max_attn_len=max_attn_len, num_contextual=num_contextual)
+    if layout is not None:
+        _check_layout(layout, q, k, seq_offsets, max_seq_len, causal, normalization, **settings)
+    elif backend.needs_layout:
         layout = build_hstu_attention_layout(
-            seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
-            timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
-            next_timestamp=next_timestamp,
+            seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), causal=causal,
+            normalization=normalization, **settings,
         )
     else:
-        _check_layout(layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization,
-                      next_timestamp)
-    backend = _select_backend(kernel, q, _needs_grad(q, k, v, position_bias, time_bias))
+        check_hstu_attention_inputs(seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), **settings)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     return backend.fn(
         q, k, v, seq_offsets, max_seq_len,
-        alpha=alpha, timestamps=timestamps, position_bias=position_bias, time_bias=time_bias,
-        time_bucket_base=time_bucket_base, num_targets=num_targets, causal=causal,
-        normalization=normalization, query_offsets=query_offsets, layout=layout, next_timestamp=next_timestamp,
+        alpha=alpha, position_bias=position_bias, time_bias=time_bias, time_bucket_base=time_bucket_base,
+        causal=causal, normalization=normalization, layout=layout, deterministic=deterministic, **settings,
     )
 
 
@@ -217,15 +248,16 @@ def _check_shapes(q, k, v, timestamps, position_bias, time_bias) -> None:
 
 
 def _check_layout(
-    layout, q, k, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp
+    layout, q, k, seq_offsets, max_seq_len, causal, normalization, *, query_offsets, num_targets, timestamps,
+    next_timestamp, max_attn_len, num_contextual,
 ) -> None:
     """A given layout must describe these very arguments (tensor identity, no host sync)."""
     if not layout.matches(seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization,
-                          next_timestamp):
+                          next_timestamp, max_attn_len, num_contextual):
         raise DataError(
             "hstu_attention: layout was built for other seq_offsets / query_offsets / num_targets / timestamps / "
-            "next_timestamp or "
-            "settings; build it with build_hstu_attention_layout from the tensors passed here"
+            "next_timestamp or settings (causal, normalization, max_attn_len, num_contextual); build it with "
+            "build_hstu_attention_layout from the tensors and settings passed here"
         )
     if layout.key_slots.numel() != k.size(0) or layout.query_row_slots.numel() != q.size(0):
         raise DataError(

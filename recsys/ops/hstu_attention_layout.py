@@ -10,6 +10,10 @@ result to :func:`recsys.ops.hstu_attention.hstu_attention` as ``layout=``::
     for layer in layers:
         out = hstu_attention(q, k, v, seq_offsets, max_seq_len, timestamps=ts, layout=layout, ...)
 
+The ``[B, M, N]`` parts (mask, normalizer, bias index) and the padded timestamps are computed on
+first use only: the fused Triton kernel derives all of them in-kernel from the offsets, targets and
+timestamps, so a layout handed to it costs the validation and two small index tensors.
+
 Host synchronisations: building a layout reads ``lengths.max()`` on CPU (the padded width)
 and, with :data:`CHECK_INPUTS` on, the value checks. On CUDA the padded width is
 ``max_seq_len``, so only the checks synchronise. Layers using a layout add none.
@@ -19,11 +23,12 @@ Shape letters: T tokens, Tq queries, B sequences, N padded keys, M padded querie
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 
-from recsys.errors import DataError
+from recsys.errors import ConfigError, DataError
 from recsys.ops.relative_bias_index import history_lengths, relative_bias_index
 
 CHECK_INPUTS = True
@@ -48,6 +53,8 @@ class HSTUAttentionLayout:
         max_seq_len: the bound the input was checked against.
         causal: whether later keys are hidden.
         normalization: ``"length"`` or ``"max_len"``.
+        max_attn_len: keys farther than this before the query are hidden (0: no limit).
+        num_contextual: the first C tokens of every sequence are visible to every query (0: none).
         lengths: ``[B]`` keys per sequence.
         query_lengths: ``[B]`` queries per sequence.
         num_slots: N.
@@ -55,9 +62,10 @@ class HSTUAttentionLayout:
         key_slots: ``[T]`` flat index ``b * N + position`` of every key row.
         query_row_slots: ``[Tq]`` flat index ``b * M + row`` of every query row.
         query_slots: ``[B, M]`` position of each padded query in its sequence.
-        mask: ``[B, M, N]`` bool, as :func:`recsys.ops.hstu_attention_reference.attention_mask`.
-        normalizer: ``[B, M]`` int64 divisor of each query's output.
-        padded_timestamps: ``[B, N]`` int64, or None.
+
+    Computed on first use: ``mask`` (``[B, M, N]`` bool, :func:`attention_mask`), ``normalizer``
+    (``[B, M]`` int64 divisor of each query's output) and ``padded_timestamps`` (``[B, N]`` int64,
+    or None).
     """
 
     seq_offsets: torch.Tensor
@@ -75,10 +83,31 @@ class HSTUAttentionLayout:
     key_slots: torch.Tensor
     query_row_slots: torch.Tensor
     query_slots: torch.Tensor
-    mask: torch.Tensor
-    normalizer: torch.Tensor
-    padded_timestamps: torch.Tensor | None
+    max_attn_len: int = 0
+    num_contextual: int = 0
     _bias_indices: dict = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def mask(self) -> torch.Tensor:
+        """``[B, M, N]`` bool: which key slot each query slot attends to."""
+        return attention_mask(
+            self.query_slots, self.query_lengths, self.lengths, self.num_targets, self.num_slots, self.causal,
+            self.max_attn_len, self.num_contextual,
+        )
+
+    @functools.cached_property
+    def normalizer(self) -> torch.Tensor:
+        """``[B, M]`` int64 divisor of each query's output."""
+        if self.normalization == "max_len":  # no mask needed
+            return self.query_slots.new_full(self.query_slots.shape, self.max_seq_len)
+        return normalizer(self.mask, self.max_seq_len, self.normalization)
+
+    @functools.cached_property
+    def padded_timestamps(self) -> torch.Tensor | None:
+        """``[B, N]`` int64 timestamps (zeros in padding), or None without timestamps."""
+        if self.timestamps is None:
+            return None
+        return _pad_timestamps(self.timestamps, self.key_slots, self.lengths.numel(), self.num_slots)
 
     def bias_index(self, position_entries: int | None, time_entries: int | None, time_bucket_base: float) -> torch.Tensor:
         """``[B, M, N]`` index into the combined bias table of these sizes (computed once, then reused)."""
@@ -91,7 +120,8 @@ class HSTUAttentionLayout:
         return self._bias_indices[key]
 
     def matches(
-        self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp=None
+        self, seq_offsets, query_offsets, num_targets, timestamps, max_seq_len, causal, normalization, next_timestamp=None,
+        max_attn_len=0, num_contextual=0,
     ) -> bool:
         """Whether this layout was built for these arguments (same tensors, same settings)."""
         return (
@@ -100,7 +130,8 @@ class HSTUAttentionLayout:
             and num_targets is self.num_targets
             and timestamps is self.timestamps
             and next_timestamp is self.next_timestamp
-            and (max_seq_len, causal, normalization) == (self.max_seq_len, self.causal, self.normalization)
+            and (max_seq_len, causal, normalization, max_attn_len, num_contextual)
+            == (self.max_seq_len, self.causal, self.normalization, self.max_attn_len, self.num_contextual)
         )
 
 
@@ -116,12 +147,14 @@ def build_hstu_attention_layout(
     normalization: str = "max_len",
     query_offsets: torch.Tensor | None = None,
     next_timestamp: torch.Tensor | None = None,
+    max_attn_len: int = 0,
+    num_contextual: int = 0,
 ) -> HSTUAttentionLayout:
     """Validate the jagged arguments of :func:`recsys.ops.hstu_attention.hstu_attention` and lay them out.
 
     Args:
         seq_offsets, max_seq_len, num_targets, timestamps, causal, normalization, query_offsets,
-        next_timestamp: as :func:`recsys.ops.hstu_attention.hstu_attention`.
+        next_timestamp, max_attn_len, num_contextual: as :func:`recsys.ops.hstu_attention.hstu_attention`.
         num_rows: T, the rows of k and v.
         num_queries: Tq, the rows of q; default T.
 
@@ -131,17 +164,16 @@ def build_hstu_attention_layout(
         layout.mask.shape  # torch.Size([2, 3, 3])
     """
     num_queries = num_rows if num_queries is None else num_queries
-    lengths = check_offsets("seq_offsets", seq_offsets, num_rows)  # [B]
-    query_lengths = _check_queries(query_offsets, lengths, num_queries, num_rows)  # [B]
-    _check_sequences(lengths, max_seq_len, timestamps, num_targets, num_rows)
-    if next_timestamp is not None and next_timestamp.shape != lengths.shape:
-        raise DataError(f"hstu_attention: next_timestamp must be [B] = [{lengths.numel()}]; got {tuple(next_timestamp.shape)}")
+    lengths, query_lengths = check_hstu_attention_inputs(
+        seq_offsets, max_seq_len, num_rows=num_rows, num_queries=num_queries, num_targets=num_targets,
+        timestamps=timestamps, query_offsets=query_offsets, next_timestamp=next_timestamp,
+        max_attn_len=max_attn_len, num_contextual=num_contextual,
+    )
     n = _padded_width(lengths, max_seq_len)
     m = n if query_offsets is None else _padded_width(query_lengths, max_seq_len)
     query_offsets = seq_offsets if query_offsets is None else query_offsets
     query_slots = ((lengths - query_lengths).view(-1, 1) + torch.arange(m, device=lengths.device)).clamp(max=max(n - 1, 0))
     key_slots = jagged_slots(seq_offsets, n, num_rows)  # [T]
-    mask = attention_mask(query_slots, query_lengths, lengths, num_targets, n, causal)  # [B, M, N]
     return HSTUAttentionLayout(
         seq_offsets=seq_offsets, query_offsets=query_offsets, num_targets=num_targets, timestamps=timestamps,
         next_timestamp=next_timestamp, max_seq_len=max_seq_len, causal=causal, normalization=normalization,
@@ -149,10 +181,37 @@ def build_hstu_attention_layout(
         key_slots=key_slots,
         query_row_slots=key_slots if query_offsets is seq_offsets else jagged_slots(query_offsets, m, num_queries),
         query_slots=query_slots,  # [B, M]; padding rows point at a real slot
-        mask=mask,  # [B, M, N]
-        normalizer=normalizer(mask, max_seq_len, normalization),  # [B, M]
-        padded_timestamps=None if timestamps is None else _pad_timestamps(timestamps, key_slots, lengths.numel(), n),
+        max_attn_len=max_attn_len, num_contextual=num_contextual,
     )
+
+
+def check_hstu_attention_inputs(
+    seq_offsets: torch.Tensor,
+    max_seq_len: int,
+    *,
+    num_rows: int,
+    num_queries: int,
+    num_targets: torch.Tensor | None = None,
+    timestamps: torch.Tensor | None = None,
+    query_offsets: torch.Tensor | None = None,
+    next_timestamp: torch.Tensor | None = None,
+    max_attn_len: int = 0,
+    num_contextual: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checks of :func:`build_hstu_attention_layout` alone: ``([B] lengths, [B] query lengths)``.
+
+    What a kernel that derives the mask and bias in-kernel needs before it runs.
+    """
+    if not isinstance(max_attn_len, int) or max_attn_len < 0:
+        raise ConfigError(f"hstu_attention: max_attn_len={max_attn_len!r}; use an int >= 0 (0: no limit)")
+    if not isinstance(num_contextual, int) or num_contextual < 0:
+        raise ConfigError(f"hstu_attention: num_contextual={num_contextual!r}; use an int >= 0 (0: no contextual prefix)")
+    lengths = check_offsets("seq_offsets", seq_offsets, num_rows)  # [B]
+    query_lengths = _check_queries(query_offsets, lengths, num_queries, num_rows)  # [B]
+    _check_sequences(lengths, max_seq_len, timestamps, num_targets, num_rows)
+    if next_timestamp is not None and next_timestamp.shape != lengths.shape:
+        raise DataError(f"hstu_attention: next_timestamp must be [B] = [{lengths.numel()}]; got {tuple(next_timestamp.shape)}")
+    return lengths, query_lengths
 
 
 def jagged_slots(offsets: torch.Tensor, num_slots: int, num_rows: int | None = None) -> torch.Tensor:
@@ -186,8 +245,20 @@ def attention_mask(
     num_targets: torch.Tensor | None,
     num_slots: int,
     causal: bool,
+    max_attn_len: int = 0,
+    num_contextual: int = 0,
 ) -> torch.Tensor:
     """``[B, M, N]`` bool: which key slot each query slot attends to.
+
+    Query at position ``i`` and key at ``j`` of a sequence of ``n`` tokens, ``h`` of them history,
+    positions ``p(x) = min(x, h)`` (targets share position ``h``)::
+
+        mask = j < n  and  (j < C  or  (j <= i if causal)
+                                      and not (i >= h and j >= h and i != j)
+                                      and (p(i) - p(j) <= W, or |p(i) - p(j)| <= W if not causal, when W > 0))
+
+    with ``W = max_attn_len`` and ``C = num_contextual`` (the contextual prefix, e.g. user
+    features, that every query sees).
 
     Args:
         query_slots: ``[B, M]`` position of each query in its sequence.
@@ -196,17 +267,25 @@ def attention_mask(
         num_targets: ``[B]`` targets at the end of each sequence, or None.
         num_slots: N.
         causal: keys after the query are hidden.
+        max_attn_len: W, 0 for no limit.
+        num_contextual: C, 0 for none.
     """
     keys = torch.arange(num_slots, device=lengths.device).view(1, 1, -1)  # [1, 1, N]
     queries = query_slots.unsqueeze(2)  # [B, M, 1]
     rows = torch.arange(query_slots.size(1), device=lengths.device).view(1, -1, 1)  # [1, M, 1]
-    mask = (keys < lengths.view(-1, 1, 1)) & (rows < query_lengths.view(-1, 1, 1))  # [B, M, N]
+    real = (keys < lengths.view(-1, 1, 1)) & (rows < query_lengths.view(-1, 1, 1))  # [B, M, N]
+    mask = real
     if causal:
         mask = mask & (keys <= queries)
+    first_target = history_lengths(lengths, num_targets).view(-1, 1, 1)  # [B, 1, 1]
     if num_targets is not None:
-        first_target = history_lengths(lengths, num_targets).view(-1, 1, 1)
         between_targets = (keys >= first_target) & (queries >= first_target) & (keys != queries)
         mask = mask & ~between_targets
+    if max_attn_len > 0:
+        distance = torch.minimum(queries, first_target) - torch.minimum(keys, first_target)  # [B, M, N]
+        mask = mask & ((distance <= max_attn_len) if causal else (distance.abs() <= max_attn_len))
+    if num_contextual > 0:
+        mask = mask | (real & (keys < num_contextual))
     return mask
 
 

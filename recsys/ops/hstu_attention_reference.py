@@ -5,8 +5,10 @@ For each sequence ``b`` of length ``n_b`` with ``h_b = n_b - num_targets[b]`` hi
     A = SiLU(alpha * Q K^T + rab^{p,t}) * mask        # [n_b, n_b], paper Eq. 2
     O_i = (A V)_i / N_i                               # [n_b, Dv]
 
-- ``mask[i, j]``: key ``j`` is a real token, ``j <= i`` when causal, and two different targets
-  never see each other (a target sees the history and itself).
+- ``mask[i, j]``: key ``j`` is a real token, ``j <= i`` when causal, two different targets
+  never see each other (a target sees the history and itself), optionally only keys within
+  ``max_attn_len`` positions, and optionally a contextual prefix of ``num_contextual`` tokens that
+  every query sees (:func:`recsys.ops.hstu_attention_layout.attention_mask`).
 - ``N_i`` per query: for ``normalization="length"`` the number of keys query ``i`` attends to
   (``sum_j mask[i, j]``, at least 1: ``i + 1`` for a causal history token, ``h_b + 1`` for a
   target); ``max_seq_len`` for ``"max_len"`` (what the reference code does). Both are causal: no
@@ -113,8 +115,12 @@ def hstu_attention_reference(
     query_offsets: torch.Tensor | None = None,
     layout: HSTUAttentionLayout | None = None,
     next_timestamp: torch.Tensor | None = None,
+    max_attn_len: int = 0,
+    num_contextual: int = 0,
+    deterministic: bool | None = None,
 ) -> torch.Tensor:
-    """Jagged HSTU attention; arguments as :func:`recsys.ops.hstu_attention.hstu_attention`.
+    """Jagged HSTU attention; arguments as :func:`recsys.ops.hstu_attention.hstu_attention`
+    (``deterministic`` is accepted for the common signature and ignored).
 
     Returns:
         ``[Tq, H, Dv]``: one row per query (every token, or the last tokens named by
@@ -124,7 +130,7 @@ def hstu_attention_reference(
         layout = build_hstu_attention_layout(
             seq_offsets, max_seq_len, num_rows=k.size(0), num_queries=q.size(0), num_targets=num_targets,
             timestamps=timestamps, causal=causal, normalization=normalization, query_offsets=query_offsets,
-            next_timestamp=next_timestamp,
+            next_timestamp=next_timestamp, max_attn_len=max_attn_len, num_contextual=num_contextual,
         )
     num_queries, num_heads, _ = q.shape
     n, m = layout.num_slots, layout.num_query_slots

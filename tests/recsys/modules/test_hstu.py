@@ -170,3 +170,23 @@ def test_bad_configuration_and_input_raise_clear_errors():
         encoder(x[:, :4], offsets)
     no_time = HSTUEncoder(1, D, H, DQK, DV, max_seq_len=L, use_time_bias=False)
     assert no_time(x, offsets).shape == (3, D)
+
+
+def test_window_and_contextual_prefix_reach_the_attention():
+    """max_attn_len and num_contextual: the layer equals its equations with the op called on them, and differs
+    from the layer without them; negative values are refused."""
+    from recsys.ops.hstu_attention import hstu_attention
+
+    torch.manual_seed(0)
+    lengths = [7, 3, 9]
+    x, offsets, ts = jagged_batch(lengths, seed=4)
+    layer = HSTULayer(D, H, DQK, DV, L, max_attn_len=2, num_contextual=1).double()
+    plain = HSTULayer(D, H, DQK, DV, L).double()
+    plain.load_state_dict(layer.state_dict())
+    u, q, k, v = layer.project(x)
+    attn = hstu_attention(q, k, v, offsets, L, timestamps=ts, max_attn_len=2, num_contextual=1,
+                          **layer.relative_bias.op_kwargs())
+    torch.testing.assert_close(layer(x, offsets, ts), layer.output(x, attn.flatten(1, 2), u))
+    assert not torch.allclose(layer(x, offsets, ts), plain(x, offsets, ts))
+    with pytest.raises(ConfigError, match="max_attn_len"):
+        HSTULayer(D, H, DQK, DV, L, max_attn_len=-1)

@@ -12,7 +12,8 @@ from recsys.ops.hstu_attention import NORMALIZATIONS, hstu_attention, hstu_atten
 BASE = 0.301
 
 
-def naive_hstu_attention(q, k, v, offsets, max_seq_len, timestamps, position_bias, time_bias, num_targets, causal, normalization):
+def naive_hstu_attention(q, k, v, offsets, max_seq_len, timestamps, position_bias, time_bias, num_targets, causal, normalization,
+                         max_attn_len=0, num_contextual=0):
     """Loop over sequences, queries and keys; every rule spelled out on scalars."""
     out = torch.zeros(q.size(0), q.size(1), v.size(2), dtype=q.dtype)
     alpha = 1.0 / math.sqrt(q.size(2))
@@ -23,7 +24,11 @@ def naive_hstu_attention(q, k, v, offsets, max_seq_len, timestamps, position_bia
         pos = [min(i, history) for i in range(n)]
 
         def sees(i, j):  # the attention mask
-            return not (causal and j > i) and not (i >= history and j >= history and i != j)
+            seen = not (causal and j > i) and not (i >= history and j >= history and i != j)
+            if max_attn_len:  # targets count at position `history`
+                distance = pos[i] - pos[j]
+                seen = seen and (distance if causal else abs(distance)) <= max_attn_len
+            return seen or j < num_contextual  # the contextual prefix: seen by every query
 
         for i in range(n):
             # "length": the keys query i attends to; "max_len": the reference's constant
@@ -121,6 +126,32 @@ def test_a_prefix_with_its_next_timestamp_equals_the_full_pass(normalization):
         x["q"][rows], x["k"][rows], x["v"][rows], torch.tensor([0] + keep).cumsum(0), 8, timestamps=x["timestamps"][rows], **bias,
     )
     assert not torch.allclose(without, full[rows])  # the last token's own time gives another bias
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("max_attn_len, num_contextual", [(2, 0), (0, 2), (3, 1)])
+def test_window_and_contextual_prefix_match_naive_loop(causal, max_attn_len, num_contextual):
+    x = make_inputs([8, 2, 0, 7])
+    num_targets = torch.tensor([2, 0, 0, 3])
+    settings = dict(causal=causal, normalization="length")
+    got = hstu_attention(
+        x["q"], x["k"], x["v"], x["seq_offsets"], 8, timestamps=x["timestamps"], position_bias=x["position_bias"],
+        time_bias=x["time_bias"], num_targets=num_targets, kernel="pytorch", max_attn_len=max_attn_len,
+        num_contextual=num_contextual, **settings,
+    )
+    want = naive_hstu_attention(
+        x["q"], x["k"], x["v"], x["seq_offsets"], 8, x["timestamps"], x["position_bias"], x["time_bias"],
+        num_targets, causal, "length", max_attn_len, num_contextual,
+    )
+    torch.testing.assert_close(got, want)
+
+
+def test_bad_window_or_prefix_raises_a_clear_error():
+    x = make_inputs([3, 2])
+    with pytest.raises(ConfigError, match="max_attn_len"):
+        hstu_attention(x["q"], x["k"], x["v"], x["seq_offsets"], 8, max_attn_len=-1)
+    with pytest.raises(ConfigError, match="num_contextual"):
+        hstu_attention(x["q"], x["k"], x["v"], x["seq_offsets"], 8, num_contextual=1.5)
 
 
 @pytest.mark.parametrize("with_targets", [False, True])
