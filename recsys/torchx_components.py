@@ -122,7 +122,7 @@ def plan(
 
 def serve(
     checkpoint: str = "runs/dlrm-synthetic",
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     port: int = 8800,
     max_batch: int = 32,
     queue: int = 256,
@@ -138,7 +138,8 @@ def serve(
 
     Args:
         checkpoint: a ``recsys train`` output_dir (or its checkpoints/ or a step_* folder), on storage the replicas see.
-        host: bind address inside the container (``recsys serve`` itself defaults to 127.0.0.1).
+        host: bind address; loopback by default, as ``recsys serve``. Pass ``0.0.0.0`` to serve other hosts
+            from a container, together with ``token_file``.
         port: HTTP port, exposed as the role's ``http`` port.
         max_batch: most requests per model batch.
         queue: most requests waiting; more get 503 at once.

@@ -68,13 +68,18 @@ def test_plan_component_runs_recsys_plan_in_one_process():
 
 
 def test_serve_component_runs_recsys_serve_with_its_http_port():
-    app = components.serve(checkpoint="runs/dlrm", port=9000, token_file="/secrets/token", replicas=2)
+    app = components.serve(checkpoint="runs/dlrm", host="0.0.0.0", port=9000, token_file="/secrets/token", replicas=2)
     (role,) = app.roles
     assert role.num_replicas == 2 and role.entrypoint == "python" and role.port_map == {"http": 9000}
     assert role.args == [
         "-m", "recsys.cli", "serve", "--checkpoint", "runs/dlrm", "--host", "0.0.0.0", "--port", "9000",
         "--max-batch", "32", "--queue", "256", "--deadline-ms", "100.0", "--token-file", "/secrets/token",
     ]
+
+
+def test_serve_component_binds_loopback_unless_told_otherwise():
+    (role,) = components.serve(checkpoint="runs/dlrm").roles
+    assert role.args[role.args.index("--host") + 1] == "127.0.0.1"
 
 
 def test_two_process_gloo_training_through_torchx_local_cwd(tmp_path):
