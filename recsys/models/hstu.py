@@ -18,6 +18,7 @@ import torch
 from recsys.data.features import FeatureSpec
 from recsys.models.sequential_retrieval import RetrievalLossConfig, SequentialRetrieval
 from recsys.modules.hstu import HSTUEncoder
+from recsys.ops.hstu_attention import check_kernel_name
 
 
 @dataclass
@@ -37,6 +38,9 @@ class HSTURetrievalConfig:
             model has none: its user vector is the L2-normalised residual stream).
         item_init_std: std of the item table's initial weights.
         num_negatives / temperature / negatives: the sampled softmax.
+        attention_kernel: the attention backend, ``"auto"`` (the fused Triton kernel on CUDA, the
+            PyTorch reference on CPU) or a name from :func:`recsys.ops.hstu_attention.hstu_attention_kernels`
+            (``"pytorch"`` forces the reference, e.g. to compare training speed).
     """
 
     embedding_dim: int = 64
@@ -56,6 +60,10 @@ class HSTURetrievalConfig:
     num_negatives: int = 512
     temperature: float = 0.05
     negatives: str = "uniform"
+    attention_kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_kernel_name(self.attention_kernel, "model.attention_kernel")
 
 
 def build_hstu_retrieval(spec: FeatureSpec, config: HSTURetrievalConfig, device: torch.device | str | None) -> SequentialRetrieval:
@@ -71,6 +79,7 @@ def build_hstu_retrieval(spec: FeatureSpec, config: HSTURetrievalConfig, device:
         use_position_bias=config.use_position_bias,
         use_time_bias=config.use_time_bias,
         final_norm=config.final_norm,
+        kernel=config.attention_kernel,
     )
     return SequentialRetrieval(
         num_items=spec.num_items,

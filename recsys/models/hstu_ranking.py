@@ -55,7 +55,7 @@ from recsys.errors import ConfigError, DataError
 from recsys.models.dlrm import resolve_heads
 from recsys.modules.hstu import HSTUEncoder, append_jagged
 from recsys.modules.mfalcon import score_candidates as mfalcon_score_candidates
-from recsys.ops.hstu_attention import NORMALIZATIONS
+from recsys.ops.hstu_attention import NORMALIZATIONS, check_kernel_name
 
 HISTORY_ITEM_FEATURE = "seq_item_id"
 CANDIDATE_ITEM_FEATURE = "candidate_item_id"
@@ -82,6 +82,8 @@ class HSTURankingConfig:
         over_arch_layers: widths of the MLP between the candidate's output and the heads.
         use_dense_features: add a projection of the candidate's dense features to its token.
         heads: action names to predict, one logit each; None = every action of the FeatureSpec.
+        attention_kernel: the attention backend, ``"auto"`` or a name from
+            :func:`recsys.ops.hstu_attention.hstu_attention_kernels` (``"pytorch"``: the reference).
     """
 
     embedding_dim: int = 64
@@ -96,8 +98,10 @@ class HSTURankingConfig:
     over_arch_layers: list[int] = field(default_factory=lambda: [64])
     use_dense_features: bool = True
     heads: list[str] | None = None
+    attention_kernel: str = "auto"
 
     def __post_init__(self) -> None:
+        check_kernel_name(self.attention_kernel, "model.attention_kernel")
         for name in ("embedding_dim", "num_layers", "num_heads", "attention_dim", "linear_dim", "max_candidates_per_pass"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -168,7 +172,7 @@ class HSTURanking(nn.Module):
             num_layers=config.num_layers, embedding_dim=d, num_heads=config.num_heads,
             attention_dim=config.attention_dim, linear_dim=config.linear_dim,
             max_seq_len=2 * self.max_sequence + config.max_candidates_per_pass,
-            dropout=config.dropout, normalization=config.normalization,
+            dropout=config.dropout, normalization=config.normalization, kernel=config.attention_kernel,
         ).to(dense_device)
         self.over_arch = MLP(d, config.over_arch_layers, device=dense_device)
         self.head_layer = nn.Linear(config.over_arch_layers[-1], len(self.heads), device=dense_device)

@@ -101,6 +101,12 @@ def hstu_attention_kernels() -> list[str]:
     return list(_BACKENDS)
 
 
+def check_kernel_name(kernel: str, field: str) -> None:
+    """Raises a :class:`ConfigError` naming ``field`` unless ``kernel`` is ``"auto"`` or a backend's name."""
+    if kernel != "auto" and kernel not in _BACKENDS:
+        raise ConfigError(f"{field} must be 'auto' or one of {hstu_attention_kernels()}, got {kernel!r}")
+
+
 def _hstu_attention_triton(*args, **kwargs) -> torch.Tensor:
     kernel = load_kernel("hstu_attention_triton", "hstu_attention_triton", "hstu_attention")  # triton loads on first use only
     return kernel(*args, **kwargs)

@@ -205,3 +205,11 @@ def test_trains_under_the_ranking_recipe(tmp_path):
                       [*TINY, "data.synthetic.num_users=300", f"output_dir={tmp_path}"])
     test = train_and_evaluate(cfg)
     assert test["click"]["auc"] > 0.6, test
+
+
+def test_attention_kernel_reaches_every_layer_and_unknown_names_are_refused():
+    model = get_model("hstu_ranking", feature_spec=SPEC, **SMALL, attention_kernel="pytorch")
+    kernels = {m.kernel for m in model.modules() if hasattr(m, "kernel") and isinstance(m.kernel, str)}
+    assert kernels == {"pytorch"}
+    with pytest.raises(ConfigError, match="model.attention_kernel"):
+        get_model("hstu_ranking", feature_spec=SPEC, **SMALL, attention_kernel="flash")

@@ -204,3 +204,11 @@ def test_built_on_meta_and_sharded_matches_the_unsharded_model(name):
         gc.collect()
     finally:
         teardown(ctx)
+
+
+def test_attention_kernel_reaches_every_hstu_layer_and_unknown_names_are_refused():
+    model = get_model("hstu", feature_spec=SPEC, **TINY["hstu"], attention_kernel="pytorch")
+    kernels = {m.kernel for m in model.modules() if hasattr(m, "kernel") and isinstance(m.kernel, str)}
+    assert kernels == {"pytorch"}
+    with pytest.raises(ConfigError, match="model.attention_kernel"):
+        get_model("hstu", feature_spec=SPEC, **TINY["hstu"], attention_kernel="flash")
