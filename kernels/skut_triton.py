@@ -13,7 +13,7 @@ candidate's S_all of up to L tokens) from the token vectors to the max-pooled re
 
 Only attention mixes rows; everything after it is row-local, so phase 2 finishes a block of
 rows in registers and writes it back in place (its keys and values are already in the kv
-scratch). The scratch (``[L, d]`` float32 and ``[2, H, L, d/H]`` bfloat16 per row, 80 KB at L = 192,
+scratch). The scratch (``[L, d]`` float32 and ``[H, L, 2 d/H]`` bfloat16 per row, 80 KB at L = 192,
 d = 64) is written and read back by the same program, so it lives in L2; ``tl.debug_barrier``
 (a CTA barrier, which also orders the program's global memory accesses) separates the phases.
 
@@ -141,15 +141,14 @@ def _attention(a, m0, length, kv_row, scratch_rows, layer, qk_scale, wq_ptr, bq_
         w = layer * H + head
         q = _linear(a, wq_ptr + w * D * HD, bq_ptr + w * HD, D, HD, BF16_DOT) * qk_scale  # [M, HD], log2 units
         q = _to_bf16(q, BF16_DOT)  # what the dot reads anyway; half the registers
-        k_base = kv_row + head * scratch_rows * HD
-        v_base = kv_row + (H + head) * scratch_rows * HD
+        kv_head = kv_row + head * scratch_rows * 2 * HD  # [L_P, 2 HD]: k then v of each row
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HD], tl.float32)
         for n0 in range(0, end, BLOCK_N):
             keys = n0 + keys0
-            k = tl.load(k_base + keys[:, None] * HD + hd[None, :])  # [N, HD]
-            v = tl.load(v_base + keys[:, None] * HD + hd[None, :])  # [N, HD]
+            k = tl.load(kv_head + keys[:, None] * 2 * HD + hd[None, :])  # [N, HD]
+            v = tl.load(kv_head + keys[:, None] * 2 * HD + HD + hd[None, :])  # [N, HD]
             s = _mm(q, tl.trans(k), BF16_DOT)  # [M, N]
             visible = (keys[None, :] <= rows[:, None]) & (keys[None, :] < length)  # key 0 is visible to every row
             s = tl.where(visible, s, float("-inf"))
@@ -172,7 +171,7 @@ def _attention(a, m0, length, kv_row, scratch_rows, layer, qk_scale, wq_ptr, bq_
 @triton.jit
 def _skut_kernel(
     x_ptr, lengths_ptr, out_ptr, h_ptr, kv_ptr,
-    win_ptr, bin_ptr, wq_ptr, bq_ptr, wk_ptr, bk_ptr, wv_ptr, bv_ptr, wo_ptr, bo_ptr,
+    win_ptr, bin_ptr, wq_ptr, bq_ptr, wkv_ptr, bkv_ptr, wo_ptr, bo_ptr,
     w1_ptr, b1_ptr, w2_ptr, b2_ptr, g1_ptr, be1_ptr, g2_ptr, be2_ptr, wr_ptr, br_ptr,
     width, token_dim, model_dim, out_dim, num_layers, scratch_rows, stride_xb, stride_xl, qk_scale, eps,
     E: tl.constexpr, D: tl.constexpr, HD: tl.constexpr, FF: tl.constexpr, FO: tl.constexpr, H: tl.constexpr,
@@ -181,11 +180,11 @@ def _skut_kernel(
     row = tl.program_id(0).to(tl.int64)
     length = tl.minimum(tl.maximum(tl.load(lengths_ptr + row), 0), width).to(tl.int32)
     h_row = h_ptr + row * scratch_rows * D  # [L_P, D] float32
-    kv_row = kv_ptr + row * 2 * H * scratch_rows * HD  # [2, H, L_P, HD] bfloat16
+    kv_row = kv_ptr + row * H * scratch_rows * 2 * HD  # [H, L_P, 2 HD] bfloat16
     m = tl.arange(0, BLOCK_M)
     cd = tl.arange(0, D)
     ce = tl.arange(0, E)
-    hd = tl.arange(0, HD)
+    hd2 = tl.arange(0, 2 * HD)
 
     # Phase 0: the token projection z = x W_in^T + b_in.
     for m0 in range(0, length, BLOCK_M):
@@ -201,7 +200,7 @@ def _skut_kernel(
         be1 = be1_ptr + layer * D
         g2 = g2_ptr + layer * D
         be2 = be2_ptr + layer * D
-        # Phase 1: keys and values of every block.
+        # Phase 1: keys and values of every block (one matmul: W_kv = [W_k | W_v]).
         for head in range(H):
             w = layer * H + head
             for m0 in range(0, length, BLOCK_M):
@@ -209,11 +208,9 @@ def _skut_kernel(
                 a = tl.load(h_row + rows[:, None] * D + cd[None, :])  # [M, D]
                 if NORM_FIRST:
                     a = _layer_norm(a, g1, be1, model_dim, eps, D)
-                k = _linear(a, wk_ptr + w * D * HD, bk_ptr + w * HD, D, HD, BF16_DOT)  # [M, HD]
-                v = _linear(a, wv_ptr + w * D * HD, bv_ptr + w * HD, D, HD, BF16_DOT)  # [M, HD]
-                slots = rows[:, None] * HD + hd[None, :]
-                tl.store(kv_row + head * scratch_rows * HD + slots, _to_bf16(k, BF16_DOT))
-                tl.store(kv_row + (H + head) * scratch_rows * HD + slots, _to_bf16(v, BF16_DOT))
+                kv = _linear(a, wkv_ptr + w * D * 2 * HD, bkv_ptr + w * 2 * HD, D, 2 * HD, BF16_DOT)  # [M, 2 HD]
+                slots = rows[:, None] * 2 * HD + hd2[None, :]
+                tl.store(kv_row + head * scratch_rows * 2 * HD + slots, _to_bf16(kv, BF16_DOT))
         tl.debug_barrier()
         # Phase 2: per block of queries, attention and the rest of the layer, written back in place.
         for m0 in range(0, length, BLOCK_M):
@@ -264,8 +261,8 @@ class PackedSkutWeights:
     """:class:`SkutWeights` as the kernel reads them: transposed to ``[in, out]``, zero-padded,
     stacked over layers (and heads); matrices bfloat16, vectors float32.
 
-    Args: the tensors named as the kernel's arguments (``win [E_P, D_P]``, ``wq / wk / wv
-    [N, H, D_P, HD_P]``, ``wo [N, H, HD_P, D_P]``, ``w1 [N, D_P, FF_P]``, ``w2 [N, FF_P, D_P]``,
+    Args: the tensors named as the kernel's arguments (``win [E_P, D_P]``, ``wq [N, H, D_P, HD_P]``,
+    ``wkv [N, H, D_P, 2 HD_P]`` (keys, then values), ``wo [N, H, HD_P, D_P]``, ``w1 [N, D_P, FF_P]``, ``w2 [N, FF_P, D_P]``,
     ``wr [D_P, FO_P]``, biases and norms ``[N, ...]``), and the padded sizes.
     """
 
@@ -298,9 +295,11 @@ def pack_skut_weights(weights: SkutWeights, device: torch.device) -> PackedSkutW
     layers: dict[str, list[torch.Tensor]] = {}
     for layer in weights.layers:
         packed = {}
-        for name, index in (("q", 0), ("k", 1), ("v", 2)):
-            packed[f"w{name}"], packed[f"b{name}"] = per_head(layer.qkv_weight[index * dim:(index + 1) * dim],
-                                                              layer.qkv_bias[index * dim:(index + 1) * dim])
+        parts = [per_head(layer.qkv_weight[i * dim:(i + 1) * dim], layer.qkv_bias[i * dim:(i + 1) * dim])
+                 for i in range(3)]  # q, k, v: ([H, D_P, HD_P], [H, HD_P]) each
+        packed["wq"], packed["bq"] = parts[0]
+        packed["wkv"] = torch.cat([parts[1][0], parts[2][0]], dim=2)  # [H, D_P, 2 HD_P]
+        packed["bkv"] = torch.cat([parts[1][1], parts[2][1]], dim=1)  # [H, 2 HD_P]
         packed["wo"] = torch.stack([mat(layer.out_weight[:, i * head_dim:(i + 1) * head_dim], HD, D)
                                     for i in range(heads)])
         packed.update(bo=vec(layer.out_bias, D), w1=mat(layer.ff1_weight, D, FF), b1=vec(layer.ff1_bias, FF),
@@ -356,12 +355,12 @@ def skut_triton(
     x = x if x.stride(-1) == 1 else x.contiguous()
     scratch_rows = max(triton.cdiv(width, block_m), 1) * block_m
     h = torch.empty(rows, scratch_rows, sizes["D"], dtype=torch.float32, device=x.device)  # [B, L_P, D_P]
-    kv = torch.empty(rows, 2, sizes["H"], scratch_rows, sizes["HD"], dtype=torch.bfloat16, device=x.device)
+    kv = torch.empty(rows, sizes["H"], scratch_rows, 2 * sizes["HD"], dtype=torch.bfloat16, device=x.device)
     out = torch.empty(rows, weights.output_dim, dtype=torch.float32, device=x.device)  # [B, F]
     if rows:
         _skut_kernel[(rows,)](
             x, lengths, out, h, kv,
-            t["win"], t["bin"], t["wq"], t["bq"], t["wk"], t["bk"], t["wv"], t["bv"], t["wo"], t["bo"],
+            t["win"], t["bin"], t["wq"], t["bq"], t["wkv"], t["bkv"], t["wo"], t["bo"],
             t["w1"], t["b1"], t["w2"], t["b2"], t["g1"], t["be1"], t["g2"], t["be2"], t["wr"], t["br"],
             width, weights.token_dim, weights.model_dim, weights.output_dim, len(weights.layers), scratch_rows,
             x.stride(0), x.stride(1), LOG2E / math.sqrt(weights.model_dim // weights.num_heads), weights.eps,
