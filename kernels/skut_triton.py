@@ -13,7 +13,7 @@ candidate's S_all of up to L tokens) from the token vectors to the max-pooled re
 
 Only attention mixes rows; everything after it is row-local, so phase 2 finishes a block of
 rows in registers and writes it back in place (its keys and values are already in the kv
-scratch). The scratch (``[L, d]`` float32 and ``[H, L, 2 d/H]`` bfloat16 per row, 80 KB at L = 192,
+scratch). The scratch (``[L, d]`` float32 and ``[H, L, 2 d/H]`` bfloat16 per row, 96 KB at L = 192,
 d = 64) is written and read back by the same program, so it lives in L2; ``tl.debug_barrier``
 (a CTA barrier, which also orders the program's global memory accesses) separates the phases.
 
