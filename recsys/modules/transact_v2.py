@@ -22,6 +22,10 @@ token ever reads a padded one), so it is a user representation "as of token t": 
 (:mod:`recsys.modules.next_action_loss`) scores it against the content of the next engaged item.
 A row whose S_all is empty reads out as zeros.
 
+At inference (eval mode, no gradient) on CUDA, everything from ``x_t`` to the readout runs as one
+Triton kernel, SKUT (:mod:`recsys.ops.skut`: projections, attention, norms and FFN of every layer,
+bfloat16 matmuls with float32 accumulation); ``TransActV2Config.inference_kernel`` chooses.
+
 Choices where the paper gives no detail, kept simple:
 
 - the content part of a token is the stored content embedding itself (no learned transform);
