@@ -22,6 +22,10 @@ token ever reads a padded one), so it is a user representation "as of token t": 
 (:mod:`recsys.modules.next_action_loss`) scores it against the content of the next engaged item.
 A row whose S_all is empty reads out as zeros.
 
+At inference (eval mode, no gradient) on CUDA, everything from ``x_t`` to the readout runs as one
+Triton kernel, SKUT (:mod:`recsys.ops.skut`: projections, attention, norms and FFN of every layer,
+bfloat16 matmuls with float32 accumulation); ``TransActV2Config.inference_kernel`` chooses.
+
 Choices where the paper gives no detail, kept simple:
 
 - the content part of a token is the stored content embedding itself (no learned transform);
@@ -47,6 +51,8 @@ from torch import nn
 
 from recsys.errors import ConfigError, DataError
 from recsys.modules.time_window_mask import key_padding_mask
+from recsys.ops.skut import SKUT_KERNELS, skut, skut_backend
+from recsys.ops.skut_reference import SkutLayerWeights, SkutWeights
 
 PAPER_MAX_SEQUENCE = 192  # 96 + 32 + 32 + 32 tokens of S_all
 MAX_ACTIONS = 16
@@ -67,6 +73,10 @@ class TransActV2Config:
         readout_dim: F, width of the max-pooled readout; None = ``model_dim``.
         length_groups: rows are sorted by length and encoded in this many groups, each padded to
             its own longest row (same outputs, less padding); 1 = one padded batch.
+        inference_kernel: how eval-mode calls without gradient run the encoder: ``"auto"`` (the
+            single-kernel SKUT, :mod:`recsys.ops.skut`, on CUDA when it supports the sizes, else
+            the PyTorch layers), ``"triton"`` (SKUT, an error naming what it does not support)
+            or ``"pytorch"``. Training and calls that need a gradient always run the PyTorch layers.
     """
 
     max_sequence: int = PAPER_MAX_SEQUENCE
@@ -77,6 +87,7 @@ class TransActV2Config:
     dropout: float = 0.1
     readout_dim: int | None = None
     length_groups: int = 4
+    inference_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("max_sequence", "model_dim", "num_layers", "num_heads", "feedforward_dim", "length_groups"):
@@ -91,6 +102,9 @@ class TransActV2Config:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"TransActV2Config.dropout must lie in [0, 1), got {self.dropout!r}")
+        if self.inference_kernel not in ("auto", *SKUT_KERNELS):
+            raise ConfigError(f"TransActV2Config.inference_kernel must be one of {['auto', *SKUT_KERNELS]}, "
+                              f"got {self.inference_kernel!r}")
 
 
 @dataclass
@@ -209,7 +223,10 @@ class TransActV2(nn.Module):
         starts = torch.cumsum(lengths, dim=0) - lengths  # [B]
         positions = torch.arange(action_bits.shape[0], device=lengths.device) - starts.repeat_interleave(lengths)  # [V]
         candidate = candidate_content.repeat_interleave(lengths, dim=0)  # [V, C]
-        tokens = self._project_tokens(content, candidate, action_bits, surface, positions)  # [V, d]
+        vectors = self._token_vectors(content, candidate, action_bits, surface, positions)  # [V, 2C]
+        if self._inference_backend(vectors) == "triton":
+            return self._encode_skut(vectors, lengths)
+        tokens = self.input_projection(vectors)  # [V, d]
         features, outputs, rows, token_index = [], [], [], []
         groups = 1 if torch.compiler.is_exporting() else self.config.length_groups  # export: one static shape
         for group in length_groups(lengths, groups):
@@ -247,16 +264,45 @@ class TransActV2(nn.Module):
         rows, width = real.shape
         positions = torch.arange(width, device=real.device).expand(rows, width)  # [B, L]
         candidate = candidate_content.unsqueeze(1).expand(-1, width, -1)  # [B, L, C]
-        tokens = self._project_tokens(content, candidate, action_bits, surface, positions)  # [B, L, d]
+        vectors = self._token_vectors(content, candidate, action_bits, surface, positions)  # [B, L, 2C]
+        if self._inference_backend(vectors) == "triton":  # SKUT: one launch, no host read
+            lengths = real.sum(dim=1)  # [B]; real is a prefix of each row
+            return skut(self.skut_weights(), vectors, lengths, kernel="triton", check_lengths=False).to(vectors.dtype)
+        tokens = self.input_projection(vectors)  # [B, L, d]
         causal = nn.Transformer.generate_square_subsequent_mask(width, device=tokens.device, dtype=tokens.dtype)
         outputs = self.encoder(tokens, mask=causal, is_causal=True)  # [B, L, d]
         return self.readout(outputs, real)  # [B, F]
 
-    def _project_tokens(self, content, candidate, action_bits, surface, positions) -> torch.Tensor:
-        """``[..., d]``: ``W_in x_t + b_in`` of the tokens (module docstring), any leading shape."""
-        tokens = (torch.cat([content, candidate], dim=-1) + self._action_vectors(action_bits)
-                  + self.surface_embedding(surface) + self.position_embedding(positions))  # [..., 2C]
-        return self.input_projection(tokens)  # [..., d]
+    def _token_vectors(self, content, candidate, action_bits, surface, positions) -> torch.Tensor:
+        """``[..., 2C]``: the early-fused token vectors ``x_t`` (module docstring), any leading shape."""
+        return (torch.cat([content, candidate], dim=-1) + self._action_vectors(action_bits)
+                + self.surface_embedding(surface) + self.position_embedding(positions))  # [..., 2C]
+
+    def _inference_backend(self, vectors: torch.Tensor) -> str:
+        """``"triton"`` when this call runs SKUT (eval mode, no gradient, not traced), else ``"pytorch"``."""
+        if (self.config.inference_kernel == "pytorch" or self.training or torch.is_grad_enabled()
+                or torch.compiler.is_compiling()):
+            return "pytorch"
+        return skut_backend(self.skut_weights(), vectors, self.config.inference_kernel)
+
+    def _encode_skut(self, vectors: torch.Tensor, lengths: torch.Tensor) -> "TransActV2Encoding":
+        """:meth:`encode` by SKUT: the jagged token vectors ``[V, 2C]`` padded to one batch ``[B, L, 2C]``."""
+        width = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        index, real = jagged_index(lengths, width)  # [B, L], [B, L]
+        padded = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])[torch.where(real, index, vectors.shape[0])]
+        features, outputs = skut(self.skut_weights(), padded, lengths, kernel="triton", return_outputs=True,
+                                 check_lengths=False)  # [B, F], [B, L, d]
+        return TransActV2Encoding(features.to(vectors.dtype), outputs[real].to(vectors.dtype))  # outputs [V, d]
+
+    def skut_weights(self) -> SkutWeights:
+        """The encoder's weights as :mod:`recsys.ops.skut` reads them (views of the parameters), kept
+        until a parameter changes (an optimizer step, ``load_state_dict``, a move to another device)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = getattr(self, "_skut_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, _skut_weights(self))
+            self._skut_cache = cached
+        return cached[1]
 
     def _encode_rows(self, tokens, starts, lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows ``starts, lengths`` (``[b]`` each) padded to their longest: ``features [b, F]``,
@@ -319,6 +365,33 @@ class TransActV2(nn.Module):
             raise DataError(
                 f"TransActV2: surfaces must lie in 0..{self.num_surfaces - 1}, got {int(surface.min())}..{int(surface.max())}"
             )
+
+
+def _skut_weights(encoder: TransActV2) -> SkutWeights:
+    """:class:`SkutWeights` viewing ``encoder``'s parameters."""
+    layers = list(encoder.encoder.layers)
+    first = layers[0]
+
+    def bias(part, name="bias"):  # a layer built with bias=False adds zeros
+        value = getattr(part, name)
+        weight = part.in_proj_weight if name == "in_proj_bias" else part.weight
+        return value if value is not None else weight.new_zeros(weight.shape[0])
+
+    return SkutWeights(
+        input_weight=encoder.input_projection.weight, input_bias=encoder.input_projection.bias,
+        layers=[SkutLayerWeights(
+            qkv_weight=layer.self_attn.in_proj_weight, qkv_bias=bias(layer.self_attn, "in_proj_bias"),
+            out_weight=layer.self_attn.out_proj.weight, out_bias=bias(layer.self_attn.out_proj),
+            ff1_weight=layer.linear1.weight, ff1_bias=bias(layer.linear1),
+            ff2_weight=layer.linear2.weight, ff2_bias=bias(layer.linear2),
+            norm1_weight=layer.norm1.weight, norm1_bias=bias(layer.norm1),
+            norm2_weight=layer.norm2.weight, norm2_bias=bias(layer.norm2),
+        ) for layer in layers],
+        readout_weight=encoder.readout_projection.weight, readout_bias=encoder.readout_projection.bias,
+        num_heads=first.self_attn.num_heads, norm_first=first.norm_first,
+        activation={1: "relu", 2: "gelu"}.get(first.activation_relu_or_gelu, repr(first.activation)),
+        eps=first.norm1.eps,
+    )
 
 
 def jagged_index(lengths: torch.Tensor, width: int, starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

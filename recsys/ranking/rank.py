@@ -9,6 +9,8 @@ The request path of the ``transact_v2`` ranker, as a library call::
             pooled embeddings: request features (user, surface, history bags) looked up once per
               request, item features once per candidate, then gathered per candidate
             dense stage: TransActV2.encode_padded over S_all + DLRM.interact   -> logits [N, H]
+              (the encoder in one Triton kernel on CUDA, :mod:`recsys.ops.skut`; config
+              ``inference_kernel``)
               (static bucket shapes: on CUDA a captured graph per bucket, :mod:`recsys.ranking.graphs`)
 
 It computes what the model's offline forward computes on the replicated batch (one RankingBatch

@@ -82,6 +82,7 @@ def test_cuda_pinned_arena_and_graphs_replay_the_eager_scores(world):
     from recsys.ranking.graphs import DenseStageGraphs
 
     model = copy.deepcopy(world["model"]).to("cuda").eval()
+    model.sequence_arch.encoder.config.inference_kernel = "pytorch"  # float32 layers: the offline scores' rounding
     groups = ragged_groups(world["examples"])
     requests, items = requests_from_rows(world, groups), world["log"].items
     arena = HostArena(world["spec"], 64, 2048, 1 << 14, device="cuda")
@@ -97,3 +98,13 @@ def test_cuda_pinned_arena_and_graphs_replay_the_eager_scores(world):
     with torch.no_grad():
         expected = offline_scores(world, groups)
     torch.testing.assert_close(torch.cat(eager).cpu(), expected, rtol=1e-4, atol=1e-4)
+
+    # SKUT (the encoder in one Triton kernel, bfloat16 matmuls) inside the captured graphs: the same
+    # scores up to bfloat16 rounding (a wrong row or token would move them by O(1)), replayed exactly.
+    model.sequence_arch.encoder.config.inference_kernel = "triton"
+    fused_graphs = DenseStageGraphs(model)
+    fused = rank_requests(model, requests, items, lifelong=SMALL, arena=arena, graphs=fused_graphs)
+    fused_again = rank_requests(model, requests, items, lifelong=SMALL, arena=arena, graphs=fused_graphs)
+    for a, b, c in zip(eager, fused, fused_again):
+        torch.testing.assert_close(b, a, rtol=0, atol=5e-2)
+        assert torch.equal(b, c)
