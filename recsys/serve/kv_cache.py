@@ -199,6 +199,8 @@ class PagedKVCache:
         )
         new_rows = _jagged_rows(seq_offsets, keep_t, seq_offsets[1:] - seq_offsets[:-1])  # [Tn]
         self.encoded_tokens.inc(amount=new_rows.numel())
+        if new_rows.numel() == 0:  # every history a hit: nothing to encode
+            return prefix
         new_times = None if timestamps is None else timestamps[new_rows]
         return self.encoder.extend_history(values[new_rows], seq_offsets - prefix_offsets, prefix, new_times)[1]
 
