@@ -1,14 +1,15 @@
 """HSTU ranking ``/rank`` latency with the KV cache across requests: cold, warm, append, cache off.
 
     python benchmarks/hstu_serving.py --device cuda                                   # 2000 candidates, 4096-event history
-    OMP_NUM_THREADS=2 python benchmarks/hstu_serving.py --history-events 256 --candidates 200 \\
-        --layers 2 --dim 64 --heads 2 --head-dim 32 --repeats 30                      # a small CPU version
+    OMP_NUM_THREADS=1 python benchmarks/hstu_serving.py --history-events 512 --candidates 500 \\
+        --layers 2 --dim 64 --heads 2 --head-dim 32 --repeats 30 --warmup 3          # a small CPU version
 
 One user with ``--history-events`` engaged events (two tokens each: item and action) asks for
 ``--candidates`` candidates, scored by M-FALCON (``--microbatch`` candidates per pass, default all
 in one pass) through the server's real path: the FastAPI app and its batcher on an in-process ASGI
-client (JSON in and out, no socket), and, separately, the engine alone (features + model). The
-model is an untrained ``hstu_ranking`` of the given sizes (latency does not depend on the weights).
+client (JSON in and out, no socket), and, separately, the engine alone (features + model, on one
+worker thread as in the server). The model is an untrained ``hstu_ranking`` of the given sizes
+(latency does not depend on the weights).
 Modes, each ``--repeats`` requests after ``--warmup`` untimed ones:
 
 - ``cold``: the user's cache entry is dropped before each request: the whole history is encoded;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,14 +117,18 @@ def run_mode(engine, mode: str, times: list[int], items: np.ndarray, args) -> di
             cache.clear()
         return times[i] if mode == "append" else times[0]
 
-    total = args.warmup + args.repeats
-    engine_ms = []
-    for i in range(total):
-        request = RankingRequest(USER, items, prepare(i), 0)
-        began = time.perf_counter()
-        with torch.inference_mode():
-            engine.run([request])  # .tolist() of the scores: synchronizes the device
-        engine_ms.append((time.perf_counter() - began) * 1e3)
+    def engine_calls() -> list[float]:
+        out = []
+        for i in range(args.warmup + args.repeats):
+            request = RankingRequest(USER, items, prepare(i), 0)
+            began = time.perf_counter()
+            with torch.inference_mode():
+                engine.run([request])  # .tolist() of the scores: synchronizes the device
+            out.append((time.perf_counter() - began) * 1e3)
+        return out
+
+    with ThreadPoolExecutor(max_workers=1) as worker:  # one model thread, as the server's batcher
+        engine_ms = worker.submit(engine_calls).result()
     if cache is not None:
         cache.clear()
     http_ms = asyncio.run(_http(engine, mode, times, items, args, prepare))

@@ -186,6 +186,9 @@ class PagedKVCache:
     # ------------------------------------------------------------------ encode
     def _extend(self, users, keep, values, seq_offsets, timestamps) -> HSTUKVCache:
         """Gather the reused prefixes, encode the rest of each history against them."""
+        if not any(keep):  # every history a miss: the plain encoder pass
+            self.encoded_tokens.inc(amount=values.size(0))
+            return self.encoder.encode_history(values, seq_offsets, timestamps)[1]
         device = values.device
         keep_t = torch.tensor(keep, dtype=torch.int64, device=device)  # [B]
         prefix_offsets = _offsets(keep_t)  # [B + 1]
