@@ -28,6 +28,7 @@ def test_tiny_run_writes_json_and_png_and_each_mode_hits_the_cache_as_named(tmp_
     assert lookups["warm"] == {"hit": runs - 1, "append": 0, "miss": 1}  # the cache is cleared before /rank
     assert lookups["append"] == {"hit": 1, "append": runs - 2, "miss": 1}
     assert lookups["off"] == {"hit": 0, "append": 0, "miss": 0}
+    assert report["max_abs_diff_vs_off"]["append"] < 1e-6 and report["max_abs_diff_vs_off"]["hit"] < 1e-6
     for row in report["modes"].values():
         for path in ("engine", "rank"):
             assert row[path]["n"] == 3 and 0 < row[path]["p50_ms"] <= row[path]["p99_ms"]

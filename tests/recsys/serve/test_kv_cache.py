@@ -213,3 +213,19 @@ def test_metrics_show_hits_misses_appends_and_evictions(world):
     evictions = next(line for line in text.splitlines() if line.startswith("recsys_serve_kv_cache_evictions_total "))
     assert int(evictions.split()[-1]) >= 2
     assert "# TYPE recsys_serve_kv_cache_pages_used gauge" in text
+
+
+def test_on_cuda_the_cache_matches_the_uncached_ranker(world):
+    """The device path (Triton attention, pool on the GPU): warm and appended scores equal the uncached ones."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    import copy
+
+    model, store = world
+    model = copy.deepcopy(model).to("cuda")
+    cached, scratch = MFalconRanker(model, store, KVCacheConfig(num_pages=16, page_size=8)), MFalconRanker(model, store)
+    assert cached.cache.keys.is_cuda
+    for user, events in [(3, 6), (3, 6), (3, 9), (1, 9), (3, 12)]:
+        request = [_request(store, user, events, [1, 2, 3, 5, 8, 13])]
+        torch.testing.assert_close(_scores(cached, request), _scores(scratch, request), rtol=1e-4, atol=1e-5)
+    assert _lookups(cached) == {"hit": 1, "append": 2, "miss": 2}
