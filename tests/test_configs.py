@@ -1,7 +1,7 @@
 """Every YAML under configs/ (recursively) loads into its typed config and starts with its command.
 
-Cluster descriptions under configs/plan/ (no ``model`` section) are TopologyConfigs; every other
-YAML is a TrainConfig.
+Cluster descriptions under configs/plan/ (no ``model`` section) are TopologyConfigs, configs/serve/
+holds ServeConfigs (``recsys serve --config``); every other YAML is a TrainConfig.
 """
 
 from pathlib import Path
@@ -11,6 +11,7 @@ import pytest
 from recsys.config import load_config, load_yaml
 from recsys.distributed.topology import TopologyConfig
 from recsys.models import model_config
+from recsys.serve.config import ServeConfig
 from recsys.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,10 @@ def test_config_loads_and_names_its_command(path):
     )
     if relative.parts[:2] == ("configs", "plan") and "model" not in load_yaml(path):
         assert load_config(TopologyConfig, path).world_size >= 1
+        return
+    if relative.parts[:2] == ("configs", "serve"):
+        assert first_line.startswith("# recsys serve ") and " --config " in first_line
+        load_config(ServeConfig, path)
         return
     cfg = load_config(TrainConfig, path)
     model_config(cfg.model_name, **cfg.model_overrides)  # the model section maps onto the model's dataclass

@@ -40,6 +40,7 @@ Tc candidates, D embedding dimension, A actions, H heads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -53,13 +54,14 @@ from recsys.data.collate import kjt_from_jagged
 from recsys.data.features import FeatureSpec
 from recsys.errors import ConfigError, DataError
 from recsys.models.dlrm import resolve_heads
-from recsys.modules.hstu import HSTUEncoder, append_jagged
+from recsys.modules.hstu import HSTUEncoder, HSTUKVCache, append_jagged
 from recsys.modules.mfalcon import score_candidates as mfalcon_score_candidates
 from recsys.ops.hstu_attention import NORMALIZATIONS, check_kernel_name
 
 HISTORY_ITEM_FEATURE = "seq_item_id"
 CANDIDATE_ITEM_FEATURE = "candidate_item_id"
 DEFAULT_MAX_SEQUENCE = 50
+TOKENS_PER_EVENT = 2  # a history event becomes an item token and an action token
 
 
 @dataclass
@@ -216,6 +218,7 @@ class HSTURanking(nn.Module):
         surface: torch.Tensor | None = None,
         dense_features: torch.Tensor | None = None,
         microbatch_size: int = 64,
+        encode_history: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], HSTUKVCache] | None = None,
     ) -> torch.Tensor:
         """Scores many candidates per user against each user's history encoded once (M-FALCON).
 
@@ -230,6 +233,9 @@ class HSTURanking(nn.Module):
                 ``use_dense_features``).
             microbatch_size: most candidates per user in one pass (at most
                 ``config.max_candidates_per_pass``).
+            encode_history: ``(tokens [2 Th, D], offsets [B + 1], timestamps [2 Th]) -> HSTUKVCache``
+                of the interleaved history tokens, equal to ``self.encoder.encode_history`` (a
+                server's KV cache across requests: ``recsys.serve.kv_cache``); None encodes them here.
 
         Returns:
             ``[Tc, H]`` logits, each equal to :meth:`forward` on that candidate alone.
@@ -241,9 +247,11 @@ class HSTURanking(nn.Module):
         )
         surface = torch.zeros_like(item_id) if surface is None else surface
         candidates = self._candidate_tokens(candidate_items, surface, dense_features)  # [Tc, D]
+        history_cache = None if encode_history is None else encode_history(history_tokens, history_offsets, history_times)
         encoded = mfalcon_score_candidates(
             self.encoder, history_tokens, history_offsets, candidates, candidate_offsets.to(torch.int64),
             microbatch_size, timestamps=history_times, candidate_timestamps=timestamp.to(torch.int64),
+            history_cache=history_cache,
         )  # [Tc, D]
         return self._logits(encoded)  # [Tc, H]
 

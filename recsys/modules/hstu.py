@@ -246,6 +246,37 @@ class HSTULayer(nn.Module):
         )
         return self.output(x, attn, u)
 
+    def extend_with_kv(
+        self,
+        x: torch.Tensor,
+        new_offsets: torch.Tensor,
+        prefix_k: torch.Tensor,
+        prefix_v: torch.Tensor,
+        prefix_offsets: torch.Tensor,
+        layout: HSTUAttentionLayout,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """History tokens appended after a cached history prefix: ``[Tn, D]`` -> ``([Tn, D], K, V)``.
+
+        The new tokens attend causally to the prefix and to each other, exactly as the same rows of
+        :meth:`forward` on prefix plus new tokens (no targets). Returns their outputs and the keys
+        ``[Tp + Tn, H, Dqk]`` and values ``[Tp + Tn, H, Dv]`` of prefix plus new tokens, jagged by
+        ``prefix_offsets + new_offsets``.
+
+        Args:
+            x: ``[Tn, D]`` new tokens, jagged by ``new_offsets`` ``[B + 1]``.
+            prefix_k: ``[Tp, H, Dqk]`` and ``prefix_v`` ``[Tp, H, Dv]``: this layer's cached keys and
+                values, jagged by ``prefix_offsets`` ``[B + 1]``.
+            layout: :meth:`attention_layout` of the full sequences with ``query_offsets=new_offsets``
+                (see :meth:`HSTUEncoder.extend_history`).
+        """
+        u, q, k, v = self.project(x)
+        full_k, _ = append_jagged(prefix_k, prefix_offsets, k, new_offsets)  # [Tp + Tn, H, Dqk]
+        full_v, _ = append_jagged(prefix_v, prefix_offsets, v, new_offsets)  # [Tp + Tn, H, Dv]
+        attn = self.attend(
+            q, full_k, full_v, layout.seq_offsets, layout.timestamps, None, query_offsets=new_offsets, layout=layout
+        )
+        return self.output(x, attn, u), full_k, full_v
+
 
 def targets_layout(
     layer: HSTULayer,
@@ -409,6 +440,53 @@ class HSTUEncoder(nn.Module):
             keys.append(k)
             vals.append(v)
         return self.final_norm(x), HSTUKVCache(keys, vals, seq_offsets, timestamps)
+
+    def extend_history(
+        self,
+        values: torch.Tensor,
+        offsets: torch.Tensor,
+        prefix: HSTUKVCache,
+        timestamps: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, HSTUKVCache]:
+        """Encode history tokens appended to cached history prefixes: ``([Tn, D], cache of the whole histories)``.
+
+        Exact for a causal encoder: a history token reads only itself and the tokens before it, so
+        the prefix's keys and values are those :meth:`encode_history` gives on the whole history,
+        with one exception the caller handles: the time bias of the prefix's last token reads the
+        timestamp of the token after it (``t_next``, :mod:`recsys.ops.relative_bias_index`), which
+        is its own while it ends the history. A prefix that gains tokens must therefore leave its
+        last token out and encode it again with the new ones (``recsys.serve.kv_cache`` does).
+
+        Args:
+            values: ``[Tn, D]`` new tokens, jagged by ``offsets`` ``[B + 1]`` (a sequence may have none).
+            prefix: cached keys and values of the B prefixes (possibly empty), with their timestamps.
+            timestamps: ``[Tn]`` int64 timestamps of the new tokens (required with a time bias).
+
+        Returns:
+            The new tokens' outputs ``[Tn, D]`` and an :class:`HSTUKVCache` of prefix plus new
+            tokens, equal to ``encode_history`` on the whole histories.
+        """
+        self._check_causal("extend_history")
+        self._check_input(values)
+        if offsets.numel() != prefix.seq_offsets.numel():
+            raise DataError(
+                f"HSTUEncoder.extend_history: offsets has {offsets.numel() - 1} sequences, the prefix "
+                f"{prefix.seq_offsets.numel() - 1}; give one (possibly empty) list of new tokens per prefix"
+            )
+        full_times = None
+        if timestamps is not None and prefix.timestamps is not None:
+            full_times, _ = append_jagged(prefix.timestamps, prefix.seq_offsets, timestamps, offsets)  # [Tp + Tn]
+        full_offsets = prefix.seq_offsets + offsets  # [B + 1]
+        layout = self.layers[0].attention_layout(
+            full_offsets, prefix.keys[0].size(0) + values.size(0), full_times,
+            query_offsets=offsets, num_queries=values.size(0),
+        )
+        keys, vals, x = [], [], values
+        for layer, k, v in zip(self.layers, prefix.keys, prefix.values):
+            x, k, v = layer.extend_with_kv(x, offsets, k, v, prefix.seq_offsets, layout)
+            keys.append(k)
+            vals.append(v)
+        return self.final_norm(x), HSTUKVCache(keys, vals, full_offsets, full_times)
 
     def forward_targets(
         self,

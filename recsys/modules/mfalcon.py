@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from recsys.errors import ConfigError, DataError
-from recsys.modules.hstu import HSTUEncoder, append_jagged
+from recsys.modules.hstu import HSTUEncoder, HSTUKVCache, append_jagged
 
 
 def score_candidates(
@@ -38,6 +38,7 @@ def score_candidates(
     timestamps: torch.Tensor | None = None,
     candidate_timestamps: torch.Tensor | None = None,
     cache: bool = True,
+    history_cache: HSTUKVCache | None = None,
 ) -> torch.Tensor:
     """The encoder's output for every candidate appended to its user's history.
 
@@ -54,6 +55,9 @@ def score_candidates(
             timestamp (0 for an empty history).
         cache: encode the history once and reuse its keys/values (True), or re-run history plus
             candidates for every micro-batch (False; same result, slower).
+        history_cache: the histories' keys and values already encoded (e.g. kept across requests
+            by ``recsys.serve.kv_cache``), equal to ``encoder.encode_history`` of these histories;
+            None encodes them here. Needs ``cache=True``.
 
     Returns:
         ``[Tc, D]`` candidate outputs, in ``candidate_values`` order.
@@ -71,7 +75,10 @@ def score_candidates(
         )
     if timestamps is not None and candidate_timestamps is None:
         candidate_timestamps = _default_candidate_timestamps(timestamps, seq_offsets, candidate_offsets)
-    history_cache = encoder.encode_history(history_values, seq_offsets, timestamps)[1] if cache else None
+    if history_cache is not None and not cache:
+        raise ConfigError("score_candidates: history_cache is given but cache=False; pass cache=True to use it")
+    if history_cache is None and cache:
+        history_cache = encoder.encode_history(history_values, seq_offsets, timestamps)[1]
     out = candidate_values.new_zeros(candidate_values.shape)
     for rows, offsets in _microbatches(candidate_offsets, microbatch_size):
         values = candidate_values[rows]  # [Tm, D]

@@ -86,6 +86,7 @@ def create_app(engine, options: ServeOptions | None = None, warmup: bool = True)
 
     options = options or ServeOptions()
     metrics = ServerMetrics()
+    metrics.add(*engine.metrics())
     batcher = DynamicBatcher(engine.run, metrics, options.max_batch_requests, options.max_batch_candidates,
                              options.max_wait_ms / 1000, options.queue_size)
     state = {"ready": False}

@@ -4,6 +4,7 @@
 
     recsys serve --checkpoint RUN_DIR [--host 127.0.0.1 --port 8800] [--max-batch 32] [--max-batch-candidates 4096]
                  [--max-wait-ms 2] [--queue 256] [--deadline-ms 100] [--max-candidates 2000] [--token-file PATH]
+                 [--config configs/serve/hstu_ranking.yaml] [key=value ...]
 
 ``RUN_DIR`` is a run's ``output_dir`` (or its ``checkpoints/`` or a ``step_*`` folder). The server
 binds 127.0.0.1 unless ``--host`` says otherwise; with ``--token-file`` every request but
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
     serve.add_argument("--max-candidates", type=int, default=2000, help="most candidates per /rank request")
     serve.add_argument("--token-file", default=None, help="file holding the bearer token requests must carry")
     serve.add_argument("--threads", type=int, default=0, help="torch threads of the model (0 = torch's default)")
+    serve.add_argument("--config", default=None, help="serve config YAML (e.g. configs/serve/hstu_ranking.yaml: KV cache)")
+    serve.add_argument("overrides", nargs="*", help="key=value overrides of the serve config, e.g. kv_cache.num_pages=8192")
 
 
 def options_from(args: argparse.Namespace):
@@ -59,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = Engine.load(args.checkpoint)
+    from recsys.config import load_config
+    from recsys.serve.config import ServeConfig
+
+    engine = Engine.load(args.checkpoint, load_config(ServeConfig, args.config, args.overrides))
     app = create_app(engine, options)
     print(f"serving {engine.name} ({engine.task}) from {args.checkpoint} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=15)

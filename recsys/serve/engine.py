@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from recsys.errors import ConfigError
+from recsys.serve.config import ServeConfig
 from recsys.serve.features import FeatureStore, RankingRequest
 from recsys.serve.retriever import RetrievalRequest, Retriever
 
@@ -26,18 +27,22 @@ class Engine:
         store: the feature store of the run's log.
         task: ``"ranking"`` or ``"retrieval"``.
         name: the model's zoo name.
+        config: the serve config (the HSTU ranker's KV cache); None = defaults.
     """
 
-    def __init__(self, model: torch.nn.Module, store: FeatureStore, task: str, name: str):
+    def __init__(self, model: torch.nn.Module, store: FeatureStore, task: str, name: str,
+                 config: ServeConfig | None = None):
         from recsys.serve.ranker import make_ranker
 
         self.model, self.store, self.task, self.name = model, store, task, name
-        self.scorer = Retriever(model, store) if task == "retrieval" else make_ranker(model, store)
+        self.config = config or ServeConfig()
+        self.scorer = (Retriever(model, store) if task == "retrieval"
+                       else make_ranker(model, store, self.config.kv_cache))
         self.heads = getattr(self.scorer, "heads", [])
         self.warm = False
 
     @classmethod
-    def load(cls, checkpoint: str | Path) -> "Engine":
+    def load(cls, checkpoint: str | Path, config: ServeConfig | None = None) -> "Engine":
         """The engine of a run folder (its ``output_dir``, ``checkpoints/`` or a ``step_*`` folder)."""
         from recsys.data.pipeline import load_events
         from recsys.inference import _locate, _run_config, _run_feature_spec, load
@@ -50,7 +55,11 @@ class Engine:
                               "(TransAct V2 through rank_requests) is not served by recsys serve yet")
         model = load(checkpoint)
         store = FeatureStore(load_events(cfg.data), _run_feature_spec(run_dir, cfg))
-        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name)
+        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name, config)
+
+    def metrics(self) -> tuple:
+        """The scorer's own metrics for ``/metrics`` (the HSTU ranker's KV cache counters), possibly none."""
+        return tuple(getattr(self.scorer, "metrics", ()))
 
     def check(self, request) -> None:
         """Raises the request's 404 (unknown user) before it is queued."""

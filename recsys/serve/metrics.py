@@ -119,8 +119,12 @@ class ServerMetrics:
                               ("route",))
         self.shed = Counter("recsys_serve_shed_total", "Requests answered 503: queue full, deadline, or draining.",
                             ("route", "reason"))
-        self._all = (self.requests, self.latency, self.queue_depth, self.batch_requests, self.batch_candidates,
-                     self.model_seconds, self.errors, self.shed)
+        self._all = [self.requests, self.latency, self.queue_depth, self.batch_requests, self.batch_candidates,
+                     self.model_seconds, self.errors, self.shed]
+
+    def add(self, *metrics) -> None:
+        """Show more metrics (e.g. the ranker's KV cache counters: ``Engine.metrics()``)."""
+        self._all.extend(metrics)
 
     def render(self) -> str:
         """The text exposition of every metric."""

@@ -137,6 +137,73 @@ def test_cached_targets_equal_full_pass(normalization):
     torch.testing.assert_close(encoded_history, out[~is_target])
 
 
+def _split_cache(cache, keep):
+    """The first ``keep[b]`` tokens of each sequence of an :class:`HSTUKVCache`."""
+    from recsys.modules.hstu import HSTUKVCache
+
+    offsets = cache.seq_offsets
+    rows = torch.cat([torch.arange(int(offsets[b]), int(offsets[b]) + n) for b, n in enumerate(keep)])
+    return HSTUKVCache([k[rows] for k in cache.keys], [v[rows] for v in cache.values],
+                       torch.tensor([0] + keep).cumsum(0), cache.timestamps[rows])
+
+
+def _strong_bias_encoder(normalization="max_len"):
+    torch.manual_seed(0)
+    encoder = HSTUEncoder(3, D, H, DQK, DV, max_seq_len=L, normalization=normalization).double().eval()
+    with torch.no_grad():  # large tables: the time bias must visibly move the outputs
+        for layer in encoder.layers:
+            layer.relative_bias.time_weights.normal_(0.0, 1.0)
+            layer.relative_bias.position_weights.normal_(0.0, 1.0)
+    return encoder
+
+
+@pytest.mark.parametrize("normalization", ["length", "max_len"])
+def test_extend_history_equals_encoding_the_whole_history(normalization):
+    """Prefix minus its last token (cached from the prefix alone) + the rest == encode_history of it all."""
+    encoder = _strong_bias_encoder(normalization)
+    lengths = [7, 0, 8, 3]
+    x, offsets, ts = jagged_batch(lengths, seed=3)
+    out, full = encoder.encode_history(x, offsets, ts)
+    prefix_lengths = [3, 0, 5, 3]  # the last sequence gains nothing
+    prefix_rows = torch.cat([torch.arange(int(offsets[b]), int(offsets[b]) + n) for b, n in enumerate(prefix_lengths)])
+    _, prefix = encoder.encode_history(x[prefix_rows], torch.tensor([0] + prefix_lengths).cumsum(0), ts[prefix_rows])
+    keep = [max(n - 1, 0) if n < m else n for n, m in zip(prefix_lengths, lengths)]
+    rows = torch.cat([torch.arange(int(offsets[b]) + k, int(offsets[b + 1])) for b, k in enumerate(keep)])
+    new_offsets = offsets - torch.tensor([0] + keep).cumsum(0)
+    extended, cache = encoder.extend_history(x[rows], new_offsets, _split_cache(prefix, keep), ts[rows])
+    torch.testing.assert_close(extended, out[rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(cache.seq_offsets, offsets)
+    torch.testing.assert_close(cache.timestamps, ts)
+    for a, b in zip(cache.keys + cache.values, full.keys + full.values):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_last_history_token_changes_once_an_event_follows_it():
+    """Why a cached prefix drops its last token: its t_next becomes the next event's time, so its
+    keys from the second layer on change (the first layer's keys read only its input)."""
+    encoder = _strong_bias_encoder()
+    x, offsets, ts = jagged_batch([6], seed=4)
+    _, whole = encoder.encode_history(x, offsets, ts)
+    _, prefix = encoder.encode_history(x[:4], torch.tensor([0, 4]), ts[:4])
+    torch.testing.assert_close(prefix.keys[0], whole.keys[0][:4], rtol=0, atol=1e-12)
+    for layer in (1, 2):
+        torch.testing.assert_close(prefix.keys[layer][:3], whole.keys[layer][:3], rtol=0, atol=1e-12)
+        assert not torch.allclose(prefix.keys[layer][3], whole.keys[layer][3], rtol=0, atol=1e-6)
+    naive, _ = encoder.extend_history(x[4:], torch.tensor([0, 2]), prefix, ts[4:])
+    assert not torch.allclose(naive, encoder.encode_history(x, offsets, ts)[0][4:], rtol=0, atol=1e-6)
+
+
+def test_extend_history_refuses_a_non_causal_encoder_and_mismatched_batches():
+    encoder = HSTUEncoder(1, D, H, DQK, DV, max_seq_len=L).double().eval()
+    x, offsets, ts = jagged_batch([3, 2], seed=5)
+    _, cache = encoder.encode_history(x, offsets, ts)
+    with pytest.raises(DataError, match="one \\(possibly empty\\) list of new tokens per prefix"):
+        encoder.extend_history(x[:1], torch.tensor([0, 1]), cache, ts[:1])
+    with pytest.raises(ConfigError, match="causal"):
+        HSTUEncoder(1, D, H, DQK, DV, max_seq_len=L, causal=False).double().extend_history(
+            x[:1], torch.tensor([0, 1, 1]), cache, ts[:1])
+
+
 def test_presets_match_reference_settings_and_build():
     expected = {  # layers, D, heads, Dqk = Dv, history length, dropout
         "hstu_ml1m": (2, 50, 1, 50, 200, 0.2),
