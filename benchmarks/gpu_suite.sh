@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/benchmarks.md, stage by stage, on one CUDA machine that has the GPU stack
+# (`pip install -r requirements/gpu.txt`) and the data sets in the cache (`recsys data fetch ...`).
+#
+#   bash benchmarks/gpu_suite.sh STAGE [STAGE ...]     # stages run in the order given
+#   RECSYS_BENCH_OUT=runs/bench bash benchmarks/gpu_suite.sh kernels kernel-bench
+#
+# Timing stages (kernel-bench, plan, throughput, serving) want the GPU to themselves: run them one at a
+# time. Training stages (retrieval, ablation, mimn) report metrics, not timings, and may share it.
+#
+#   kernels        the kernel tests compiled for the GPU (no interpreter): HSTU attention, NN selection, SKUT
+#   kernel-bench   HSTU attention fwd / fwd+bwd, NN selection, SKUT, the V2 request path
+#   plan           planned vs measured memory and step time per rank; the device calibration
+#   throughput     HSTU training examples/s with the reference attention and the fused kernel
+#   serving        HSTU ranking with the user KV cache; MIMN + UIC scoring latency
+#   retrieval      Amazon Sports, HSTU and SASRec, 3 seeds (resumable with RESUME=--resume)
+#   ablation       the TransAct ablation of the smaller synthetic world, 5 seeds
+#   mimn           MIMN vs DIN vs Emb&MLP vs GRU4Rec on the long-sequence synthetic world, 3 seeds
+set -euo pipefail
+OUT=${RECSYS_BENCH_OUT:-runs/bench}
+RESUME=${RESUME:-}
+mkdir -p "$OUT"
+
+stage_kernels() {
+  python -m pytest -q -p no:cacheprovider tests/kernels tests/recsys/ops
+}
+
+stage_kernel_bench() {
+  python benchmarks/hstu_attention.py --out "$OUT/hstu_attention_bf16.json"
+  python benchmarks/nn_select.py --out "$OUT/nn_select.json"
+  python benchmarks/skut.py --out "$OUT/skut.json"
+  python benchmarks/transact_serving.py --device cuda --out "$OUT/transact_serving.json"
+}
+
+stage_plan() {
+  python benchmarks/plan_vs_measured.py --out "$OUT/plan-vs-measured"
+  python benchmarks/calibrate_device.py --out "$OUT/calibration"
+}
+
+stage_throughput() {
+  for kernel in pytorch auto; do
+    python benchmarks/train_throughput.py --config configs/hstu/beauty.yaml --warmup 10 --steps 50 \
+        --out "$OUT/hstu-beauty-$kernel.json" model.attention_kernel=$kernel
+    python benchmarks/train_throughput.py --config configs/hstu/synthetic_long.yaml --warmup 5 --steps 20 \
+        --out "$OUT/hstu-long-$kernel.json" model.attention_kernel=$kernel
+  done
+}
+
+stage_serving() {
+  python benchmarks/hstu_serving.py --device cuda --out "$OUT/hstu_serving.json"
+  python benchmarks/mimn_uic.py latency --device cuda --out "$OUT/mimn_uic_latency_cuda.json"
+}
+
+stage_retrieval() {
+  python benchmarks/retrieval_runs.py --configs configs/hstu/sports.yaml configs/sasrec/sports.yaml \
+      --seeds 42 43 44 --parallel 6 $RESUME --out "$OUT/sports/sports.json"
+}
+
+stage_ablation() {
+  python benchmarks/transact_ablation.py --seeds 0 1 2 3 4 --parallel 5 $RESUME \
+      --out "$OUT/transact/ablation.json" train.epochs=2
+}
+
+stage_mimn() {
+  python benchmarks/mimn_paper_eval.py --suite synthetic --seeds 0 1 2 --device cuda --parallel 4 $RESUME \
+      --out "$OUT/mimn_paper_eval_synthetic/report.json"
+}
+
+[ $# -gt 0 ] || { sed -n '2,21p' "$0"; exit 2; }
+for stage in "$@"; do
+  fn="stage_${stage//-/_}"
+  declare -F "$fn" > /dev/null || { echo "unknown stage '$stage'; stages: kernels kernel-bench plan throughput serving retrieval ablation mimn" >&2; exit 2; }
+  echo "== $stage ($(date -u +%FT%TZ))"
+  "$fn"
+done
