@@ -8,7 +8,10 @@ histories of up to ``--max-len`` events, and compares:
 - planned memory per rank (tables + dense + activations + inputs) with
   ``torch.cuda.max_memory_allocated`` over one training step after warm-up (GPU only);
 - planned step time (embedding lookups + dense compute + all-reduce) with the measured median
-  step (CUDA-synchronised wall time).
+  step (CUDA-synchronised wall time); and the planned aten ops per step (counted on CPU on the
+  unsharded model) with the ops the sharded step dispatches here (``measured_ops_per_step``,
+  one step under :class:`~recsys.distributed.step_trace.StepTrace`, DistributedModelParallel's
+  own ops included).
 
 Writes ``plan_vs_measured.json`` (one row per model and batch) and ``plan_vs_measured.png``
 (planned vs measured, both quantities) into ``--out``.
@@ -51,6 +54,7 @@ from recsys.distributed.plan_report import plan_dry_run
 from recsys.distributed.probe_workloads import probe_data, training_loss, with_loss
 from recsys.distributed.process_group import init_distributed, teardown
 from recsys.distributed.sharding import ShardingConfig, shard_model
+from recsys.distributed.step_trace import StepTrace
 from recsys.distributed.topology import GB, TopologyConfig
 from recsys.models import get_model, list_models
 
@@ -66,11 +70,13 @@ CPU_WORLD = SyntheticConfig(num_users=60, num_items=300, mean_events_per_user=80
 MEMORY_BAR, TIME_BAR = 0.20, 2.0  # planned peak within 20% of the measured one, planned step within 2x
 
 
-def plan_case(name: str, batch_size: int, args, device_type: str, hbm_gb: float | None = None):
+def plan_case(name: str, batch_size: int, args, device_type: str, hbm_gb: float | None = None,
+              model_overrides: dict | None = None):
     """(report, probe data, model overrides): the plan of one (model, batch size) as it is trained
-    on ``device_type`` (the data, sizes and topology of that device; planned on any machine)."""
+    on ``device_type`` (the data, sizes and topology of that device; planned on any machine);
+    ``model_overrides``: config fields on top of the zoo's (e.g. a run's attention kernel)."""
     world = GPU_WORLD if device_type == "cuda" else CPU_WORLD
-    overrides = (TINY.get(name, TINY_DEFAULT) if args.tiny else {})
+    overrides = {**(TINY.get(name, TINY_DEFAULT) if args.tiny else {}), **(model_overrides or {})}
     data = probe_data(name, batch_size, args.max_len, world, cache_dir=str(Path(args.out) / "lifelong"),
                       fused_attention=device_type == "cuda", accelerator=device_type == "cuda")
     overrides = {**data.overrides, **overrides}
@@ -102,7 +108,10 @@ def measure(name: str, batch_size: int, args, ctx) -> dict:
         optimizer.step()
 
     peak, times = _run(step, device, args.warmup, args.steps)
-    return {**row(name, report, data, args.max_len, peak, statistics.median(times)), "allocated_before_gb": before}
+    with StepTrace() as trace:  # after the timed steps: the count's own overhead is not timed
+        step()
+    return {**row(name, report, data, args.max_len, peak, statistics.median(times)), "allocated_before_gb": before,
+            "measured_ops_per_step": trace.ops}
 
 
 def row(name: str, report, data, max_len: int, peak_gb: float | None, step_ms: float) -> dict:

@@ -257,26 +257,46 @@ def _hstu_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, accelerator
     the mask (bool) and relative-bias index (int64) ``[B, N, N]``. With a relative bias, every
     layer's backward adds its ``[B, N, N]`` bias gradient into the small combined bias table
     (``index_select``'s gradient, an ``index_add_``): B N^2 scatter-adds per layer.
+
+    The fused Triton kernel (:func:`uses_fused_hstu_attention`) keeps none of the padded tensors:
+    per layer its output and the ``[T]`` float32 normalizer (q, k, v are views of the SiLU
+    output); no mask or bias index is built; its backward holds dq, dk, dv (T H (2 Dqk + Dv)) and
+    sums the bias gradient in-kernel; its work covers each sequence's own n^2 pairs.
     """
     b, tokens, n = len(lengths), float(lengths.sum()), int(lengths.max()) if len(lengths) else 0
     if accelerator and b:
         n = encoder.max_seq_len
+    fused = uses_fused_hstu_attention(encoder, accelerator)
+    pairs = float(np.sum(lengths.astype(np.float64) ** 2)) if fused else float(b * n * n)
     for layer in encoder.layers:
         h, dqk, dv = layer.num_heads, layer.attention_dim, layer.linear_dim
         d = layer.f1.in_features
         drop = layer.dropout.p > 0
         per_token = 2 * d + 4 + 2 * h * (2 * dv + 2 * dqk) + (4 if drop else 3) * h * dv + 2
-        padded = b * h * n * (2 * dqk + dv) + 2 * b * h * n * n + b
-        t.peak("backward", F32 * 2 * b * h * n * n)  # gradients of the scores before and after SiLU
-        if layer.relative_bias is not None:
-            t.scatter_adds += float(b * n * n)
-        t.add("encoder", F32 * (tokens * per_token + padded))
+        if fused:
+            t.add("encoder", F32 * tokens * (per_token + 1))
+            t.peak("backward", F32 * tokens * h * (2 * dqk + dv))
+        else:
+            padded = b * h * n * (2 * dqk + dv) + 2 * b * h * n * n + b
+            t.add("encoder", F32 * (tokens * per_token + padded))
+            t.peak("backward", F32 * 2 * b * h * n * n)  # gradients of the scores before and after SiLU
+            if layer.relative_bias is not None:
+                t.scatter_adds += float(b * n * n)
         t.add("encoder", flops=_matmul_flops(tokens, d, layer.f1.out_features) + _matmul_flops(tokens, h * dv, d)
-              + _attention_flops(b, h, n, n, dqk, dv))
+              + 6.0 * h * pairs * (dqk + dv))
     time_bias = getattr(encoder.layers[0].relative_bias, "use_time_bias", False) if len(encoder.layers) else False
-    t.add("encoder", (BOOL + I64 * (2 if time_bias else 1)) * b * n * n + I64 * (b + 1))
+    mask_and_index = 0 if fused else (BOOL + I64 * (2 if time_bias else 1)) * b * n * n
+    t.add("encoder", mask_and_index + I64 * (b + 1))
     if isinstance(getattr(encoder, "final_norm", None), nn.LayerNorm):
         t.add("encoder", _layer_norm(tokens, encoder.final_norm.normalized_shape[0]))
+
+
+def uses_fused_hstu_attention(encoder: nn.Module, accelerator: bool) -> bool:
+    """Whether ``encoder``'s layers train with the fused Triton attention kernel: asked for by name
+    (``kernel="triton"``), or ``"auto"`` on an accelerator (the dispatcher's choice on CUDA for
+    float32, bfloat16 and float16, :mod:`recsys.ops.hstu_attention`)."""
+    kernel = encoder.layers[0].kernel if len(encoder.layers) else "pytorch"
+    return kernel == "triton" or (kernel == "auto" and accelerator)
 
 
 def _sasrec_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, fused: bool) -> None:

@@ -315,15 +315,20 @@ def plan_dry_run(
 
     dense = estimate_dense(model, workload(batch_size), optimizer)
     torch_topology = topology.to_topology()
-    planner_constraints_ = _with_sequence_pooling(
-        model, planner_constraints(model, constraints, topology.compute_device == "cpu"),
-        sequence_ids_per_row(model, workload(batch_size)),
-    )
+    base_constraints = planner_constraints(model, constraints, topology.compute_device == "cpu")
+
+    def inputs_at(rows: int) -> float:
+        """The input KJTs' reservation at ``rows`` per rank (the ids per row of the sequence
+        tables, with the retrieval loss's distinct samples, change with the batch)."""
+        pooled = _with_sequence_pooling(model, base_constraints, sequence_ids_per_row(model, workload(rows)))
+        return _input_bytes(model, rows, pooled)
+
+    planner_constraints_ = _with_sequence_pooling(model, base_constraints, sequence_ids_per_row(model, workload(batch_size)))
     inputs = _input_bytes(model, batch_size, planner_constraints_)
     budget = MemoryBudget(topology.memory_gb * GB, topology.headroom, dense.dense_bytes, dense.activation_bytes, inputs,
                           tables=_table_bytes(model) / topology.world_size,  # the least any placement needs
                           transient=dense.transient_bytes, fixed=topology.fixed_bytes)
-    refuse = _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer)
+    refuse = _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer, inputs_at)
     if not budget.fits:
         raise refuse(budget)
     stats, torchrec_stats = _RecordingStats(), EmbeddingStats()
@@ -348,7 +353,7 @@ def plan_dry_run(
     fullest = max(r.memory_gb["tables"] for r in ranks) * GB
     fitting = largest_batch(
         lambda rows: estimate_dense(model, workload(rows), optimizer).peak_bytes + topology.fixed_bytes
-        + inputs * rows / batch_size + fullest,
+        + inputs_at(rows) + fullest,
         budget.usable,
     )
     return PlanReport(
@@ -448,14 +453,15 @@ def _step_ms(ranks: List[RankReport]) -> Dict[str, float]:
     }
 
 
-def _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer):
-    """A function: budget -> PlanDoesNotFit naming the numbers and the knobs."""
+def _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer, inputs_at):
+    """A function: budget -> PlanDoesNotFit naming the numbers and the knobs; ``inputs_at(rows)``:
+    the input reservation at ``rows`` per rank."""
     memory = "HBM" if topology.compute_device == "cuda" else "DDR"
 
     def refuse(state: MemoryBudget) -> PlanDoesNotFit:
         fitting = largest_batch(
             lambda rows: estimate_dense(model, workload(rows), optimizer).peak_bytes + state.fixed
-            + state.inputs * rows / batch_size + state.tables,
+            + inputs_at(rows) + state.tables,
             state.usable,
         )
         message = does_not_fit_message(

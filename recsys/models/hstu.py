@@ -37,6 +37,9 @@ class HSTURetrievalConfig:
             model has none: its user vector is the L2-normalised residual stream).
         item_init_std: std of the item table's initial weights.
         num_negatives / temperature / negatives: the sampled softmax.
+        attention_kernel: the attention backend (``kernel`` of :class:`~recsys.modules.hstu.HSTUEncoder`):
+            "auto" (the fused Triton kernel on CUDA, the PyTorch reference elsewhere), "pytorch"
+            or "triton".
     """
 
     embedding_dim: int = 64
@@ -56,6 +59,7 @@ class HSTURetrievalConfig:
     num_negatives: int = 512
     temperature: float = 0.05
     negatives: str = "uniform"
+    attention_kernel: str = "auto"
 
 
 def build_hstu_retrieval(spec: FeatureSpec, config: HSTURetrievalConfig, device: torch.device | str | None) -> SequentialRetrieval:
@@ -71,6 +75,7 @@ def build_hstu_retrieval(spec: FeatureSpec, config: HSTURetrievalConfig, device:
         use_position_bias=config.use_position_bias,
         use_time_bias=config.use_time_bias,
         final_norm=config.final_norm,
+        kernel=config.attention_kernel,
     )
     return SequentialRetrieval(
         num_items=spec.num_items,

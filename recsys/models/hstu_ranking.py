@@ -82,6 +82,9 @@ class HSTURankingConfig:
         over_arch_layers: widths of the MLP between the candidate's output and the heads.
         use_dense_features: add a projection of the candidate's dense features to its token.
         heads: action names to predict, one logit each; None = every action of the FeatureSpec.
+        attention_kernel: the attention backend (``kernel`` of :class:`~recsys.modules.hstu.HSTUEncoder`):
+            "auto" (the fused Triton kernel on CUDA, the PyTorch reference elsewhere), "pytorch"
+            or "triton".
     """
 
     embedding_dim: int = 64
@@ -96,6 +99,7 @@ class HSTURankingConfig:
     over_arch_layers: list[int] = field(default_factory=lambda: [64])
     use_dense_features: bool = True
     heads: list[str] | None = None
+    attention_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "num_layers", "num_heads", "attention_dim", "linear_dim", "max_candidates_per_pass"):
@@ -168,7 +172,7 @@ class HSTURanking(nn.Module):
             num_layers=config.num_layers, embedding_dim=d, num_heads=config.num_heads,
             attention_dim=config.attention_dim, linear_dim=config.linear_dim,
             max_seq_len=2 * self.max_sequence + config.max_candidates_per_pass,
-            dropout=config.dropout, normalization=config.normalization,
+            dropout=config.dropout, normalization=config.normalization, kernel=config.attention_kernel,
         ).to(dense_device)
         self.over_arch = MLP(d, config.over_arch_layers, device=dense_device)
         self.head_layer = nn.Linear(config.over_arch_layers[-1], len(self.heads), device=dense_device)

@@ -228,8 +228,9 @@ def test_bias_scatter_adds_are_the_index_add_elements_of_a_step(name, tmp_path_f
 
 def test_an_accelerator_pads_hstu_attention_to_max_seq_len():
     """On CUDA the reference attention's layout pads to the encoder's max_seq_len (no host read
-    of the lengths); on CPU to the batch's longest sequence."""
-    model = get_model("hstu", device="meta", embedding_dim=32, num_layers=3, max_seq_len=80)
+    of the lengths); on CPU to the batch's longest sequence. ("auto" takes the fused kernel on
+    CUDA, which pads nothing: the reference is asked for by name.)"""
+    model = get_model("hstu", device="meta", embedding_dim=32, num_layers=3, max_seq_len=80, attention_kernel="pytorch")
     lengths = LengthDistribution.from_lengths([10, 20, 40, 40])
     cpu = estimate_dense(model, Workload(4, lengths, num_items=1000))
     cuda = estimate_dense(model, Workload(4, lengths, num_items=1000, accelerator=True))
@@ -237,3 +238,23 @@ def test_an_accelerator_pads_hstu_attention_to_max_seq_len():
     assert cuda.scatter_adds == 3 * 4 * 80 * 80
     assert cuda.activation_parts["encoder"] > cpu.activation_parts["encoder"]
     assert cuda.activation_parts["loss"] == cpu.activation_parts["loss"]
+
+
+@pytest.mark.parametrize("name", ["hstu", "hstu_ranking"])
+def test_fused_hstu_attention_estimate_matches_saved_tensors(name, tmp_path_factory):
+    """The fused Triton kernel (run by the interpreter on CPU, TRITON_INTERPRET=1 from
+    tests/conftest.py) keeps no padded [B, H, N, N] tensors, mask or bias index, and adds no
+    index_add_: the estimate follows the encoder's kernel."""
+    from recsys.distributed.dense_estimate import uses_fused_hstu_attention
+
+    cache = tmp_path_factory.getbasetemp() / "lifelong"
+    overrides = {"embedding_dim": 16, "num_layers": 1, **({"num_negatives": 8} if name == "hstu" else {})}
+    fused = probe_case(name, 6, 10, cache_dir=str(cache), attention_kernel="triton", **overrides)
+    reference = probe_case(name, 6, 10, cache_dir=str(cache), attention_kernel="pytorch", **overrides)
+    assert uses_fused_hstu_attention(_encoder(fused), accelerator=False)
+    assert not uses_fused_hstu_attention(_encoder(reference), accelerator=False)
+    measured, by_module = saved_activation_bytes(fused.model, fused.step)
+    estimate = estimate_dense(fused.model, fused.work)
+    assert estimate.activation_bytes == pytest.approx(measured, rel=0.10), by_module
+    assert estimate.scatter_adds == 0
+    assert estimate.activation_bytes < estimate_dense(reference.model, reference.work).activation_bytes
