@@ -258,3 +258,15 @@ def test_fused_hstu_attention_estimate_matches_saved_tensors(name, tmp_path_fact
     assert estimate.activation_bytes == pytest.approx(measured, rel=0.10), by_module
     assert estimate.scatter_adds == 0
     assert estimate.activation_bytes < estimate_dense(reference.model, reference.work).activation_bytes
+
+
+def test_the_op_count_probe_runs_hstu_attention_where_it_can(monkeypatch):
+    """A plan for CUDA with attention_kernel=triton is traced on CPU with the reference (the
+    Triton kernel runs on CPU only in the interpreter)."""
+    from recsys.distributed.step_ops import _on_cpu
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _on_cpu({"attention_kernel": "triton", "embedding_dim": 16}) == {"attention_kernel": "auto", "embedding_dim": 16}
+    assert _on_cpu({"attention_kernel": "pytorch"}) == {"attention_kernel": "pytorch"}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _on_cpu({"attention_kernel": "triton"}) == {"attention_kernel": "triton"}
