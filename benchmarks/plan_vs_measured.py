@@ -8,10 +8,19 @@ histories of up to ``--max-len`` events, and compares:
 - planned memory per rank (tables + dense + activations + inputs) with
   ``torch.cuda.max_memory_allocated`` over one training step after warm-up (GPU only);
 - planned step time (embedding lookups + dense compute + all-reduce) with the measured median
-  step (CUDA-synchronised wall time).
+  step (CUDA-synchronised wall time); and the planned aten ops per step (counted on CPU on the
+  unsharded model) with the ops the sharded step dispatches here (``measured_ops_per_step``,
+  one step under :class:`~recsys.distributed.step_trace.StepTrace`, DistributedModelParallel's
+  own ops included).
 
 Writes ``plan_vs_measured.json`` (one row per model and batch) and ``plan_vs_measured.png``
 (planned vs measured, both quantities) into ``--out``.
+
+On a GPU every model is measured in a process of its own (``--one-process`` turns that off), as
+a training job runs it: allocations one model leaves behind (a library's cached buffers, objects
+in reference cycles not yet collected) would otherwise count in the next model's peak. Each
+row also records ``allocated_before_gb``, the bytes allocated on the device before its model
+was built (0 in a fresh process, the cuBLAS workspaces of the earlier batch sizes after that).
 
 On the GPU machine::
 
@@ -26,8 +35,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import json
 import logging
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +54,7 @@ from recsys.distributed.plan_report import plan_dry_run
 from recsys.distributed.probe_workloads import probe_data, training_loss, with_loss
 from recsys.distributed.process_group import init_distributed, teardown
 from recsys.distributed.sharding import ShardingConfig, shard_model
+from recsys.distributed.step_trace import StepTrace
 from recsys.distributed.topology import GB, TopologyConfig
 from recsys.models import get_model, list_models
 
@@ -56,13 +70,15 @@ CPU_WORLD = SyntheticConfig(num_users=60, num_items=300, mean_events_per_user=80
 MEMORY_BAR, TIME_BAR = 0.20, 2.0  # planned peak within 20% of the measured one, planned step within 2x
 
 
-def plan_case(name: str, batch_size: int, args, device_type: str, hbm_gb: float | None = None):
+def plan_case(name: str, batch_size: int, args, device_type: str, hbm_gb: float | None = None,
+              model_overrides: dict | None = None):
     """(report, probe data, model overrides): the plan of one (model, batch size) as it is trained
-    on ``device_type`` (the data, sizes and topology of that device; planned on any machine)."""
+    on ``device_type`` (the data, sizes and topology of that device; planned on any machine);
+    ``model_overrides``: config fields on top of the zoo's (e.g. a run's attention kernel)."""
     world = GPU_WORLD if device_type == "cuda" else CPU_WORLD
-    overrides = (TINY.get(name, TINY_DEFAULT) if args.tiny else {})
+    overrides = {**(TINY.get(name, TINY_DEFAULT) if args.tiny else {}), **(model_overrides or {})}
     data = probe_data(name, batch_size, args.max_len, world, cache_dir=str(Path(args.out) / "lifelong"),
-                      fused_attention=device_type == "cuda")
+                      fused_attention=device_type == "cuda", accelerator=device_type == "cuda")
     overrides = {**data.overrides, **overrides}
     report = plan_dry_run(name, data.spec, _topology(device_type, args, hbm_gb), batch_size=data.work.batch_size,
                           lengths=data.work.lengths, matmul_precision=args.matmul_precision,
@@ -75,6 +91,8 @@ def measure(name: str, batch_size: int, args, ctx) -> dict:
     """Plans and trains one (model, batch size); returns the planned and measured numbers."""
     device = ctx.device
     hbm = torch.cuda.get_device_properties(device).total_memory / GB if device.type == "cuda" else None
+    gc.collect()  # the previous case's model and optimizer, if reference cycles still hold them
+    before = torch.cuda.memory_allocated(device) / GB if device.type == "cuda" else None
     report, data, overrides = plan_case(name, batch_size, args, device.type, hbm)
     model = with_loss(get_model(name, feature_spec=data.spec, device=torch.device("meta"), **overrides), data.spec)
     plan = report.plan
@@ -90,7 +108,10 @@ def measure(name: str, batch_size: int, args, ctx) -> dict:
         optimizer.step()
 
     peak, times = _run(step, device, args.warmup, args.steps)
-    return row(name, report, data, args.max_len, peak, statistics.median(times))
+    with StepTrace() as trace:  # after the timed steps: the count's own overhead is not timed
+        step()
+    return {**row(name, report, data, args.max_len, peak, statistics.median(times)), "allocated_before_gb": before,
+            "measured_ops_per_step": trace.ops}
 
 
 def row(name: str, report, data, max_len: int, peak_gb: float | None, step_ms: float) -> dict:
@@ -206,28 +227,67 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--one-process", action="store_true",
+                        help="measure every model in this process (default on a GPU: one process per model)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a GPU; use --device cpu --tiny for the smoke run")
+    models = args.models or list_models()
+    if args.device == "cuda" and not args.one_process and len(models) > 1:
+        return _per_model_processes(models, sys.argv[1:] if argv is None else list(argv), args)
     torch.set_float32_matmul_precision(args.matmul_precision)
     ctx = init_distributed()
     try:
         if ctx.device.type != args.device:
             ctx = dataclasses.replace(ctx, device=torch.device(args.device))
         rows = []
-        for name in args.models or list_models():
+        for name in models:
             for b in args.batch_sizes:
                 rows.append(measure(name, b, args, ctx))
                 _print_row(rows[-1])
     finally:
         teardown(ctx)
+    device = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
+    return _write(rows, device, args)
+
+
+def _write(rows: list[dict], device: str, args) -> dict:
     print(summary(rows), flush=True)
     out = Path(args.out)
-    result = {"device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
-              "peak_tflops": args.peak_tflops, "efficiency": args.efficiency, "rows": rows}
+    result = {"device": device, "peak_tflops": args.peak_tflops, "efficiency": args.efficiency,
+              "max_len": args.max_len, "rows": rows}
     write_json_atomic(out / "plan_vs_measured.json", result, sort_keys=True)
     plot(rows, out / "plan_vs_measured.png")
     return result
+
+
+def _per_model_processes(models: list[str], argv: list[str], args) -> dict:
+    """Runs this script once per model (``--one-process --models NAME``, output under
+    ``--out``/models/NAME) and merges their rows."""
+    rest = [a for a in _without_option(_without_option(argv, "--models"), "--out")]
+    rows, device = [], ""
+    for name in models:
+        out = Path(args.out) / "models" / name
+        subprocess.run([sys.executable, __file__, *rest, "--one-process", "--models", name, "--out", str(out)],
+                       check=True)
+        result = json.loads((out / "plan_vs_measured.json").read_text())
+        rows += result["rows"]
+        device = result["device"]
+    return _write(rows, device, args)
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its values (up to the next ``--flag``), ``--option=value`` too."""
+    kept, skipping = [], False
+    for arg in argv:
+        if arg == option or arg.startswith(option + "="):
+            skipping = arg == option
+            continue
+        if skipping and not arg.startswith("--"):
+            continue
+        skipping = False
+        kept.append(arg)
+    return kept
 
 
 def _print_row(r: dict) -> None:

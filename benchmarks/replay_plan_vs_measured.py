@@ -6,6 +6,10 @@ the run's peak and efficiency; the synthetic data of the GPU run), and printed b
 peak and step with the bars (memory within 20%, step within 2x). The measured numbers are the
 file's; only the planned ones are new. Not a test: a check of the estimate against real runs.
 
+A file's optional ``model_overrides`` (``{model: {field: value}}``) plans a model as that run
+trained it where the code has changed since, e.g. ``{"hstu": {"attention_kernel": "pytorch"}}``
+for a run made before the fused HSTU attention kernel had a backward.
+
     python benchmarks/replay_plan_vs_measured.py runs/bench/plan-vs-measured/plan_vs_measured.json --out runs/replay
 """
 
@@ -31,7 +35,8 @@ def replay(paths, out: str, hbm_gb: float = H200_HBM_GB) -> list[dict]:
                                peak_tflops=result["peak_tflops"], efficiency=result["efficiency"], hbm_bw_gbps=4800.0)
         for measured in result["rows"]:
             args.max_len = measured["max_len"]
-            report, data, _ = pvm.plan_case(measured["model"], measured["batch_size"], args, "cuda", hbm_gb)
+            overrides = result.get("model_overrides", {}).get(measured["model"])
+            report, data, _ = pvm.plan_case(measured["model"], measured["batch_size"], args, "cuda", hbm_gb, overrides)
             r = pvm.row(measured["model"], report, data, args.max_len, measured["measured_peak_gb"],
                         measured["measured_step_ms"])
             r["old_planned_gb"], r["old_planned_step_ms"] = measured["planned_gb"], measured["planned_step_ms"]

@@ -64,6 +64,9 @@ class Workload:
             engagement); bounded by ``data.lifelong``'s impression_k and realtime_recent - 1.
         fused_attention: ``scaled_dot_product_attention`` runs a fused kernel (CUDA), which keeps
             no ``[B, H, N, N]`` probabilities.
+        accelerator: the step runs on an accelerator (CUDA). The HSTU reference attention then
+            pads every sequence to the encoder's ``max_seq_len`` (its layout reads no length back
+            to the host), not to the batch's longest as on CPU.
     """
 
     batch_size: int
@@ -72,6 +75,7 @@ class Workload:
     impressions_per_row: float = 0.0
     next_action_pairs_per_row: float = 0.0
     fused_attention: bool = False
+    accelerator: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -83,6 +87,10 @@ class DenseEstimate:
     """One rank's dense memory (bytes) and compute (FLOPs) per training step.
 
     ``activation_parts`` / ``flop_parts`` break the totals down by part of the model.
+    ``scatter_adds``: elements the backward adds into a small table with atomics, many to one
+    entry (``index_add_`` of the HSTU relative-bias gradient: one per pair ``[B, N, N]`` and
+    layer); they serialise on the entry, so their time is their count x a per-element cost
+    (:meth:`scatter_ms`), not bytes over bandwidth.
     """
 
     parameter_bytes: int
@@ -92,6 +100,7 @@ class DenseEstimate:
     launches: int = 0
     forward_transient_bytes: int = 0
     backward_transient_bytes: int = 0
+    scatter_adds: float = 0.0
 
     @property
     def gradient_bytes(self) -> int:
@@ -150,6 +159,10 @@ class DenseEstimate:
         """Per-step framework time of eager execution: ``launches`` x ``launch_us`` (dominates small models)."""
         return self.launches * launch_us / 1e3
 
+    def scatter_ms(self, ns_per_element: float) -> float:
+        """Time of the backward's atomic scatter-adds into small tables: :attr:`scatter_adds` x ``ns_per_element``."""
+        return self.scatter_adds * ns_per_element / 1e6
+
     def compute_ms(self, peak_tflops: float, efficiency: float) -> float:
         """Dense forward + backward time in ms at ``efficiency`` x ``peak_tflops``."""
         return self.flops / (peak_tflops * 1e12 * efficiency) * 1e3
@@ -162,6 +175,7 @@ class _Tally:
         self.bytes: Dict[str, int] = {}
         self.flops: Dict[str, float] = {}
         self.transient = {"forward": 0, "backward": 0}
+        self.scatter_adds = 0.0
 
     def peak(self, phase: str, nbytes: float) -> None:
         """A transient of ``phase`` (not saved for backward, alive at that phase's peak): the largest counts."""
@@ -232,29 +246,57 @@ def _torch_encoder_layer(t: _Tally, part: str, layer: nn.TransformerEncoderLayer
               + _matmul_flops(e, ff, d) + _attention_flops(rows, heads, width, width, d // heads, d // heads))
 
 
-def _hstu_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray) -> None:
-    """HSTU blocks on jagged tokens ``lengths`` (one row per sequence), attention padded to N = max.
+def _hstu_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, accelerator: bool = False) -> None:
+    """HSTU blocks on jagged tokens ``lengths`` (one row per sequence), attention padded to N: the
+    longest row on CPU, the encoder's ``max_seq_len`` on an accelerator (``_padded_width`` of
+    :mod:`recsys.ops.hstu_attention_layout`: no read of the lengths back to the host).
 
     Per layer on T tokens: input norm + f1 input (2 T D), f1 output and its SiLU (2 T H (2 Dv + 2 Dqk)),
     attention output, dropout mask, f2 input, output norm (4 T H Dv, 3 without dropout), norm stats;
     padded q, k^T, v (B H N (2 Dqk + Dv)), scores before and after SiLU (2 B H N^2). Once per pass:
-    the mask (bool) and relative-bias index (int64) ``[B, N, N]``.
+    the mask (bool) and relative-bias index (int64) ``[B, N, N]``. With a relative bias, every
+    layer's backward adds its ``[B, N, N]`` bias gradient into the small combined bias table
+    (``index_select``'s gradient, an ``index_add_``): B N^2 scatter-adds per layer.
+
+    The fused Triton kernel (:func:`uses_fused_hstu_attention`) keeps none of the padded tensors:
+    per layer its output and the ``[T]`` float32 normalizer (q, k, v are views of the SiLU
+    output); no mask or bias index is built; its backward holds dq, dk, dv (T H (2 Dqk + Dv)) and
+    sums the bias gradient in-kernel; its work covers each sequence's own n^2 pairs.
     """
     b, tokens, n = len(lengths), float(lengths.sum()), int(lengths.max()) if len(lengths) else 0
+    if accelerator and b:
+        n = encoder.max_seq_len
+    fused = uses_fused_hstu_attention(encoder, accelerator)
+    pairs = float(np.sum(lengths.astype(np.float64) ** 2)) if fused else float(b * n * n)
     for layer in encoder.layers:
         h, dqk, dv = layer.num_heads, layer.attention_dim, layer.linear_dim
         d = layer.f1.in_features
         drop = layer.dropout.p > 0
         per_token = 2 * d + 4 + 2 * h * (2 * dv + 2 * dqk) + (4 if drop else 3) * h * dv + 2
-        padded = b * h * n * (2 * dqk + dv) + 2 * b * h * n * n + b
-        t.peak("backward", F32 * 2 * b * h * n * n)  # gradients of the scores before and after SiLU
-        t.add("encoder", F32 * (tokens * per_token + padded))
+        if fused:
+            t.add("encoder", F32 * tokens * (per_token + 1))
+            t.peak("backward", F32 * tokens * h * (2 * dqk + dv))
+        else:
+            padded = b * h * n * (2 * dqk + dv) + 2 * b * h * n * n + b
+            t.add("encoder", F32 * (tokens * per_token + padded))
+            t.peak("backward", F32 * 2 * b * h * n * n)  # gradients of the scores before and after SiLU
+            if layer.relative_bias is not None:
+                t.scatter_adds += float(b * n * n)
         t.add("encoder", flops=_matmul_flops(tokens, d, layer.f1.out_features) + _matmul_flops(tokens, h * dv, d)
-              + _attention_flops(b, h, n, n, dqk, dv))
+              + 6.0 * h * pairs * (dqk + dv))
     time_bias = getattr(encoder.layers[0].relative_bias, "use_time_bias", False) if len(encoder.layers) else False
-    t.add("encoder", (BOOL + I64 * (2 if time_bias else 1)) * b * n * n + I64 * (b + 1))
+    mask_and_index = 0 if fused else (BOOL + I64 * (2 if time_bias else 1)) * b * n * n
+    t.add("encoder", mask_and_index + I64 * (b + 1))
     if isinstance(getattr(encoder, "final_norm", None), nn.LayerNorm):
         t.add("encoder", _layer_norm(tokens, encoder.final_norm.normalized_shape[0]))
+
+
+def uses_fused_hstu_attention(encoder: nn.Module, accelerator: bool) -> bool:
+    """Whether ``encoder``'s layers train with the fused Triton attention kernel: asked for by name
+    (``kernel="triton"``), or ``"auto"`` on an accelerator (the dispatcher's choice on CUDA for
+    float32, bfloat16 and float16, :mod:`recsys.ops.hstu_attention`)."""
+    kernel = encoder.layers[0].kernel if len(encoder.layers) else "pytorch"
+    return kernel == "triton" or (kernel == "auto" and accelerator)
 
 
 def _sasrec_layers(t: _Tally, encoder: nn.Module, lengths: np.ndarray, fused: bool) -> None:
@@ -290,7 +332,7 @@ def _retrieval(t: _Tally, model: nn.Module, work: Workload) -> None:
     if type(model.encoder).__name__ == "SASRecEncoder":
         _sasrec_layers(t, model.encoder, lengths, work.fused_attention)
     else:
-        _hstu_layers(t, model.encoder, lengths)
+        _hstu_layers(t, model.encoder, lengths, work.accelerator)
     t.add("input", F32 * tokens * d * (1 if model.input_dropout.p > 0 else 0)
           + (I64 * tokens if model.positions is not None else 0))
     queries = tokens - b
@@ -311,12 +353,17 @@ def _sampled_softmax(t: _Tally, loss: nn.Module, queries: float, d: int, num_ite
     common = 4 + I64 * (queries + draws) + (F32 + BOOL) * draws + F32 * queries * (1 + 3 * d) + F32 * distinct * (2 + 2 * d)
     if distinct <= k * d:  # scores against every distinct item, then gathered
         t.add("loss", common + F32 * distinct * d + F32 * queries * distinct)
-        # gradients of the [N, U] scores (and the scatter into them) and of the gathered [N, 1 + K] logits
-        t.peak("backward", F32 * 2 * (queries * distinct + queries * (1 + k)))
+        # the loss's backward peaks twice: at the log-softmax's gradient (two [N, 1 + K] logit
+        # gradients beside everything saved), then at gather's: one [N, U] buffer of zeros the
+        # [N, K] logit gradients are added into in place (scatter_add_) beside the saved [N, U]
+        # scores, the log-softmax output freed by then making room for the logit gradient
+        t.peak("backward", F32 * max(2 * queries * (1 + k), queries * distinct))
         t.add("loss", flops=_matmul_flops(queries, d, distinct))
     else:  # gathered [N, K, D]
         t.add("loss", common + F32 * queries * k * d)
-        t.peak("backward", F32 * (queries * k * d + 2 * queries * (1 + k)))  # grads of [N, K, D] and the logits
+        # the log-softmax's gradient (two [N, 1 + K] logit gradients), then the einsum's
+        # gradient of the gathered [N, K, D] vectors beside the saved ones (the tables train)
+        t.peak("backward", F32 * max(2 * queries * (1 + k), queries * k * d))
         t.add("loss", flops=6.0 * queries * k * d)
 
 
@@ -383,7 +430,7 @@ def _hstu_ranking(t: _Tally, model: nn.Module, work: Workload) -> None:
     """HSTU ranking: interleaved (item, action) history tokens + the candidate token per row."""
     history = np.minimum(work.lengths.typical_batch(work.batch_size), model.max_sequence)
     b, d, items = len(history), model.config.embedding_dim, float(history.sum())
-    _hstu_layers(t, model.encoder, 2 * history + 1)
+    _hstu_layers(t, model.encoder, 2 * history + 1, work.accelerator)
     actions = model.action_embeddings.shape[0]
     t.add("input", I64 * (2 * b + 2 * items) + F32 * (b * d + items * actions + 2 * items * d) + I64 * (items + b))
     if model.dense_projection is not None:
@@ -553,6 +600,7 @@ def estimate_dense(model: nn.Module, work: Workload, optimizer: str = "adam") ->
         flop_parts=t.flops,
         forward_transient_bytes=t.transient["forward"],
         backward_transient_bytes=t.transient["backward"],
+        scatter_adds=t.scatter_adds,
         launches=3 * sum(1 for m in model.modules() if not list(m.children())),  # fwd, bwd, optimizer per leaf
     )
 

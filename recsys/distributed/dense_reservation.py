@@ -44,6 +44,7 @@ def training_reservation(model, cfg, spec, device_type: str, log=None) -> Heuris
     inner = getattr(model, "model", model)  # a RankingTask holds the zoo model
     lengths = plan_lengths(cfg, inner, log=log)
     work = Workload(cfg.train.batch_size, lengths, num_items=spec.num_items, fused_attention=device_type == "cuda",
+                    accelerator=device_type == "cuda",
                     **lifelong_rows(cfg.data))
     from recsys.distributed.topology import TopologyConfig
 

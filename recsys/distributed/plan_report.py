@@ -15,7 +15,8 @@ chose and what it expects:
   (:mod:`recsys.distributed.step_ops`) x ``topology.launch_overhead_us``; device time = embedding
   lookups (fwd/bwd compute + comms: the planner's ``Perf.total``) + dense compute (FLOPs at
   ``topology.compute_efficiency`` of the device's peak) + memory traffic (activation bytes over
-  ``topology.hbm_bw_gbps``);
+  ``topology.hbm_bw_gbps``) + atomic scatter-adds into small tables (the HSTU relative-bias
+  gradient, ``topology.scatter_add_ns`` each);
 - the largest batch size per rank that fits this plan;
 - imbalance across ranks: max/mean and coefficient of variation (std/mean) of perf and memory;
 - TorchRec's own planner stats table (``EmbeddingStats``), verbatim.
@@ -128,6 +129,7 @@ class DenseReport:
     ops_per_step: float = 0.0
     memory_ms: float = 0.0
     step_fixed_ms: float = 0.0
+    scatter_ms: float = 0.0
 
 
 @dataclass
@@ -308,19 +310,25 @@ def plan_dry_run(
 
     def workload(rows: int) -> Workload:
         return Workload(rows, lengths, num_items=spec.num_items, fused_attention=topology.compute_device == "cuda",
+                        accelerator=topology.compute_device == "cuda",
                         **dict(lifelong_rows or {}))
 
     dense = estimate_dense(model, workload(batch_size), optimizer)
     torch_topology = topology.to_topology()
-    planner_constraints_ = _with_sequence_pooling(
-        model, planner_constraints(model, constraints, topology.compute_device == "cpu"),
-        sequence_ids_per_row(model, workload(batch_size)),
-    )
+    base_constraints = planner_constraints(model, constraints, topology.compute_device == "cpu")
+
+    def inputs_at(rows: int) -> float:
+        """The input KJTs' reservation at ``rows`` per rank (the ids per row of the sequence
+        tables, with the retrieval loss's distinct samples, change with the batch)."""
+        pooled = _with_sequence_pooling(model, base_constraints, sequence_ids_per_row(model, workload(rows)))
+        return _input_bytes(model, rows, pooled)
+
+    planner_constraints_ = _with_sequence_pooling(model, base_constraints, sequence_ids_per_row(model, workload(batch_size)))
     inputs = _input_bytes(model, batch_size, planner_constraints_)
     budget = MemoryBudget(topology.memory_gb * GB, topology.headroom, dense.dense_bytes, dense.activation_bytes, inputs,
                           tables=_table_bytes(model) / topology.world_size,  # the least any placement needs
                           transient=dense.transient_bytes, fixed=topology.fixed_bytes)
-    refuse = _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer)
+    refuse = _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer, inputs_at)
     if not budget.fits:
         raise refuse(budget)
     stats, torchrec_stats = _RecordingStats(), EmbeddingStats()
@@ -345,7 +353,7 @@ def plan_dry_run(
     fullest = max(r.memory_gb["tables"] for r in ranks) * GB
     fitting = largest_batch(
         lambda rows: estimate_dense(model, workload(rows), optimizer).peak_bytes + topology.fixed_bytes
-        + inputs * rows / batch_size + fullest,
+        + inputs_at(rows) + fullest,
         budget.usable,
     )
     return PlanReport(
@@ -425,6 +433,7 @@ def _dense_report(dense: DenseEstimate, inputs: float, topology: TopologyConfig,
         # activations written in forward and read in backward, their gradients written and read
         memory_ms=4 * (dense.activation_bytes + dense.backward_transient_bytes) / (topology.hbm_bw_gbps * GB) * 1e3,
         step_fixed_ms=topology.step_fixed_ms,
+        scatter_ms=dense.scatter_ms(topology.scatter_add_ns),
     )
 
 
@@ -435,6 +444,7 @@ def _step_ms(ranks: List[RankReport]) -> Dict[str, float]:
         "embedding": slowest.perf_ms["total"],
         "dense_compute": slowest.perf_ms["dense_compute"],
         "memory_traffic": slowest.perf_ms["memory_traffic"],
+        "table_scatter": slowest.perf_ms["table_scatter"],
         "device": slowest.perf_ms["device"],
         "framework_overhead": slowest.perf_ms["framework_overhead"],
         "step_fixed": slowest.perf_ms["step_fixed"],
@@ -443,14 +453,15 @@ def _step_ms(ranks: List[RankReport]) -> Dict[str, float]:
     }
 
 
-def _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer):
-    """A function: budget -> PlanDoesNotFit naming the numbers and the knobs."""
+def _refusal(model_name, model, topology, batch_size, lengths, dense, budget, workload, optimizer, inputs_at):
+    """A function: budget -> PlanDoesNotFit naming the numbers and the knobs; ``inputs_at(rows)``:
+    the input reservation at ``rows`` per rank."""
     memory = "HBM" if topology.compute_device == "cuda" else "DDR"
 
     def refuse(state: MemoryBudget) -> PlanDoesNotFit:
         fitting = largest_batch(
             lambda rows: estimate_dense(model, workload(rows), optimizer).peak_bytes + state.fixed
-            + state.inputs * rows / batch_size + state.tables,
+            + inputs_at(rows) + state.tables,
             state.usable,
         )
         message = does_not_fit_message(
@@ -557,9 +568,10 @@ def _rank_reports(stats: _RecordingStats, torch_topology, topology: TopologyConf
                   "inputs": dense.input_gb}
         memory["total"] = sum(memory.values())
         times = {**perf[rank], "dense_compute": dense.compute_ms, "memory_traffic": dense.memory_ms,
+                 "table_scatter": dense.scatter_ms,
                  "framework_overhead": dense.overhead_ms, "step_fixed": dense.step_fixed_ms,
                  "dense_allreduce": dense.allreduce_ms}
-        times["device"] = times["total"] + dense.compute_ms + dense.memory_ms
+        times["device"] = times["total"] + dense.compute_ms + dense.memory_ms + dense.scatter_ms
         times["step"] = max(times["device"], dense.overhead_ms) + dense.step_fixed_ms + dense.allreduce_ms
         ranks.append(RankReport(
             rank=rank,
@@ -693,7 +705,8 @@ def _dense_lines(report: PlanReport) -> List[str]:
         f"| embedding lookups + comms | {step['embedding']:.3f} |",
         f"| dense compute (fwd + bwd) | {step['dense_compute']:.3f} |",
         f"| memory traffic (activations at {report.topology.hbm_bw_gbps:g} GB/s) | {step['memory_traffic']:.3f} |",
-        f"| device time (the three above) | {step['device']:.3f} |",
+        f"| atomic scatter-adds into small tables ({report.topology.scatter_add_ns:g} ns each) | {step['table_scatter']:.3f} |",
+        f"| device time (the four above) | {step['device']:.3f} |",
         f"| host time ({dense.ops_per_step:.0f} ops x {report.topology.launch_overhead_us:g} us) | {step['framework_overhead']:.3f} |",
         f"| per-step fixed host time | {step['step_fixed']:.3f} |",
         f"| dense gradient all-reduce | {step['dense_allreduce']:.3f} |",
@@ -723,7 +736,7 @@ def plot_ranks(report: PlanReport, path: str | Path) -> Path:
                      "memory and estimated time per rank")
     mem_ax.legend(loc="upper right")
     _stacked(perf_ax, ranks, [(name, [r.perf_ms[name] for r in report.ranks])
-                              for name in (*_PERF_FIELDS, "dense_compute", "memory_traffic")])
+                              for name in (*_PERF_FIELDS, "dense_compute", "memory_traffic", "table_scatter")])
     hidden = [max(r.perf_ms["framework_overhead"] - r.perf_ms["device"], 0.0) for r in report.ranks]
     _stacked_on(perf_ax, ranks, [r.perf_ms["device"] for r in report.ranks],
                 [("host time beyond the device's", hidden),

@@ -90,8 +90,10 @@ def probe_data(
     synthetic: SyntheticConfig = SMALL_WORLD,
     cache_dir: str = "runs/probe-lifelong",
     fused_attention: bool = False,
+    accelerator: bool = False,
 ) -> ProbeData:
-    """``batch_size`` rows of model ``name``'s input, histories up to ``max_len`` (see :func:`probe_case`)."""
+    """``batch_size`` rows of model ``name``'s input, histories up to ``max_len`` (see :func:`probe_case`);
+    ``fused_attention`` / ``accelerator``: the Workload's (the step runs on CUDA)."""
     from recsys.data.loader import make_dataloader
     from recsys.data.sequences import make_sequence_dataloader
     from recsys.models import get_model_spec
@@ -101,17 +103,18 @@ def probe_data(
         spec, rows = _sequence_data(synthetic, max_len)
         batch = next(iter(make_sequence_dataloader(rows, batch_size, shuffle=True, seed=0)))
         lengths = LengthDistribution.from_lengths(batch.lengths.numpy())
-        work = Workload(batch.batch_size, lengths, num_items=spec.num_items, fused_attention=fused_attention)
+        work = Workload(batch.batch_size, lengths, num_items=spec.num_items, fused_attention=fused_attention,
+                        accelerator=accelerator)
         return ProbeData(spec, batch, work, {"max_seq_len": max_len})
     lifelong = name == "transact_v2"
     data, collate, config = _ranking_data(synthetic, max_len, lifelong, cache_dir)
     batch = next(iter(make_dataloader(data.train, batch_size, shuffle=True, seed=0, collate=collate)))
     if lifelong:  # V2 reads S_all: the stored realtime history (V1 / BST's) is no part of its workload
         s_all = s_all_batch(batch)
-        work = Workload(batch.batch_size, _history_lengths(s_all), fused_attention=fused_attention,
+        work = Workload(batch.batch_size, _history_lengths(s_all), fused_attention=fused_attention, accelerator=accelerator,
                         **_lifelong_counts(s_all, data.spec.action_vocab))
         return ProbeData(data.spec, batch, work, {"transact_v2": {"max_sequence": config.sequence_length}})
-    work = Workload(batch.batch_size, _history_lengths(batch), fused_attention=fused_attention)
+    work = Workload(batch.batch_size, _history_lengths(batch), fused_attention=fused_attention, accelerator=accelerator)
     return ProbeData(data.spec, batch, work, {})
 
 
@@ -141,7 +144,8 @@ def probe_case(
 
     device = torch.device(device)
     torch.manual_seed(seed)
-    data = probe_data(name, batch_size, max_len, synthetic, cache_dir, fused_attention=device.type == "cuda")
+    data = probe_data(name, batch_size, max_len, synthetic, cache_dir, fused_attention=device.type == "cuda",
+                      accelerator=device.type != "cpu")
     model = with_loss(get_model(name, feature_spec=data.spec, **{**data.overrides, **overrides}), data.spec).to(device)
     batch = data.batch.to(device)
     return ProbeCase(name, model, lambda: training_loss(model, batch), data.work)

@@ -36,7 +36,7 @@ def traced_ops(name: str, max_len: int, overrides: Mapping[str, Any], batch_size
     from recsys.distributed.step_trace import StepTrace
 
     cache = str(Path(tempfile.gettempdir()) / "recsys-probe-lifelong")
-    case = probe_case(name, batch_size, max_len, cache_dir=cache, **dict(overrides))
+    case = probe_case(name, batch_size, max_len, cache_dir=cache, **_on_cpu(overrides))
     tables = {id(p) for m in case.model.modules() if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
               for p in m.parameters()}
     for p in case.model.parameters():
@@ -75,6 +75,18 @@ def step_ops(name: str, overrides: Mapping[str, Any] | None = None, max_length: 
     """
     overrides_json = json.dumps(dict(overrides or {}), sort_keys=True, default=str)
     return _step_ops(name, overrides_json, int(max_length), bool(fused_rnn))
+
+
+def _on_cpu(overrides: Mapping[str, Any]) -> dict:
+    """``overrides`` for the CPU probe: an HSTU attention kernel asked for by name that cannot run
+    here ("triton" outside the interpreter) becomes "auto", the PyTorch reference. (On CUDA the fused
+    kernel dispatches fewer ops per layer than the reference counted here.)"""
+    from recsys.ops.triton_kernels import triton_interpret_requested
+
+    overrides = dict(overrides)
+    if overrides.get("attention_kernel") == "triton" and not triton_interpret_requested():
+        overrides["attention_kernel"] = "auto"
+    return overrides
 
 
 def _has_rnn(name: str, overrides: Mapping[str, Any]) -> bool:

@@ -59,6 +59,14 @@ class TopologyConfig:
             the caching allocator on its first matmul (counted by ``max_memory_allocated``), in MiB;
             a step has two (the forward's thread and autograd's device thread). 32: measured on one
             H200, torch 2.11.0+cu130, 2026-12-04 (each first matmul added 33554432 bytes); 0 on cpu.
+        scatter_add_ns: device time per element of an atomic ``index_add_`` of many elements into
+            a small table (the HSTU relative-bias gradient: ``[B, N, N]`` pairs into a few hundred
+            entries, serialised on each entry), in ns. Default 1.33: the profile of HSTU training
+            on one H100 (docs/benchmarks.md, "Training throughput on one GPU", 2026-11-23, Beauty
+            config, batch 128, 4 layers, histories up to 50): ``index_add_`` took 17 ms over 10
+            steps of 5 calls, 4 of them the layers' bias gradients of 128 x 50 x 50 pairs (counted
+            on CPU; the fifth adds a handful of rows): 17 ms / (10 x 4 x 320,000). An upper bound
+            if that batch's longest history was shorter than 50.
 
     The batch is not part of the cluster: the planner plans for the run's ``train.batch_size``
     (examples per rank per step), read from the run config.
@@ -85,6 +93,7 @@ class TopologyConfig:
     step_fixed_ms: float = 3.3
     hbm_bw_gbps: float = 4800.0
     cublas_workspace_mb: float = 32.0
+    scatter_add_ns: float = 1.33
 
     WORKSPACE_THREADS: ClassVar[int] = 2  # the forward's thread and autograd's device thread
 
@@ -108,7 +117,7 @@ class TopologyConfig:
         if isinstance(self.launch_overhead_us, bool) or not isinstance(self.launch_overhead_us, (int, float)) \
                 or self.launch_overhead_us < 0:
             raise ConfigError(f"topology.launch_overhead_us must be a number >= 0, got {self.launch_overhead_us!r}")
-        for name in ("step_fixed_ms", "cublas_workspace_mb"):
+        for name in ("step_fixed_ms", "cublas_workspace_mb", "scatter_add_ns"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"topology.{name} must be a number >= 0, got {value!r}")

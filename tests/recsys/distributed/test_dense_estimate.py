@@ -120,7 +120,9 @@ def _traced_step(name, batch_size, max_len, tmp_path_factory):
 @pytest.mark.parametrize("batch_size, max_len", [(24, 12), (24, 30), (32, 12), (32, 30)])
 def test_step_peak_matches_the_live_bytes_of_a_traced_step(name, batch_size, max_len, tmp_path_factory):
     """The max over phases (forward end, backward with its transients, the optimizer's update) of
-    the bytes a step makes, against the peak of live tensor bytes counted op by op on CPU."""
+    the bytes a step makes, against the peak of live tensor bytes counted op by op on CPU. (At
+    these sizes the sampled softmax's [N, U] gradient, which a dispatch mode sees made out of
+    place, is not the peak: see test_sampled_softmax_step_peak_matches_the_allocator.)"""
     estimate, trace = _traced_step(name, batch_size, max_len, tmp_path_factory)
     assert estimate.step_peak_bytes == pytest.approx(trace.peak_bytes, rel=0.10), (estimate.phase_bytes, trace.peak_op)
 
@@ -146,3 +148,125 @@ def test_step_ops_extrapolated_in_length_match_a_traced_step(name):
     assert step_ops(name, {"embedding_dim": 16}, longest) == pytest.approx(counted, rel=0.02)
     if name == "gru4rec":  # CPU runs nn.GRU step by step; cuDNN as one op: no growth with the length
         assert step_ops(name, {"embedding_dim": 16}, longest, fused_rnn=True) < 0.7 * counted
+
+
+def _loss_world():
+    """A world with 4,000 items, so the sampled softmax's [N, U] scores or [N, K, D] vectors
+    dominate a small encoder's step."""
+    from recsys.data.synthetic import SyntheticConfig
+
+    return SyntheticConfig(num_users=60, num_items=4000, mean_events_per_user=40, heavy_user_fraction=0.1,
+                           heavy_user_events=200)
+
+
+@pytest.mark.parametrize("name", ["hstu", "sasrec"])
+@pytest.mark.parametrize("num_negatives", [1024, 64])  # U <= K D: [N, U] scores; U > K D: gathered [N, K, D]
+def test_sampled_softmax_step_peak_matches_the_allocator(name, num_negatives):
+    """The step's peak with the item table training (its gradient flows through the sampled
+    vectors, as under DMP), against the CPU allocator's own count (no dispatch mode: see
+    recsys.distributed.allocated_peak): the backward holds one [N, U] gradient buffer (gather's
+    zeros, scatter_add_-ed in place) or one [N, K, D] gradient beside what is saved."""
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+
+    from recsys.distributed.allocated_peak import allocated_peak_bytes
+    from recsys.distributed.dense_estimate import _distinct_draws
+
+    case = probe_case(name, 24, 30, synthetic=_loss_world(), embedding_dim=16, num_negatives=num_negatives)
+    table_grads = sum(4 * p.numel() for m in case.model.modules() if isinstance(m, EmbeddingCollection)
+                      for p in m.parameters())
+
+    def step():
+        case.model.zero_grad(set_to_none=True)
+        case.step().backward()
+
+    step()
+    peak, _ = allocated_peak_bytes(step)
+    estimate = estimate_dense(case.model, case.work)
+    queries = case.work.lengths.mean * case.work.batch_size - case.work.batch_size
+    assert (_distinct_draws(queries, num_negatives, 4000) <= num_negatives * 16) == (num_negatives == 1024)
+    assert estimate.step_peak_bytes + table_grads == pytest.approx(peak, rel=0.10), estimate.phase_bytes
+
+
+def _encoder(case):
+    return getattr(case.model, "model", case.model).encoder  # a RankingTask holds the zoo model
+
+
+def _bias_table_adds(case) -> tuple:
+    """(elements, calls) of the index_add ops of one step into the combined relative-bias table."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from recsys.ops.relative_bias_index import combined_bias_table
+
+    kwargs = _encoder(case).layers[0].relative_bias.op_kwargs()
+    entries = combined_bias_table(kwargs.get("position_bias"), kwargs.get("time_bias")).shape[0]
+
+    class Adds(TorchDispatchMode):
+        elements, calls = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.index_add, torch.ops.aten.index_add_) and args[0].shape[0] == entries:
+                self.elements += args[2].numel()
+                self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Adds() as adds:
+        case.step().backward()
+    return adds.elements, adds.calls
+
+
+@pytest.mark.parametrize("name", ["hstu", "hstu_ranking"])
+def test_bias_scatter_adds_are_the_index_add_elements_of_a_step(name, tmp_path_factory):
+    """Every HSTU layer's backward adds its [B, N, N] relative-bias gradient into the small bias
+    table: B N^2 elements per layer, counted exactly."""
+    case = _case(name, 8, 20, tmp_path_factory)
+    elements, calls = _bias_table_adds(case)
+    estimate = estimate_dense(case.model, case.work)
+    assert calls == len(_encoder(case).layers)
+    assert estimate.scatter_adds == elements > 0
+    assert estimate.scatter_ms(ns_per_element=2.0) == pytest.approx(elements * 2e-6)
+
+
+def test_an_accelerator_pads_hstu_attention_to_max_seq_len():
+    """On CUDA the reference attention's layout pads to the encoder's max_seq_len (no host read
+    of the lengths); on CPU to the batch's longest sequence. ("auto" takes the fused kernel on
+    CUDA, which pads nothing: the reference is asked for by name.)"""
+    model = get_model("hstu", device="meta", embedding_dim=32, num_layers=3, max_seq_len=80, attention_kernel="pytorch")
+    lengths = LengthDistribution.from_lengths([10, 20, 40, 40])
+    cpu = estimate_dense(model, Workload(4, lengths, num_items=1000))
+    cuda = estimate_dense(model, Workload(4, lengths, num_items=1000, accelerator=True))
+    assert cpu.scatter_adds == 3 * 4 * 40 * 40
+    assert cuda.scatter_adds == 3 * 4 * 80 * 80
+    assert cuda.activation_parts["encoder"] > cpu.activation_parts["encoder"]
+    assert cuda.activation_parts["loss"] == cpu.activation_parts["loss"]
+
+
+@pytest.mark.parametrize("name", ["hstu", "hstu_ranking"])
+def test_fused_hstu_attention_estimate_matches_saved_tensors(name, tmp_path_factory):
+    """The fused Triton kernel (run by the interpreter on CPU, TRITON_INTERPRET=1 from
+    tests/conftest.py) keeps no padded [B, H, N, N] tensors, mask or bias index, and adds no
+    index_add_: the estimate follows the encoder's kernel."""
+    from recsys.distributed.dense_estimate import uses_fused_hstu_attention
+
+    cache = tmp_path_factory.getbasetemp() / "lifelong"
+    overrides = {"embedding_dim": 16, "num_layers": 1, **({"num_negatives": 8} if name == "hstu" else {})}
+    fused = probe_case(name, 6, 10, cache_dir=str(cache), attention_kernel="triton", **overrides)
+    reference = probe_case(name, 6, 10, cache_dir=str(cache), attention_kernel="pytorch", **overrides)
+    assert uses_fused_hstu_attention(_encoder(fused), accelerator=False)
+    assert not uses_fused_hstu_attention(_encoder(reference), accelerator=False)
+    measured, by_module = saved_activation_bytes(fused.model, fused.step)
+    estimate = estimate_dense(fused.model, fused.work)
+    assert estimate.activation_bytes == pytest.approx(measured, rel=0.10), by_module
+    assert estimate.scatter_adds == 0
+    assert estimate.activation_bytes < estimate_dense(reference.model, reference.work).activation_bytes
+
+
+def test_the_op_count_probe_runs_hstu_attention_where_it_can(monkeypatch):
+    """A plan for CUDA with attention_kernel=triton is traced on CPU with the reference (the
+    Triton kernel runs on CPU only in the interpreter)."""
+    from recsys.distributed.step_ops import _on_cpu
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _on_cpu({"attention_kernel": "triton", "embedding_dim": 16}) == {"attention_kernel": "auto", "embedding_dim": 16}
+    assert _on_cpu({"attention_kernel": "pytorch"}) == {"attention_kernel": "pytorch"}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _on_cpu({"attention_kernel": "triton"}) == {"attention_kernel": "triton"}
