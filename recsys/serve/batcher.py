@@ -53,12 +53,13 @@ class DynamicBatcher:
         metrics: where queue depth and batch sizes go.
         max_requests: most requests per batch.
         max_size: most candidates (sizes) per batch; a single larger request runs alone.
-        max_wait_s: how long the first request of a batch waits for others.
+        max_wait_s: how long the first request of a batch waits for others (0: takes what is queued,
+            which is what arrived while the previous batch ran).
         queue_size: most requests waiting; more are refused with 503.
     """
 
     def __init__(self, run: Callable[[list], list], metrics: ServerMetrics, max_requests: int = 32,
-                 max_size: int = 4096, max_wait_s: float = 0.002, queue_size: int = 256):
+                 max_size: int = 4096, max_wait_s: float = 0.0, queue_size: int = 256):
         self.run, self.metrics = run, metrics
         self.max_requests, self.max_size, self.max_wait_s = max_requests, max_size, max_wait_s
         self.queue_size = queue_size

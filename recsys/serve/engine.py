@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from recsys.errors import ConfigError
@@ -61,14 +62,14 @@ class Engine:
         return len(request.items) if isinstance(request, RankingRequest) else 1
 
     def run(self, requests: list) -> list:
-        """Results of a batch, in order: ``{head: [probabilities]}`` or ``(items, scores)``."""
+        """Results of a batch, in order: ``{head: [C] float32 array}`` or ``(items, scores)`` lists."""
         if self.task == "retrieval":
             return [(items.tolist(), scores.tolist()) for items, scores in self.scorer(requests)]
-        probabilities = self.scorer(requests)  # [R, H]
+        probabilities = self.scorer(requests).T.contiguous().numpy()  # [H, R], one row per head
         out, start = [], 0
         for request in requests:
-            block = probabilities[start: start + len(request.items)]  # [C, H]
-            out.append({head: block[:, h].tolist() for h, head in enumerate(self.heads)})
+            block = probabilities[:, start: start + len(request.items)]  # [H, C]
+            out.append({head: np.ascontiguousarray(block[h]) for h, head in enumerate(self.heads)})
             start += len(request.items)
         return out
 
@@ -81,7 +82,5 @@ class Engine:
             if self.task == "retrieval":
                 self.run([RetrievalRequest(user, 1, time)])
             else:
-                import numpy as np
-
                 self.run([RankingRequest(user, np.arange(min(8, self.store.spec.num_items)), time, 0)])
         self.warm = True

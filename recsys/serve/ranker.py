@@ -25,15 +25,24 @@ from recsys.serve.features import FeatureStore, RankingRequest
 
 
 class PointwiseRanker:
-    """Scores each candidate as its own row: ``sigmoid(model(batch))``."""
+    """Scores each candidate as its own row: ``sigmoid(model(batch))``.
+
+    A model with ``forward_requests(batch, request_offsets)`` (DLRM and its subclasses) computes
+    what the candidates of one request share once per request instead of once per row.
+    """
 
     def __init__(self, model: nn.Module, store: FeatureStore):
         self.model, self.store = model, store
         self.heads = list(model.heads)
+        self.per_request = callable(getattr(model, "forward_requests", None))
 
     def __call__(self, requests: list[RankingRequest]) -> torch.Tensor:
         """``[R, H]`` probabilities of the candidates of ``requests``, request after request."""
-        return torch.sigmoid(self.model(self.store.ranking_batch(requests)).float())  # [R, H]
+        batch = self.store.ranking_batch(requests)
+        if not self.per_request:
+            return torch.sigmoid(self.model(batch).float())  # [R, H]
+        counts = torch.tensor([0] + [len(r.items) for r in requests], dtype=torch.int64)  # [B + 1]
+        return torch.sigmoid(self.model.forward_requests(batch, torch.cumsum(counts, 0)).float())  # [R, H]
 
 
 class MFalconRanker:
