@@ -3,7 +3,8 @@
 ``Engine.load(run_dir)`` reads the model (``recsys.load``), the run's config and its event log
 through the same pipeline ``recsys eval`` reads it with (``load_events(cfg.data)``), indexes the
 log (:class:`~recsys.serve.features.FeatureStore`) and builds the ranker (dlrm and the other
-pointwise rankers; hstu_ranking through M-FALCON) or the retrieval index (hstu, sasrec).
+pointwise rankers; hstu_ranking through M-FALCON; a lifelong run (transact_v2) through
+``rank_requests`` on the run's lifelong store) or the retrieval index (hstu, sasrec).
 ``Engine.run(requests)`` scores one batch of requests (called by the batcher's worker thread).
 """
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recsys.errors import ConfigError
 from recsys.serve.features import FeatureStore, RankingRequest
 from recsys.serve.retriever import RetrievalRequest, Retriever
 
@@ -29,11 +29,11 @@ class Engine:
         name: the model's zoo name.
     """
 
-    def __init__(self, model: torch.nn.Module, store: FeatureStore, task: str, name: str):
+    def __init__(self, model: torch.nn.Module, store: FeatureStore, task: str, name: str, lifelong=None):
         from recsys.serve.ranker import make_ranker
 
         self.model, self.store, self.task, self.name = model, store, task, name
-        self.scorer = Retriever(model, store) if task == "retrieval" else make_ranker(model, store)
+        self.scorer = Retriever(model, store) if task == "retrieval" else make_ranker(model, store, lifelong)
         self.heads = getattr(self.scorer, "heads", [])
         self.warm = False
 
@@ -46,12 +46,13 @@ class Engine:
 
         run_dir = _locate(Path(checkpoint), None)[0]
         cfg = _run_config(run_dir)
-        if cfg.data.lifelong.enabled:
-            raise ConfigError(f"{checkpoint} is a lifelong-sequence run ({cfg.model_name}); its request path "
-                              "(TransAct V2 through rank_requests) is not served by recsys serve yet")
         model = load(checkpoint)
-        store = FeatureStore(load_events(cfg.data), _run_feature_spec(run_dir, cfg))
-        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name)
+        log = load_events(cfg.data)
+        store = FeatureStore(log, _run_feature_spec(run_dir, cfg))
+        lifelong = None
+        if cfg.data.lifelong.enabled:
+            lifelong = (lifelong_store(run_dir, cfg.data.lifelong, log), cfg.data.lifelong)
+        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name, lifelong)
 
     def check(self, request) -> None:
         """Raises the request's 404 (unknown user) before it is queued."""
@@ -84,3 +85,26 @@ class Engine:
             else:
                 self.run([RankingRequest(user, np.arange(min(8, self.store.spec.num_items)), time, 0)])
         self.warm = True
+
+
+def lifelong_store(run_dir: Path, config, log):
+    """The lifelong store the run trained on: its cached copy (``data.lifelong.cache_dir``, by default
+    ``<run>/lifelong/<key>/store``) when present, else built from the same log the same way.
+
+    Args:
+        run_dir: the run's folder.
+        config: the run's ``data.lifelong`` (:class:`~recsys.data.lifelong_pipeline.LifelongDataConfig`).
+        log: the run's event log.
+    """
+    from recsys.data.lifelong_pipeline import cache_key
+    from recsys.data.lifelong_store import LifelongStore
+    from recsys.errors import DataError
+
+    root = Path(config.cache_dir) if config.cache_dir else run_dir / "lifelong"
+    path = root / cache_key(log, config.sequence_config(), config.scale) / "store"
+    if path.exists():
+        try:
+            return LifelongStore.load(path)
+        except DataError:
+            pass  # incomplete or from another version: built again below, in memory
+    return LifelongStore.from_log(log, scale=config.scale)

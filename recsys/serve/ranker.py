@@ -5,6 +5,10 @@ Two ways to score, chosen by the model:
 - :class:`PointwiseRanker` (dlrm, pinnability, transact_v1, bst, mimn and its baselines: every
   model whose ``forward(RankingBatch)`` scores rows independently): one row per candidate, built by
   the data pipeline's own collate, one forward for the whole batch of requests.
+- :class:`TransActV2Ranker` (transact_v2 on lifelong sequences): the request path of
+  :func:`recsys.ranking.rank_requests` (each user's lifelong sequence read once per request from
+  the run's :class:`~recsys.data.lifelong_store.LifelongStore`, S_all selected per candidate by
+  nearest neighbours, request features looked up once).
 - :class:`MFalconRanker` (hstu_ranking): M-FALCON (:mod:`recsys.modules.mfalcon`). Each request's
   history is encoded once and its candidates are appended as targets in micro-batches of at most
   ``max_candidates_per_pass``; a candidate attends to the history and itself, never to another
@@ -68,6 +72,63 @@ class MFalconRanker:
         return torch.sigmoid(logits.float())
 
 
+class TransActV2Ranker:
+    """TransAct V2 through ``rank_requests``: one :class:`~recsys.ranking.RankRequest` per request.
+
+    A request's sequence is what ``lifelong`` holds for the user strictly before the request time;
+    its history bags, surface and context come from the feature store's own row of the request (the
+    training pipeline's collate), so the scores are the offline model's on the stored S_all rows.
+
+    Args:
+        model: a ``transact_v2`` Pinnability in eval mode.
+        store: the run's feature store (history bags, context).
+        lifelong: the run's lifelong store (the sequences).
+        config: the run's ``data.lifelong`` windows and selection (a :class:`LifelongConfig`).
+        kernel: the nearest-neighbour selection backend (``data.lifelong.kernel``).
+    """
+
+    def __init__(self, model: nn.Module, store: FeatureStore, lifelong, config, kernel: str = "auto"):
+        self.model, self.store, self.lifelong, self.config, self.kernel = model, store, lifelong, config, kernel
+        self.heads = list(model.heads)
+        self.arena = None  # grown to the largest batch seen, then reused
+
+    def __call__(self, requests: list[RankingRequest]) -> torch.Tensor:
+        """``[R, H]`` probabilities of the candidates of ``requests``, request after request."""
+        from recsys.ranking import rank_requests
+
+        batch = self.rank_requests_of(requests)
+        logits = rank_requests(self.model, batch, self.store.log.items, lifelong=self.config,
+                               arena=self._arena(batch), kernel=self.kernel)
+        return torch.sigmoid(torch.cat(logits).float())  # [R, H]
+
+    def rank_requests_of(self, requests: list[RankingRequest]) -> list:
+        """The :class:`~recsys.ranking.RankRequest` of each request (sequence, bags and context from the stores)."""
+        from recsys.ranking import RankRequest, UserSequence
+
+        spec = self.store.spec
+        # One row per request (its first candidate): every row of a request holds the same bags and context.
+        rows = self.store.ranking_batch([RankingRequest(r.user, r.items[:1], r.time, r.surface) for r in requests])
+        bags = {key: rows.sparse_features[key].to_dense() for key in spec.history_features}  # key -> B tensors
+        context = rows.dense_features[:, spec.content_dim:].numpy()  # [B, T]
+        return [RankRequest(user_id=r.user, request_time=r.time,
+                            sequence=UserSequence.from_store(self.lifelong, r.user, r.time, self.config),
+                            candidates=r.items, surface=r.surface, context=context[b],
+                            history={key: bags[key][b].numpy() for key in spec.history_features})
+                for b, r in enumerate(requests)]
+
+    def _arena(self, batch: list):
+        """A :class:`~recsys.ranking.HostArena` holding ``batch``: the last one, or one twice as large."""
+        from recsys.ranking import HostArena
+
+        need = (len(batch), sum(r.num_candidates for r in batch), max(sum(r.sequence.num_tokens for r in batch), 1))
+        have = self.arena.capacity if self.arena is not None else None
+        if have is None or any(n > c for n, c in zip(need, (have.requests, have.candidates, have.tokens))):
+            grown = need if have is None else [max(n, 2 * c) for n, c in zip(need, (have.requests, have.candidates,
+                                                                                    have.tokens))]
+            self.arena = HostArena(self.store.spec, *grown, device="cpu")
+        return self.arena
+
+
 def _rows_of(features: dict, rows: torch.Tensor):
     """The KJT of ``features`` (key -> JaggedTensor, R rows) restricted to ``rows`` ``[B]``."""
     from recsys.data.collate import kjt_from_jagged
@@ -81,8 +142,14 @@ def _rows_of(features: dict, rows: torch.Tensor):
     return kjt_from_jagged(out)
 
 
-def make_ranker(model: nn.Module, store: FeatureStore):
-    """The ranker of ``model``: M-FALCON for HSTU ranking, pointwise otherwise."""
+def make_ranker(model: nn.Module, store: FeatureStore, lifelong=None):
+    """The ranker of ``model``: M-FALCON for HSTU ranking, ``rank_requests`` for a lifelong run
+    (``lifelong``: ``(LifelongStore, data.lifelong config)``), pointwise otherwise."""
     from recsys.models.hstu_ranking import HSTURanking
 
-    return MFalconRanker(model, store) if isinstance(model, HSTURanking) else PointwiseRanker(model, store)
+    if isinstance(model, HSTURanking):
+        return MFalconRanker(model, store)
+    if lifelong is not None:
+        sequences, config = lifelong
+        return TransActV2Ranker(model, store, sequences, config.sequence_config(), config.kernel)
+    return PointwiseRanker(model, store)
