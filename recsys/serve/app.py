@@ -88,7 +88,7 @@ def create_app(engine, options: ServeOptions | None = None, warmup: bool = True)
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
     options = options or ServeOptions()
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(getattr(engine, "metrics", ()))
     batcher = DynamicBatcher(engine.run, metrics, options.max_batch_requests, options.max_batch_candidates,
                              options.max_wait_ms / 1000, options.queue_size)
     state = {"ready": False}

@@ -29,17 +29,19 @@ class Engine:
         name: the model's zoo name.
     """
 
-    def __init__(self, model: torch.nn.Module, store: FeatureStore, task: str, name: str, lifelong=None):
+    def __init__(self, model: torch.nn.Module, store: FeatureStore, task: str, name: str, lifelong=None, uic=None):
         from recsys.serve.ranker import make_ranker
 
         self.model, self.store, self.task, self.name = model, store, task, name
-        self.scorer = Retriever(model, store) if task == "retrieval" else make_ranker(model, store, lifelong)
+        self.scorer = Retriever(model, store) if task == "retrieval" else make_ranker(model, store, lifelong, uic)
         self.heads = getattr(self.scorer, "heads", [])
+        self.metrics = getattr(self.scorer, "metrics", ())  # the scorer's own metrics, shown by /metrics
         self.warm = False
 
     @classmethod
-    def load(cls, checkpoint: str | Path) -> "Engine":
-        """The engine of a run folder (its ``output_dir``, ``checkpoints/`` or a ``step_*`` folder)."""
+    def load(cls, checkpoint: str | Path, uic_url: str | None = None, uic_timeout_s: float = 0.05) -> "Engine":
+        """The engine of a run folder (its ``output_dir``, ``checkpoints/`` or a ``step_*`` folder);
+        a mimn run with ``uic_url`` reads its users' states from that UIC (``recsys uic serve``)."""
         from recsys.data.pipeline import load_events
         from recsys.inference import _locate, _run_config, _run_feature_spec, load
         from recsys.models import get_model_spec
@@ -52,7 +54,12 @@ class Engine:
         lifelong = None
         if cfg.data.lifelong.enabled:
             lifelong = (lifelong_store(run_dir, cfg.data.lifelong, log), cfg.data.lifelong)
-        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name, lifelong)
+        uic = None
+        if uic_url is not None:
+            from recsys.serve.uic_ranker import UICStates
+
+            uic = UICStates(uic_url, model, uic_timeout_s)
+        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name, lifelong, uic)
 
     def check(self, request) -> None:
         """Raises the request's 404 (unknown user) before it is queued."""

@@ -104,7 +104,8 @@ class Histogram:
 class ServerMetrics:
     """The metrics ``GET /metrics`` shows."""
 
-    def __init__(self):
+    def __init__(self, extra: tuple = ()):
+        """``extra``: more metrics to show (a scorer's own, e.g. the UIC fallback counter)."""
         self.requests = Counter("recsys_serve_requests_total", "Requests answered, by route and HTTP status.",
                                 ("route", "status"))
         self.latency = Histogram("recsys_serve_request_seconds", "Time from arrival to answer, by route.",
@@ -121,7 +122,7 @@ class ServerMetrics:
                             "ahead would end after the deadline), deadline, draining.",
                             ("route", "reason"))
         self._all = (self.requests, self.latency, self.queue_depth, self.batch_requests, self.batch_candidates,
-                     self.model_seconds, self.errors, self.shed)
+                     self.model_seconds, self.errors, self.shed, *extra)
 
     def render(self) -> str:
         """The text exposition of every metric."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.errors import ConfigError
 from recsys.serve.features import FeatureStore, RankingRequest
 
 
@@ -142,11 +143,20 @@ def _rows_of(features: dict, rows: torch.Tensor):
     return kjt_from_jagged(out)
 
 
-def make_ranker(model: nn.Module, store: FeatureStore, lifelong=None):
+def make_ranker(model: nn.Module, store: FeatureStore, lifelong=None, uic=None):
     """The ranker of ``model``: M-FALCON for HSTU ranking, ``rank_requests`` for a lifelong run
-    (``lifelong``: ``(LifelongStore, data.lifelong config)``), pointwise otherwise."""
+    (``lifelong``: ``(LifelongStore, data.lifelong config)``), the UIC's states for MIMN given a
+    :class:`~recsys.serve.uic_ranker.UICStates` ``uic``, pointwise otherwise."""
     from recsys.models.hstu_ranking import HSTURanking
+    from recsys.models.mimn import MIMNRanker
 
+    if uic is not None:
+        if not isinstance(model, MIMNRanker):
+            raise ConfigError(f"--uic-url serves mimn models from the UIC's states; this run holds "
+                              f"{type(model).__name__} (leave --uic-url out)")
+        from recsys.serve.uic_ranker import MIMNUICRanker
+
+        return MIMNUICRanker(model, store, uic)
     if isinstance(model, HSTURanking):
         return MFalconRanker(model, store)
     if lifelong is not None:

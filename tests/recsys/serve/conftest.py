@@ -22,6 +22,14 @@ TINY_TRANSACT_V2 = [
     "model.transact_v2.max_sequence=32", "model.transact_v2.model_dim=16", "model.transact_v2.feedforward_dim=16",
 ]
 
+# configs/mimn/synthetic.yaml shrunk, with sequences long enough to hold a user's whole history (as a UIC state does).
+TINY_MIMN = [
+    "data.synthetic.num_users=60", "data.synthetic.num_items=300", "data.synthetic.mean_events_per_user=30",
+    "data.synthetic.heavy_user_fraction=0.0", "data.num_workers=0", "data.max_sequence=150", "model.embedding_dim=8",
+    "model.memory_slots=3", "model.memory_dim=6", "model.controller_dim=5", "model.induction_dim=4",
+    "model.over_arch_layers=[8]",
+]
+
 
 def _train(config: str, out, overrides: list[str]):
     threads = torch.get_num_threads()
@@ -62,3 +70,8 @@ def hstu_run(tmp_path_factory):
 def transact_v2_run(tmp_path_factory):
     return _train("configs/transact/transact_v2_synthetic.yaml", tmp_path_factory.mktemp("serve-transact-v2"),
                   TINY_TRANSACT_V2)
+
+
+@pytest.fixture(scope="session")
+def mimn_run(tmp_path_factory):
+    return _train("configs/mimn/synthetic.yaml", tmp_path_factory.mktemp("serve-mimn"), TINY_MIMN)
