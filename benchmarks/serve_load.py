@@ -47,6 +47,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from recsys.plots import line_plot, png_beside  # noqa: E402  (after the path: runs from a checkout)
 MODES = ("sweep", "soak", "overload")
 
 
@@ -259,8 +261,8 @@ async def main_async(args) -> dict:
             server.wait(timeout=30)
 
 
-def plot(result: dict, path) -> None:
-    from recsys.plots import line_plot
+def plot(result: dict, path):
+    """The PNG of a report: p50/p99 of accepted requests vs offered load, soak and overload p99 as points."""
 
     series = {q: [(s["offered_qps"], s[f"{q}_ms"]) for s in result["sweep"] if s[f"{q}_ms"] is not None]
               for q in ("p50", "p99")}
@@ -268,7 +270,7 @@ def plot(result: dict, path) -> None:
         step = result.get(mode)
         if step and step["p99_ms"] is not None:
             series[f"{mode} p99"] = [(step["offered_qps"], step["p99_ms"])]
-    line_plot(series, path, "offered load (requests/s)", "latency of accepted requests (ms)",
+    return line_plot(series, path, "offered load (requests/s)", "latency of accepted requests (ms)",
               title=f"recsys serve /rank, {result['candidates']} candidates {result['machine']}".strip())
 
 
@@ -276,7 +278,6 @@ def main(argv=None) -> None:
     args = _parse(argv)
     result = asyncio.run(main_async(args))
     from recsys.atomic_files import write_json_atomic
-    from recsys.plots import png_beside
 
     write_json_atomic(args.out, result)
     plot(result, png_beside(args.out))
