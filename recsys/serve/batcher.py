@@ -151,16 +151,20 @@ class DynamicBatcher:
                     job.future.set_result(result)
 
     def _answerable(self, batch: list[_Job]) -> list[_Job]:
-        """The jobs of ``batch`` that can still finish before their deadline; the others get their 503 now."""
+        """The jobs of ``batch`` the model can still answer before their deadlines, the batch ending
+        when all of it is scored; the others get their 503 now."""
         now, cost, live = time.monotonic(), self.seconds_per_size or 0.0, []
+        size, earliest = 0, float("inf")  # of the jobs kept so far
         for job in batch:
             if job.future.done():
                 continue  # its handler gave up at the deadline
-            if now + job.size * cost > job.deadline:
+            end = now + (size + job.size) * cost  # when the batch would end with this job in it
+            if end > min(earliest, job.deadline):
                 job.future.set_exception(Overloaded("deadline", "the request could not be served before its "
                                                                 "deadline; retry later"))
             else:
                 live.append(job)
+                size, earliest = size + job.size, min(earliest, job.deadline)
         return live
 
     async def _collect(self) -> list[_Job]:
