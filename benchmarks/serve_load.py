@@ -20,9 +20,11 @@ run; bodies are encoded once, so the client spends its CPU on HTTP, not on JSON)
 
 Every step is bounded: at most ``--max-requests`` sent, and at most ``--drain-seconds`` waited for
 answers after the last send (requests still open then are cancelled and counted as ``unanswered``).
-Each step records the server's RSS (sampled every 0.5 s: the largest value, and the values at the
-start and the end) and the server's own latency histogram over the step (``server_p99_le_ms``: the
-bucket bound holding its p99; on a shared machine the client's event loop adds its own delay).
+Each step records the server's 503s by reason (``late``: refused at arrival, the work ahead would
+end after the deadline; ``deadline``: accepted, then not scored in time; ``queue_full``), the
+server's RSS (sampled every 0.5 s: the largest value, and the values at the start and the end) and
+the server's own latency histogram over the step (``server_p99_le_ms``: the bucket bound holding
+its p99; on a shared machine the client's event loop adds its own delay).
 
 Writes the JSON (every step: offered and achieved QPS, p50/p95/p99 of accepted requests, 503s with
 their Retry-After, errors) and a PNG beside it (p50/p99 vs offered load; soak and overload marked).
@@ -116,17 +118,19 @@ def rss_mb(pid: int | None) -> float | None:
 
 
 _BUCKET = re.compile(r'^recsys_serve_request_seconds_bucket\{route="/rank",le="([^"]+)"\} (\S+)$')
+_SHED = re.compile(r'^recsys_serve_shed_total\{route="/rank",reason="([^"]+)"\} (\S+)$')
 
 
-async def server_histogram(client, url: str) -> dict[float, float]:
-    """The server's cumulative ``/rank`` latency buckets: upper bound (s) -> count."""
+async def server_counts(client, url: str) -> tuple[dict[float, float], dict[str, float]]:
+    """The server's cumulative ``/rank`` latency buckets (upper bound s -> count) and 503s by reason."""
     text = (await client.get(f"{url}/metrics")).text
-    out = {}
+    buckets, shed = {}, {}
     for line in text.splitlines():
-        m = _BUCKET.match(line)
-        if m:
-            out[float(m.group(1))] = float(m.group(2))
-    return out
+        if m := _BUCKET.match(line):
+            buckets[float(m.group(1))] = float(m.group(2))
+        elif m := _SHED.match(line):
+            shed[m.group(1)] = float(m.group(2))
+    return buckets, shed
 
 
 def histogram_quantile_le_ms(before: dict, after: dict, q: float) -> float | None:
@@ -187,7 +191,7 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, seconds:
             rss.append(rss_mb(pid))
 
     sampler = asyncio.create_task(sample_rss()) if pid is not None else None
-    before = await server_histogram(client, url)
+    before, shed_before = await server_counts(client, url)
     tasks, start, next_at, sent = [], time.perf_counter(), 0.0, 0
     while next_at < seconds and sent < args.max_requests:
         delay = start + next_at - time.perf_counter()
@@ -205,12 +209,15 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, seconds:
     if sampler is not None:
         sampler.cancel()
     rss.append(rss_mb(pid))
-    after = await server_histogram(client, url)
+    after, shed_after = await server_counts(client, url)
     ok, shed = statuses.get(200, 0), statuses.get(503, 0)
     step = {"offered_qps": rate, "seconds": seconds, "sent": sent, "send_seconds": send_seconds, "ok": ok,
             "sent_qps": sent / seconds,
             "achieved_qps": ok / max(wall, seconds), **_percentiles(latencies),
-            "status_503": shed, "p99_503_ms": _percentiles(shed_latencies)["p99_ms"],
+            "status_503": shed, "p50_503_ms": _percentiles(shed_latencies)["p50_ms"],
+            "p99_503_ms": _percentiles(shed_latencies)["p99_ms"],
+            "server_503_by_reason": {k: v - shed_before.get(k, 0.0) for k, v in shed_after.items()
+                                     if v > shed_before.get(k, 0.0)},
             "retry_after": sorted(str(r) for r in retry_after), "unanswered": len(pending),
             "errors": sent - ok - shed - len(pending), "statuses": {str(k): v for k, v in statuses.items()},
             "server_p50_le_ms": histogram_quantile_le_ms(before, after, 0.50),
