@@ -278,7 +278,8 @@ def plot(result: dict, path):
         if step and step["p99_ms"] is not None:
             series[f"{mode} p99"] = [(step["offered_qps"], step["p99_ms"])]
     return line_plot(series, path, "offered load (requests/s)", "latency of accepted requests (ms)",
-              title=f"recsys serve /rank, {result['candidates']} candidates {result['machine']}".strip())
+              title=", ".join(filter(None, ["recsys serve /rank", f"{result['candidates']} candidates",
+                                                 result.get("machine")])))
 
 
 def main(argv=None) -> None:

@@ -216,7 +216,9 @@ class DLRM(nn.Module):
         counts = request_offsets[1:] - request_offsets[:-1]  # [B]
         # DCNv2 eq. (1) at l = 0 with W_0 x_0 = W_0[:, U] x_U + W_0[:, C] x_C (U request side, C the rest).
         request_part = x_0[request_offsets[:-1]][:, shared] @ kernels[0][:, shared].T  # [B, N]
-        xw = torch.addmm(request_part.repeat_interleave(counts, dim=0), x_0[:, ~shared], kernels[0][:, ~shared].T)
+        if len(counts) > 1:
+            request_part = request_part.repeat_interleave(counts, dim=0)  # [R, N]; one request broadcasts [1, N]
+        xw = torch.addmm(request_part, x_0[:, ~shared], kernels[0][:, ~shared].T)  # [R, N]
         x_l = x_0 * (xw + biases[0].T) + x_0  # [R, N]
         for layer in range(1, self.config.cross_layers):
             x_l = x_0 * (x_l @ kernels[layer].T + biases[layer].T) + x_l  # x_{l+1} = x_0 * (W_l x_l + b_l) + x_l
