@@ -39,6 +39,7 @@ import json
 import os
 import random
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -243,7 +244,7 @@ async def main_async(args) -> dict:
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     result = {"candidates": args.candidates, "p99_target_ms": args.p99_ms, "deadline_ms": args.deadline_ms,
               "cpu_count": os.cpu_count(), "server_args": args.server_args, "machine": args.machine,
-              "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv), "sweep": []}
+              "date": datetime.date.today().isoformat(), "command": shlex.join(sys.argv), "sweep": []}
     try:
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             await wait_ready(client, url, server)
