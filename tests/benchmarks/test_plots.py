@@ -116,3 +116,12 @@ def test_serve_load_latency_vs_offered_load_with_soak_and_overload(tmp_path, cap
     assert bench.histogram_quantile_le_ms(before, after, 0.5) == 10.0
     assert bench.histogram_quantile_le_ms(before, after, 0.99) == 30.0
     assert bench.histogram_quantile_le_ms(after, after, 0.99) is None
+
+
+def test_serve_stages_one_bar_per_stage(tmp_path, captured):
+    bench = load("serve_stages")
+    calls = captured(bench, "grouped_bars")
+    report = {"model": "dlrm", "candidates": 500, "machine": "", "stages_ms": {"features": 0.3, "forward": 4.2}}
+    assert_png(bench.plot(report, tmp_path / "st.png"))
+    assert calls == [{"features": {"median ms": (0.3, pytest.approx(float("nan"), nan_ok=True))},
+                      "forward": {"median ms": (4.2, pytest.approx(float("nan"), nan_ok=True))}}]
