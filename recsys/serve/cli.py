@@ -4,7 +4,7 @@
 
     recsys serve --checkpoint RUN_DIR [--host 127.0.0.1 --port 8800] [--max-batch 32] [--max-batch-candidates 4096]
                  [--max-wait-ms 0] [--queue 256] [--deadline-ms 100] [--max-candidates 2000] [--token-file PATH]
-                 [--uic-url http://127.0.0.1:8700 --uic-timeout-ms 50] [--threads 0]
+                 [--uic-url http://127.0.0.1:8700 --uic-timeout-ms 50] [--threads 0] [--device cpu|cuda]
 
 ``RUN_DIR`` is a run's ``output_dir`` (or its ``checkpoints/`` or a ``step_*`` folder). The server
 binds 127.0.0.1 unless ``--host`` says otherwise; with ``--token-file`` every request but
@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
     serve.add_argument("--deadline-ms", type=float, default=100.0, help="a request not answered by then gets 503")
     serve.add_argument("--max-candidates", type=int, default=2000, help="most candidates per /rank request")
     serve.add_argument("--token-file", default=None, help="file holding the bearer token requests must carry")
+    serve.add_argument("--device", default="cpu",
+                       help="where the model scores: cpu, or cuda for pointwise rankers, transact_v2 and mimn")
     serve.add_argument("--uic-url", default=None,
                        help="mimn runs: read the users' states from this UIC (`recsys uic serve`), e.g. http://127.0.0.1:8700")
     serve.add_argument("--uic-timeout-ms", type=float, default=50.0,
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = options_from(args)
     torch.set_num_threads(model_threads(args.threads))
-    engine = Engine.load(args.checkpoint, uic_url=args.uic_url, uic_timeout_s=args.uic_timeout_ms / 1000)
+    engine = Engine.load(args.checkpoint, uic_url=args.uic_url, uic_timeout_s=args.uic_timeout_ms / 1000,
+                         device=args.device)
     app = create_app(engine, options)
     print(f"serving {engine.name} ({engine.task}) from {args.checkpoint} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=15)

@@ -39,16 +39,20 @@ class Engine:
         self.warm = False
 
     @classmethod
-    def load(cls, checkpoint: str | Path, uic_url: str | None = None, uic_timeout_s: float = 0.05) -> "Engine":
+    def load(cls, checkpoint: str | Path, uic_url: str | None = None, uic_timeout_s: float = 0.05,
+             device: str = "cpu") -> "Engine":
         """The engine of a run folder (its ``output_dir``, ``checkpoints/`` or a ``step_*`` folder);
-        a mimn run with ``uic_url`` reads its users' states from that UIC (``recsys uic serve``)."""
+        a mimn run with ``uic_url`` reads its users' states from that UIC (``recsys uic serve``).
+        ``device``: where the model scores (``cuda`` for pointwise rankers, transact_v2 and mimn;
+        features are built on the host and moved once per batch)."""
         from recsys.data.pipeline import load_events
         from recsys.inference import _locate, _run_config, _run_feature_spec, load
         from recsys.models import get_model_spec
 
         run_dir = _locate(Path(checkpoint), None)[0]
         cfg = _run_config(run_dir)
-        model = load(checkpoint)
+        task = get_model_spec(cfg.model_name).task
+        model = load(checkpoint).to(_serving_device(device, task, cfg.model_name))
         log = load_events(cfg.data)
         store = FeatureStore(log, _run_feature_spec(run_dir, cfg))
         lifelong = None
@@ -59,7 +63,7 @@ class Engine:
             from recsys.serve.uic_ranker import UICStates
 
             uic = UICStates(uic_url, model, uic_timeout_s)
-        return cls(model, store, get_model_spec(cfg.model_name).task, cfg.model_name, lifelong, uic)
+        return cls(model, store, task, cfg.model_name, lifelong, uic)
 
     def check(self, request) -> None:
         """Raises the request's 404 (unknown user) before it is queued."""
@@ -73,7 +77,7 @@ class Engine:
         """Results of a batch, in order: ``{head: [C] float32 array}`` or ``(items, scores)`` lists."""
         if self.task == "retrieval":
             return [(items.tolist(), scores.tolist()) for items, scores in self.scorer(requests)]
-        probabilities = self.scorer(requests).T.contiguous().numpy()  # [H, R], one row per head
+        probabilities = self.scorer(requests).T.contiguous().cpu().numpy()  # [H, R], one row per head
         out, start = [], 0
         for request in requests:
             block = probabilities[:, start: start + len(request.items)]  # [H, C]
@@ -92,6 +96,24 @@ class Engine:
             else:
                 self.run([RankingRequest(user, np.arange(min(8, self.store.spec.num_items)), time, 0)])
         self.warm = True
+
+
+def _serving_device(device: str, task: str, name: str) -> torch.device:
+    """``device`` checked: a CUDA device needs CUDA and a ranker other than hstu_ranking."""
+    from recsys.errors import ConfigError
+
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; use cpu or cuda (cuda:N)") from None
+    if chosen.type == "cpu":
+        return chosen
+    if chosen.type != "cuda" or not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA device; serve on --device cpu")
+    if task == "retrieval" or name == "hstu_ranking":
+        raise ConfigError(f"--device {device}: {name} is served on the CPU for now (retrieval and M-FALCON); "
+                          "pass --device cpu")
+    return chosen
 
 
 def lifelong_store(run_dir: Path, config, log):

@@ -42,12 +42,13 @@ class PointwiseRanker:
         self.per_request = callable(getattr(model, "forward_requests", None))
 
     def __call__(self, requests: list[RankingRequest]) -> torch.Tensor:
-        """``[R, H]`` probabilities of the candidates of ``requests``, request after request."""
-        batch = self.store.ranking_batch(requests)
+        """``[R, H]`` probabilities of the candidates of ``requests``, request after request (on the model's device)."""
+        device = _device_of(self.model)
+        batch = self.store.ranking_batch(requests).to(device)
         if not self.per_request:
             return torch.sigmoid(self.model(batch).float())  # [R, H]
         counts = torch.tensor([0] + [len(r.items) for r in requests], dtype=torch.int64)  # [B + 1]
-        return torch.sigmoid(self.model.forward_requests(batch, torch.cumsum(counts, 0)).float())  # [R, H]
+        return torch.sigmoid(self.model.forward_requests(batch, torch.cumsum(counts, 0).to(device)).float())
 
 
 class MFalconRanker:
@@ -126,8 +127,12 @@ class TransActV2Ranker:
         if have is None or any(n > c for n, c in zip(need, (have.requests, have.candidates, have.tokens))):
             grown = need if have is None else [max(n, 2 * c) for n, c in zip(need, (have.requests, have.candidates,
                                                                                     have.tokens))]
-            self.arena = HostArena(self.store.spec, *grown, device="cpu")
+            self.arena = HostArena(self.store.spec, *grown, device=_device_of(self.model))
         return self.arena
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _rows_of(features: dict, rows: torch.Tensor):

@@ -97,13 +97,15 @@ class MIMNUICRanker:
 
     def __call__(self, requests: list[RankingRequest]) -> torch.Tensor:
         """``[R, H]`` probabilities of the candidates of ``requests``, request after request."""
-        rows = self.store.ranking_batch(requests)  # R rows: candidate ids, dense features
+        device = next(self.model.parameters()).device
+        rows = self.store.ranking_batch(requests).to(device)  # R rows: candidate ids, dense features
         users, of_request = np.unique([r.user for r in requests], return_inverse=True)  # [U], [B]
         state, reason = self.states.fetch(users.tolist())
         if state is None:
             self.fallback.inc(reason, amount=len(users))
             state = self.model.init_state(len(users))
+        state = state.map(lambda t: t.to(device))
         counts = torch.tensor([len(r.items) for r in requests])  # [B]
-        of_row = torch.from_numpy(of_request.reshape(-1)).repeat_interleave(counts)  # [R] the user of each row
+        of_row = torch.from_numpy(of_request.reshape(-1)).repeat_interleave(counts).to(device)  # [R] the user of each row
         logits = self.model.score(state.map(lambda t: t[of_row]), rows.item_id, rows.dense_features)  # [R, H]
         return torch.sigmoid(logits.float())
