@@ -45,6 +45,11 @@ class UICStates:
         from recsys.uic.center import model_version_of
         from recsys.uic.state_codec import StateCodec
 
+        from recsys.models.mimn import MIMNRanker
+
+        if not isinstance(model, MIMNRanker):
+            raise ConfigError(f"--uic-url serves mimn models from the UIC's states; this run holds "
+                              f"{type(model).__name__} (leave --uic-url out)")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"--uic-url must be an http(s) URL such as http://127.0.0.1:8700, got {url!r}")
         if timeout_s <= 0:
