@@ -50,6 +50,8 @@ class ServeOptions:
         max_k: most items per /retrieve request (>= 1).
         token: bearer token every request but /health and /ready must carry; None = no auth.
         retry_after_s: the Retry-After of a 503, in whole seconds (>= 1).
+        admit_fraction: a request is accepted while the model's expected wait is at most this share of
+            its deadline (0 < f <= 1); the rest of the deadline absorbs batches slower than the mean.
     """
 
     max_batch_requests: int = 32
@@ -61,6 +63,7 @@ class ServeOptions:
     max_k: int = 1000
     token: str | None = None
     retry_after_s: int = 1
+    admit_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         from recsys.errors import ConfigError
@@ -71,6 +74,8 @@ class ServeOptions:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.max_wait_ms < 0 or self.deadline_ms <= 0:
             raise ConfigError(f"max_wait_ms must be >= 0 and deadline_ms > 0, got {self.max_wait_ms}, {self.deadline_ms}")
+        if not 0 < self.admit_fraction <= 1:
+            raise ConfigError(f"admit_fraction must lie in (0, 1], got {self.admit_fraction}")
         if self.token is not None and not self.token:
             raise ConfigError("the token is empty; put the token in --token-file or leave the flag out")
 
@@ -90,7 +95,7 @@ def create_app(engine, options: ServeOptions | None = None, warmup: bool = True)
     options = options or ServeOptions()
     metrics = ServerMetrics(getattr(engine, "metrics", ()))
     batcher = DynamicBatcher(engine.run, metrics, options.max_batch_requests, options.max_batch_candidates,
-                             options.max_wait_ms / 1000, options.queue_size)
+                             options.max_wait_ms / 1000, options.queue_size, admit_fraction=options.admit_fraction)
     state = {"ready": False}
 
     @asynccontextmanager

@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     serve.add_argument("--queue", type=int, default=256, help="most requests waiting; more get 503 at once")
     serve.add_argument("--deadline-ms", type=float, default=100.0, help="a request not answered by then gets 503")
     serve.add_argument("--max-candidates", type=int, default=2000, help="most candidates per /rank request")
+    serve.add_argument("--admit-fraction", type=float, default=0.5,
+                       help="accept a request while the expected wait is at most this share of its deadline")
     serve.add_argument("--token-file", default=None, help="file holding the bearer token requests must carry")
     serve.add_argument("--device", default="cpu",
                        help="where the model scores: cpu, or cuda for pointwise rankers, transact_v2 and mimn")
@@ -55,7 +57,7 @@ def options_from(args: argparse.Namespace):
         token = path.read_text(encoding="utf-8").strip()
     return ServeOptions(max_batch_requests=args.max_batch, max_batch_candidates=args.max_batch_candidates,
                         max_wait_ms=args.max_wait_ms, queue_size=args.queue, deadline_ms=args.deadline_ms,
-                        max_candidates=args.max_candidates, token=token)
+                        max_candidates=args.max_candidates, token=token, admit_fraction=args.admit_fraction)
 
 
 def model_threads(requested: int) -> int:

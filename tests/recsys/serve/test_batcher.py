@@ -29,7 +29,8 @@ async def _timed(batcher, name, size, deadline_s):
 
 def test_overload_refuses_late_requests_at_once_and_wastes_no_model_time():
     ran, deadline_s, size = [], 0.1, 10  # 20 ms of model per request: ~5 fit in a deadline
-    batcher = DynamicBatcher(_model(ran), ServerMetrics(), max_requests=4, max_size=40, queue_size=100)
+    batcher = DynamicBatcher(_model(ran), ServerMetrics(), max_requests=4, max_size=40, queue_size=100,
+                             admit_fraction=1.0)  # admits up to the deadline itself
 
     async def go():
         await batcher.start()
