@@ -9,12 +9,13 @@
 
 - A request is refused at once (:class:`Overloaded`, 503) when the queue is full, when the server is
   draining, or when the work ahead of it (queued and running candidates, at the model's measured
-  seconds per candidate) would end after its deadline; an accepted one waits at most until its
-  deadline, then gets 503 as well, so an answer (scores or 503) always comes within the deadline
-  plus the event loop's delay.
-- Requests that can no longer finish before their deadline (alone, at the measured cost) are
-  answered 503 when their batch is formed, before the model runs: under overload the model spends
-  its time on requests that will be answered, not on ones whose client already got a 503.
+  seconds per candidate) would take more than ``admit_fraction`` of the time to its deadline
+  (reason ``late``); an accepted one waits at most until its deadline, then gets 503 as well, so an
+  answer (scores or 503) always comes within the deadline plus the event loop's delay.
+- Requests that can no longer finish before their deadline with the batch they would join (at the
+  measured cost) are answered 503 when the batch is formed, before the model runs: under overload
+  the model spends its time on requests that will be answered, not on ones whose client already
+  got a 503.
 - ``run`` executes in one worker thread under ``torch.inference_mode``; when a batch raises, each
   of its requests is retried alone so one bad request fails only itself.
 - :meth:`DynamicBatcher.drain` (graceful shutdown) refuses new requests and answers the queued ones.
@@ -68,7 +69,8 @@ class DynamicBatcher:
     """
 
     def __init__(self, run: Callable[[list], list], metrics: ServerMetrics, max_requests: int = 32,
-                 max_size: int = 4096, max_wait_s: float = 0.0, queue_size: int = 256, cost_smoothing: float = 0.2, admit_fraction: float = 0.5):
+                 max_size: int = 4096, max_wait_s: float = 0.0, queue_size: int = 256,
+                 cost_smoothing: float = 0.2, admit_fraction: float = 0.5):
         self.run, self.metrics = run, metrics
         self.max_requests, self.max_size, self.max_wait_s = max_requests, max_size, max_wait_s
         self.queue_size = queue_size
@@ -92,8 +94,8 @@ class DynamicBatcher:
             raise Overloaded("draining", "the server is shutting down; retry on another replica")
         wait, now = self.expected_seconds(size), time.monotonic()
         if wait > self.admit_fraction * (deadline - now):
-            raise Overloaded("late", f"the work ahead of this request (~{wait * 1000:.0f} ms) would end after its "
-                                     "deadline; retry later")
+            raise Overloaded("late", f"the work ahead of this request (~{wait * 1000:.0f} ms) leaves too little of "
+                                     f"its deadline ({(deadline - now) * 1000:.0f} ms); retry later")
         job = _Job(request, size, deadline, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)

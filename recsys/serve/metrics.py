@@ -118,8 +118,8 @@ class ServerMetrics:
                                        LATENCY_BUCKETS)
         self.errors = Counter("recsys_serve_errors_total", "Requests that failed inside the server (HTTP 500).",
                               ("route",))
-        self.shed = Counter("recsys_serve_shed_total", "Requests answered 503, by reason: queue_full, late (the work "
-                            "ahead would end after the deadline), deadline, draining.",
+        self.shed = Counter("recsys_serve_shed_total", "Requests answered 503, by reason: queue_full, late (refused at "
+                            "arrival: too much work ahead for the deadline), deadline, draining.",
                             ("route", "reason"))
         self._all = (self.requests, self.latency, self.queue_depth, self.batch_requests, self.batch_candidates,
                      self.model_seconds, self.errors, self.shed, *extra)
