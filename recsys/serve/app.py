@@ -11,8 +11,9 @@ Endpoints::
 
 Errors: 400 body not JSON, 422 a field is wrong (the message names it), 404 unknown user,
 401 missing or wrong bearer token (when the server has one; /health and /ready need none),
-503 + ``Retry-After`` when the request cannot be served before its deadline (queue full, the work
-ahead would end after it, deadline passed, draining), 500 a failure inside the server (counted in ``recsys_serve_errors_total``).
+503 + ``Retry-After`` when the request cannot be served before its deadline (queue full, too much
+work ahead for it, deadline passed, draining), 500 a failure inside the server (counted in
+``recsys_serve_errors_total``).
 
 ``fastapi`` is imported when an app is created, never at ``import recsys``.
 """
