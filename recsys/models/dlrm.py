@@ -187,6 +187,57 @@ class DLRM(nn.Module):
         crossed = self.cross_net(x_0)  # [B, N]: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l
         return self.head_layer(self.over_arch(crossed))  # [B, H]
 
+    def forward_requests(self, batch: RankingBatch, request_offsets: torch.Tensor) -> torch.Tensor:
+        """Scores a batch of served requests, the request side of the first cross layer once per request.
+
+        Equal to :meth:`forward` (up to float rounding) when the rows of each request share their
+        request-side features (:meth:`request_side_features`: the user, the surface, the history bags),
+        as the rows of one served request do (every candidate of a user at one time)::
+
+            rows   r0 r1 r2 | r3 r4      request_offsets = [0, 3, 5]
+            user   u7 u7 u7 | u2 u2      W_0[:, U] x_U computed for r0 and r3 only
+
+        Args:
+            batch: RankingBatch of R rows, request after request.
+            request_offsets: ``[B + 1]`` int64, request b's rows are ``request_offsets[b]:request_offsets[b + 1]``.
+
+        Returns:
+            ``[R, H]`` logits.
+        """
+        self._check_batch(batch)
+        pooled = self.pooled_embeddings(self.sparse_arch(batch.sparse_features))  # [R, F * D]
+        sequence = self.sequence_arch(batch) if self.sequence_arch is not None else None  # [R, F_seq]
+        parts = [self.dense_arch(batch.dense_features), pooled] + ([sequence] if sequence is not None else [])
+        x_0 = torch.cat(parts, dim=1)  # [R, N]
+        if self.config.cross_layers == 0:
+            return self.head_layer(self.over_arch(x_0))  # [R, H]
+        kernels, biases = self.cross_net.kernels, self.cross_net.bias  # W_l [N, N], b_l [N, 1]
+        shared = self._request_side_columns(x_0.shape[1], x_0.device)  # [N] bool
+        counts = request_offsets[1:] - request_offsets[:-1]  # [B]
+        # DCNv2 eq. (1) at l = 0 with W_0 x_0 = W_0[:, U] x_U + W_0[:, C] x_C (U request side, C the rest).
+        request_part = x_0[request_offsets[:-1]][:, shared] @ kernels[0][:, shared].T  # [B, N]
+        if len(counts) > 1:
+            request_part = request_part.repeat_interleave(counts, dim=0)  # [R, N]; one request broadcasts [1, N]
+        xw = torch.addmm(request_part, x_0[:, ~shared], kernels[0][:, ~shared].T)  # [R, N]
+        x_l = x_0 * (xw + biases[0].T) + x_0  # [R, N]
+        for layer in range(1, self.config.cross_layers):
+            x_l = x_0 * (x_l @ kernels[layer].T + biases[layer].T) + x_l  # x_{l+1} = x_0 * (W_l x_l + b_l) + x_l
+        return self.head_layer(self.over_arch(x_l))  # [R, H]
+
+    def request_side_features(self) -> list[str]:
+        """The sparse features every candidate of one request shares: the user, the surface, the histories."""
+        return [name for name in self.sparse_feature_names
+                if name in ("user_id", "surface") or name in self.spec.history_features]
+
+    def _request_side_columns(self, width: int, device: torch.device) -> torch.Tensor:
+        """``[N]`` bool: the columns of ``x_0`` holding request-side pooled embeddings."""
+        shared = torch.zeros(width, dtype=torch.bool, device=device)
+        start, dim, names = self.config.dense_arch_layers[-1], self.config.embedding_dim, self.sparse_feature_names
+        for name in self.request_side_features():
+            f = names.index(name)
+            shared[start + f * dim: start + (f + 1) * dim] = True
+        return shared
+
     def _check_batch(self, batch: RankingBatch) -> None:
         missing = [k for k in self.sparse_feature_names if k not in batch.sparse_features.keys()]
         if missing:

@@ -104,7 +104,8 @@ class Histogram:
 class ServerMetrics:
     """The metrics ``GET /metrics`` shows."""
 
-    def __init__(self):
+    def __init__(self, extra: tuple = ()):
+        """``extra``: more metrics to show (a scorer's own, e.g. the UIC fallback counter)."""
         self.requests = Counter("recsys_serve_requests_total", "Requests answered, by route and HTTP status.",
                                 ("route", "status"))
         self.latency = Histogram("recsys_serve_request_seconds", "Time from arrival to answer, by route.",
@@ -117,14 +118,11 @@ class ServerMetrics:
                                        LATENCY_BUCKETS)
         self.errors = Counter("recsys_serve_errors_total", "Requests that failed inside the server (HTTP 500).",
                               ("route",))
-        self.shed = Counter("recsys_serve_shed_total", "Requests answered 503: queue full, deadline, or draining.",
+        self.shed = Counter("recsys_serve_shed_total", "Requests answered 503, by reason: queue_full, late (refused at "
+                            "arrival: too much work ahead for the deadline), deadline, draining.",
                             ("route", "reason"))
-        self._all = [self.requests, self.latency, self.queue_depth, self.batch_requests, self.batch_candidates,
-                     self.model_seconds, self.errors, self.shed]
-
-    def add(self, *metrics) -> None:
-        """Show more metrics (e.g. the ranker's KV cache counters: ``Engine.metrics()``)."""
-        self._all.extend(metrics)
+        self._all = (self.requests, self.latency, self.queue_depth, self.batch_requests, self.batch_candidates,
+                     self.model_seconds, self.errors, self.shed, *extra)
 
     def render(self) -> str:
         """The text exposition of every metric."""

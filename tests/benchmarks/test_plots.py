@@ -100,3 +100,28 @@ def test_transact_ablation_bars_one_png_per_metric(tmp_path, captured):
         assert_png(path)
     assert calls[0]["click"] == {"no sequence": (0.30, 0.01), "transact v1": (0.35, 0.01)}
     assert set(calls[1]) == {"click", "hide"}
+
+
+def test_serve_load_latency_vs_offered_load_with_soak_and_overload(tmp_path, captured):
+    bench = load("serve_load")
+    calls = captured(bench, "line_plot")
+    step = lambda qps, p50, p99: {"offered_qps": qps, "p50_ms": p50, "p99_ms": p99}  # noqa: E731
+    report = {"candidates": 500, "machine": "2-core CPU", "sweep": [step(10, 8.0, 20.0), step(50, 9.0, 28.0)],
+              "soak": step(40, 9.5, 25.0), "overload": step(150, 60.0, 120.0)}
+    assert_png(bench.plot(report, tmp_path / "s.png"))
+    assert calls == [{"p50": [(10, 8.0), (50, 9.0)], "p99": [(10, 20.0), (50, 28.0)], "soak p99": [(40, 25.0)],
+                      "overload p99": [(150, 120.0)]}]
+    # The server's own quantile over a step: the bucket bound holding it, from two scrapes of the histogram.
+    before, after = {0.01: 5, 0.03: 5, float("inf"): 5}, {0.01: 55, 0.03: 104, float("inf"): 105}
+    assert bench.histogram_quantile_le_ms(before, after, 0.5) == 10.0
+    assert bench.histogram_quantile_le_ms(before, after, 0.99) == 30.0
+    assert bench.histogram_quantile_le_ms(after, after, 0.99) is None
+
+
+def test_serve_stages_one_bar_per_stage(tmp_path, captured):
+    bench = load("serve_stages")
+    calls = captured(bench, "grouped_bars")
+    report = {"model": "dlrm", "candidates": 500, "machine": "", "stages_ms": {"features": 0.3, "forward": 4.2}}
+    assert_png(bench.plot(report, tmp_path / "st.png"))
+    assert calls == [{"features": {"median ms": (0.3, pytest.approx(float("nan"), nan_ok=True))},
+                      "forward": {"median ms": (4.2, pytest.approx(float("nan"), nan_ok=True))}}]

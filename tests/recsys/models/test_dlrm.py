@@ -160,3 +160,21 @@ def test_batch_from_another_spec_is_a_data_error(spec, batch):
     wider = FeatureSpec(num_users=7, num_items=20, item_attributes={"category": 5}, content_dim=8)
     with pytest.raises(DataError, match="dense_features must be"):
         DLRM(wider, SMALL)(batch)
+
+
+@pytest.mark.parametrize("cross_layers", [0, 1, 3])
+def test_forward_requests_equals_forward_when_rows_of_a_request_share_the_user_side(spec, make_batch, cross_layers):
+    """The request side of the first cross layer computed once per request gives the per-row logits."""
+    torch.manual_seed(0)
+    model = DLRM(spec, DLRMConfig(embedding_dim=8, dense_arch_layers=[16, 8], cross_layers=cross_layers,
+                                  over_arch_layers=[16])).eval()
+    user_a = {"user": 1, "surface": 1, "history": {"click": [4, 5, 6], "hide": [9]}}
+    user_b = {"user": 6, "surface": 0, "history": {}}  # empty histories
+    rows = [{**user_a, "item": i, "attrs": {"category": i % 5}} for i in (3, 8, 11)]
+    rows += [{**user_b, "item": 19}]
+    rows += [{**user_a, "item": i} for i in (0, 2)]  # the same user again, as another request
+    batch = make_batch(spec, rows, seed=3)
+    offsets = torch.tensor([0, 3, 4, 6])
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_requests(batch, offsets), model(batch), rtol=1e-5, atol=1e-6)
+    assert model.request_side_features() == ["user_id", "surface", *spec.history_features]

@@ -105,3 +105,20 @@ def test_metrics_are_prometheus_text(dlrm_run):
     assert 'recsys_serve_request_seconds_count{route="/rank"} 2' in text
     assert 'recsys_serve_batch_candidates_bucket{le="2"} 1' in text  # the request's 2 candidates, one batch
 
+
+
+def test_a_failure_inside_the_model_is_a_counted_500(dlrm_run):
+    loaded = engine_of(dlrm_run)
+    engine = Engine(loaded.model, loaded.store, loaded.task, loaded.name)
+    run = engine.run
+
+    def failing(requests):
+        if engine.warm:  # the start-up warm-up passes, requests fail
+            raise RuntimeError("a failure inside the model")
+        return run(requests)
+
+    engine.run = failing
+    (response,), text = _post_all(engine, [{"user_id": 3, "candidates": [1, 2]}])
+    assert response.status_code == 500 and "internal error" in response.json()["error"]
+    assert 'recsys_serve_errors_total{route="/rank"} 1' in text
+    assert 'recsys_serve_requests_total{route="/rank",status="500"} 1' in text

@@ -44,3 +44,32 @@ def test_recsys_serve_starts_answers_ready_and_rank_then_drains_on_sigterm(dlrm_
         server.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully (lifespan: the batcher drains), then re-raises the signal it caught.
         assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_model_threads_leave_the_event_loop_a_core():
+    import pytest
+    import torch
+
+    from recsys.errors import ConfigError
+    from recsys.serve.cli import model_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert model_threads(3) == 3
+    assert model_threads(0) == max(1, min(torch.get_num_threads(), cores - 1))
+    with pytest.raises(ConfigError, match="--threads"):
+        model_threads(-1)
+
+
+def test_uic_flags_reach_the_engine_and_bad_urls_are_config_errors(dlrm_run, mimn_run):
+    import pytest
+
+    from recsys.errors import ConfigError
+    from recsys.serve.engine import Engine
+    from recsys.serve.uic_ranker import MIMNUICRanker
+
+    engine = Engine.load(mimn_run, uic_url="http://127.0.0.1:1", uic_timeout_s=0.02)
+    assert isinstance(engine.scorer, MIMNUICRanker) and engine.scorer.states.client.timeout.read == 0.02
+    with pytest.raises(ConfigError, match="--uic-url"):
+        Engine.load(mimn_run, uic_url="127.0.0.1:8700")
+    with pytest.raises(ConfigError, match="mimn"):
+        Engine.load(dlrm_run, uic_url="http://127.0.0.1:1")

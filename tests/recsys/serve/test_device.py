@@ -1,0 +1,38 @@
+"""``--device``: a clear error where CUDA is missing; on a CUDA machine, the same scores as on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.errors import ConfigError
+from recsys.serve.engine import Engine
+from recsys.serve.features import RankingRequest
+from tests.recsys.serve.helpers import engine_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_cuda_without_a_cuda_device_is_a_config_error_naming_the_flag(dlrm_run):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="--device cuda"):
+        Engine.load(dlrm_run, device="cuda")
+    with pytest.raises(ConfigError, match="not a device"):
+        Engine.load(dlrm_run, device="gpu0")
+
+
+@pytest.mark.parametrize("run_fixture", ["dlrm_run", "transact_v2_run"])
+def test_cuda_scores_equal_cpu_scores(run_fixture, request):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    run = request.getfixturevalue(run_fixture)
+    cpu, cuda = engine_of(run), Engine.load(run, device="cuda")
+    log = cpu.store.log
+    user = int(log.user_id[cpu.store.index.engaged_events[-1]])
+    requests = [RankingRequest(user, np.arange(0, 40, 3), int(log.timestamp.max()) + 1, 0),
+                RankingRequest(int(log.user_id[0]), np.arange(7, 12), int(log.timestamp.max()) + 1, 0)]
+    with torch.inference_mode():
+        expected, got = cpu.run(requests), cuda.run(requests)
+    for a, b in zip(expected, got):
+        for head in a:
+            np.testing.assert_allclose(b[head], a[head], rtol=1e-4, atol=1e-5)
