@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
                        help="accept a request while the expected wait is at most this share of its deadline")
     serve.add_argument("--token-file", default=None, help="file holding the bearer token requests must carry")
     serve.add_argument("--device", default="cpu",
-                       help="where the model scores: cpu, or cuda for pointwise rankers, transact_v2 and mimn")
+                       help="where the model scores: cpu or cuda (cuda:N); features are built on the host")
     serve.add_argument("--uic-url", default=None,
                        help="mimn runs: read the users' states from this UIC (`recsys uic serve`), e.g. http://127.0.0.1:8700")
     serve.add_argument("--uic-timeout-ms", type=float, default=50.0,

@@ -49,8 +49,7 @@ class Engine:
         """The engine of a run folder (its ``output_dir``, ``checkpoints/`` or a ``step_*`` folder);
         ``config``: the serve config (the HSTU ranker's KV cache); a mimn run with ``uic_url`` reads
         its users' states from that UIC (``recsys uic serve``). ``device``: where the model scores
-        (``cuda`` for pointwise rankers, transact_v2 and mimn; features are built on the host and
-        moved once per batch)."""
+        (``cpu`` or ``cuda``; features are built on the host and moved once per batch)."""
         from recsys.data.pipeline import load_events
         from recsys.inference import _locate, _run_config, _run_feature_spec, load
         from recsys.models import get_model_spec
@@ -58,7 +57,7 @@ class Engine:
         run_dir = _locate(Path(checkpoint), None)[0]
         cfg = _run_config(run_dir)
         task = get_model_spec(cfg.model_name).task
-        model = load(checkpoint).to(_serving_device(device, task, cfg.model_name))
+        model = load(checkpoint).to(_serving_device(device))
         log = load_events(cfg.data)
         store = FeatureStore(log, _run_feature_spec(run_dir, cfg))
         lifelong = None
@@ -104,8 +103,8 @@ class Engine:
         self.warm = True
 
 
-def _serving_device(device: str, task: str, name: str) -> torch.device:
-    """``device`` checked: a CUDA device needs CUDA and a ranker other than hstu_ranking."""
+def _serving_device(device: str) -> torch.device:
+    """``device`` checked: a CUDA device needs CUDA."""
     from recsys.errors import ConfigError
 
     try:
@@ -116,9 +115,6 @@ def _serving_device(device: str, task: str, name: str) -> torch.device:
         return chosen
     if chosen.type != "cuda" or not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: this machine has no CUDA device; serve on --device cpu")
-    if task == "retrieval" or name == "hstu_ranking":
-        raise ConfigError(f"--device {device}: {name} is served on the CPU for now (retrieval and M-FALCON); "
-                          "pass --device cpu")
     return chosen
 
 

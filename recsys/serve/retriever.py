@@ -45,14 +45,16 @@ class Retriever:
 
     def __init__(self, model: nn.Module, store: FeatureStore):
         self.model, self.store = model, store
-        self.item_vectors = model.item_vectors()  # [I, D] the index
+        self.item_vectors = model.item_vectors()  # [I, D] the index, on the model's device
+        self.device = self.item_vectors.device
         self.max_seq_len = store.spec.max_sequence or model.max_seq_len
 
     def user_vectors(self, requests: list[RetrievalRequest]):
         """``([B, D] user vectors, the SequenceBatch they were encoded from)``."""
         batch = self.store.sequence_batch([r.user for r in requests], [r.time for r in requests], self.max_seq_len)
-        times = torch.tensor([r.time for r in requests], dtype=torch.int64)  # [B] the predicted event's time
-        return self.model.encode(batch, next_timestamp=times)[batch.seq_offsets[1:] - 1], batch  # [B, D]
+        times = torch.tensor([r.time for r in requests], dtype=torch.int64, device=self.device)  # [B] predicted event's time
+        on_device = batch.to(self.device)
+        return self.model.encode(on_device, next_timestamp=times)[on_device.seq_offsets[1:] - 1], batch  # [B, D]
 
     def __call__(self, requests: list[RetrievalRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per request ``(items [k], scores [k])``, best first."""
@@ -61,6 +63,7 @@ class Retriever:
         self._exclude(scores, requests, batch)
         k = max(r.k for r in requests)
         top, items = torch.topk(scores, k, dim=1)  # [B, k]
+        items, top = items.cpu(), top.cpu()
         return [(items[b, : r.k], top[b, : r.k]) for b, r in enumerate(requests)]
 
     def _exclude(self, scores: torch.Tensor, requests: list[RetrievalRequest], batch) -> None:
@@ -69,6 +72,6 @@ class Retriever:
         seen = torch.split(batch.seen_items.values(), batch.seen_items.lengths().tolist())  # whole history
         for b, request in enumerate(requests):
             if request.exclude_seen == "last_n":
-                scores[b, read[b]] = float("-inf")
+                scores[b, read[b].to(scores.device)] = float("-inf")
             elif request.exclude_seen == "all":
-                scores[b, seen[b]] = float("-inf")
+                scores[b, seen[b].to(scores.device)] = float("-inf")

@@ -36,3 +36,34 @@ def test_cuda_scores_equal_cpu_scores(run_fixture, request):
     for a, b in zip(expected, got):
         for head in a:
             np.testing.assert_allclose(b[head], a[head], rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_hstu_ranking_scores_equal_cpu_scores(hstu_ranking_run):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cpu, cuda = engine_of(hstu_ranking_run), Engine.load(hstu_ranking_run, device="cuda")
+    log = cpu.store.log
+    time = int(log.timestamp.max()) + 1
+    requests = [RankingRequest(int(log.user_id[cpu.store.index.engaged_events[-1]]), np.arange(0, 40, 3), time, 0)]
+    with torch.inference_mode():
+        expected, got, warm = cpu.run(requests), cuda.run(requests), cuda.run(requests)  # warm: the KV cache hit
+    for a, b, c in zip(expected, got, warm):
+        for head in a:
+            np.testing.assert_allclose(b[head], a[head], rtol=1e-3, atol=1e-4)
+            np.testing.assert_allclose(c[head], b[head], rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_retrieval_equals_cpu_retrieval(hstu_run):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from recsys.serve.retriever import RetrievalRequest
+
+    cpu, cuda = engine_of(hstu_run), Engine.load(hstu_run, device="cuda")
+    log = cpu.store.log
+    time = int(log.timestamp.max()) + 1
+    requests = [RetrievalRequest(int(log.user_id[cpu.store.index.engaged_events[-1]]), 10, time, "last_n")]
+    with torch.inference_mode():
+        (items_cpu, scores_cpu), = cpu.run(requests)
+        (items_cuda, scores_cuda), = cuda.run(requests)
+    np.testing.assert_allclose(scores_cuda, scores_cpu, rtol=1e-3, atol=1e-4)
+    assert items_cuda[:3] == items_cpu[:3]
