@@ -121,6 +121,7 @@ def plan(
 
 
 def serve(
+    *overrides: str,
     checkpoint: str = "runs/dlrm-synthetic",
     host: str = "127.0.0.1",
     port: int = 8800,
@@ -128,15 +129,20 @@ def serve(
     queue: int = 256,
     deadline_ms: float = 100.0,
     token_file: str | None = None,
+    config: str | None = None,
+    device: str = "cpu",
+    uic_url: str | None = None,
     image: str = DEFAULT_IMAGE,
     h: str | None = None,
     cpu: int = 2,
+    gpu: int = 0,
     memMB: int = 8192,
     replicas: int = 1,
 ) -> specs.AppDef:
     """Serves a trained checkpoint over HTTP with ``recsys serve`` (POST /rank or /retrieve, GET /ready, /metrics).
 
     Args:
+        overrides: ``key=value`` overrides of the serve config (e.g. ``kv_cache.num_pages=8192``).
         checkpoint: a ``recsys train`` output_dir (or its checkpoints/ or a step_* folder), on storage the replicas see.
         host: bind address; loopback by default, as ``recsys serve``. Pass ``0.0.0.0`` to serve other hosts
             from a container, together with ``token_file``.
@@ -145,15 +151,21 @@ def serve(
         queue: most requests waiting; more get 503 at once.
         deadline_ms: a request not answered within this gets 503 with Retry-After.
         token_file: file holding the bearer token requests must carry (recommended off loopback).
+        config: serve config YAML (e.g. configs/serve/hstu_ranking.yaml: the HSTU ranker's KV cache).
+        device: where the model scores, ``cpu`` or ``cuda`` (then ask for ``gpu=1``).
+        uic_url: mimn runs: the UIC (``recsys uic serve``) whose user states the model reads.
         image: container image with recsys installed (docker/Dockerfile; ignored by local_cwd).
         h: named resource, overrides cpu/memMB.
         cpu: CPUs per replica.
+        gpu: GPUs per replica.
         memMB: memory per replica in MB.
         replicas: identical server replicas (put a load balancer in front).
     """
     args = ["serve", "--checkpoint", checkpoint, "--host", host, "--port", str(port), "--max-batch", str(max_batch),
-            "--queue", str(queue), "--deadline-ms", str(deadline_ms), *(["--token-file", token_file] if token_file else [])]
-    app = python(*args, m="recsys.cli", image=image, name="recsys-serve", cpu=cpu, memMB=memMB, h=h,
+            "--queue", str(queue), "--deadline-ms", str(deadline_ms), "--device", device,
+            *(["--token-file", token_file] if token_file else []), *(["--config", config] if config else []),
+            *(["--uic-url", uic_url] if uic_url else []), *overrides]
+    app = python(*args, m="recsys.cli", image=image, name="recsys-serve", cpu=cpu, gpu=gpu, memMB=memMB, h=h,
                  num_replicas=replicas)
     app.roles[0].port_map = {"http": port}
     return app

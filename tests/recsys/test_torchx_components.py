@@ -73,8 +73,23 @@ def test_serve_component_runs_recsys_serve_with_its_http_port():
     assert role.num_replicas == 2 and role.entrypoint == "python" and role.port_map == {"http": 9000}
     assert role.args == [
         "-m", "recsys.cli", "serve", "--checkpoint", "runs/dlrm", "--host", "0.0.0.0", "--port", "9000",
-        "--max-batch", "32", "--queue", "256", "--deadline-ms", "100.0", "--token-file", "/secrets/token",
+        "--max-batch", "32", "--queue", "256", "--deadline-ms", "100.0", "--device", "cpu", "--token-file", "/secrets/token",
     ]
+
+
+def test_serve_component_passes_the_serve_config_device_and_overrides():
+    app = components.serve("kv_cache.num_pages=8192", checkpoint="runs/hstu", config="configs/serve/hstu_ranking.yaml",
+                           device="cuda", gpu=1)
+    (role,) = app.roles
+    assert role.resource.gpu == 1
+    args = role.args
+    assert args[args.index("--device") + 1] == "cuda"
+    assert args[args.index("--config") + 1] == "configs/serve/hstu_ranking.yaml"
+    assert args[-1] == "kv_cache.num_pages=8192"
+    from recsys.cli import _parser
+
+    parsed = _parser().parse_args(args[2:])  # what `python -m recsys.cli` parses
+    assert parsed.overrides == ["kv_cache.num_pages=8192"] and parsed.device == "cuda"
 
 
 def test_serve_component_binds_loopback_unless_told_otherwise():
