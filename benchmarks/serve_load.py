@@ -59,7 +59,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="the run the server loads (and whose users/items the mix draws)")
     p.add_argument("--url", default=None, help="a running server (default: start `recsys serve` on loopback)")
-    p.add_argument("--candidates", type=int, default=500)
+    p.add_argument("--candidates", type=int, nargs="+", default=[500],
+                   help="candidates per request: N, or LO HI for sizes drawn uniformly in [LO, HI] "
+                        "(MLPerf DLRM v2-like requests: 100 700)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--rates", type=float, nargs="+", default=[10, 25, 50, 75, 100, 150])
     p.add_argument("--qps", type=float, default=None,
@@ -147,17 +149,21 @@ def histogram_quantile_le_ms(before: dict, after: dict, q: float) -> float | Non
 
 
 # ---------------------------------------------------------------------------------------------- the load
-def request_mix(checkpoint: str, candidates: int, seed: int, count: int = 512) -> list[bytes]:
-    """``count`` fixed JSON bodies: a random user of the run and ``candidates`` distinct random items each."""
+def request_mix(checkpoint: str, candidates: list[int], seed: int, count: int = 512) -> list[tuple[bytes, int]]:
+    """``count`` fixed ``(JSON body, its number of candidates)``: a random user of the run and distinct random
+    items each, ``candidates[0]`` of them, or a number drawn uniformly in ``[candidates[0], candidates[-1]]``."""
     from recsys.data.features import FEATURE_SPEC_FILE, load_feature_spec
     from recsys.inference import _locate
 
     spec = load_feature_spec(_locate(Path(checkpoint), None)[0] / FEATURE_SPEC_FILE)
     rng = np.random.default_rng(seed)
-    return [json.dumps({"user_id": int(rng.integers(spec.num_users)),
-                        "candidates": rng.choice(spec.num_items, size=min(candidates, spec.num_items),
-                                                 replace=False).tolist()}).encode()
-            for _ in range(count)]
+    low, high = candidates[0], candidates[-1]
+    bodies = []
+    for _ in range(count):
+        size = min(int(rng.integers(low, high + 1)), spec.num_items)
+        items = rng.choice(spec.num_items, size=size, replace=False).tolist()
+        bodies.append((json.dumps({"user_id": int(rng.integers(spec.num_users)), "candidates": items}).encode(), size))
+    return bodies
 
 
 def _percentiles(seconds: list[float]) -> dict:
@@ -171,7 +177,9 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, seconds:
     latencies, shed_latencies, statuses, retry_after = [], [], {}, set()
     headers = {"content-type": "application/json"}
 
-    async def one(body):
+    scored = [0]  # candidates of the requests answered 200
+
+    async def one(body, size):
         start = time.perf_counter()
         try:
             response = await client.post(f"{url}/rank", content=body, headers=headers)
@@ -182,6 +190,8 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, seconds:
             status = "exception"
         elapsed = time.perf_counter() - start
         statuses[status] = statuses.get(status, 0) + 1
+        if status == 200:
+            scored[0] += size
         (latencies if status == 200 else shed_latencies if status == 503 else []).append(elapsed)
 
     rss = [rss_mb(pid)]
@@ -198,7 +208,7 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, seconds:
         delay = start + next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(bodies[sent % len(bodies)])))
+        tasks.append(asyncio.create_task(one(*bodies[sent % len(bodies)])))
         sent += 1
         next_at += rng.expovariate(rate)
     send_seconds = time.perf_counter() - start
@@ -214,7 +224,8 @@ async def open_loop(client, url: str, bodies: list[bytes], rate: float, seconds:
     ok, shed = statuses.get(200, 0), statuses.get(503, 0)
     step = {"offered_qps": rate, "seconds": seconds, "sent": sent, "send_seconds": send_seconds, "ok": ok,
             "sent_qps": sent / seconds,
-            "achieved_qps": ok / max(wall, seconds), **_percentiles(latencies),
+            "achieved_qps": ok / max(wall, seconds), "scored_candidates_per_s": scored[0] / max(wall, seconds),
+            **_percentiles(latencies),
             "status_503": shed, "p50_503_ms": _percentiles(shed_latencies)["p50_ms"],
             "p99_503_ms": _percentiles(shed_latencies)["p99_ms"],
             "server_503_by_reason": {k: v - shed_before.get(k, 0.0) for k, v in shed_after.items()
@@ -279,12 +290,19 @@ def plot(result: dict, path):
         if step and step["p99_ms"] is not None:
             series[f"{mode} p99"] = [(step["offered_qps"], step["p99_ms"])]
     return line_plot(series, path, "offered load (requests/s)", "latency of accepted requests (ms)",
-              title=", ".join(filter(None, ["recsys serve /rank", f"{result['candidates']} candidates",
+              title=", ".join(filter(None, ["recsys serve /rank", _candidates_label(result["candidates"]),
                                                  result.get("machine")])))
+
+
+def _candidates_label(candidates) -> str:
+    sizes = candidates if isinstance(candidates, list) else [candidates]
+    return f"{sizes[0]} candidates" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]} candidates"
 
 
 def main(argv=None) -> None:
     args = _parse(argv)
+    if len(args.candidates) > 2 or args.candidates[0] < 1 or args.candidates[0] > args.candidates[-1]:
+        raise SystemExit(f"--candidates takes N or LO HI with 1 <= LO <= HI, got {args.candidates}")
     result = asyncio.run(main_async(args))
     from recsys.atomic_files import write_json_atomic
 

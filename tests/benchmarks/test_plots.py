@@ -125,3 +125,23 @@ def test_serve_stages_one_bar_per_stage(tmp_path, captured):
     assert_png(bench.plot(report, tmp_path / "st.png"))
     assert calls == [{"features": {"median ms": (0.3, pytest.approx(float("nan"), nan_ok=True))},
                       "forward": {"median ms": (4.2, pytest.approx(float("nan"), nan_ok=True))}}]
+
+
+def test_serve_load_mix_draws_sizes_in_the_range_and_counts_them(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import recsys.data.features as features
+    import recsys.inference as inference
+
+    bench = load("serve_load")
+    monkeypatch.setattr(inference, "_locate", lambda path, step: (tmp_path, None))
+    monkeypatch.setattr(features, "load_feature_spec", lambda path: SimpleNamespace(num_users=50, num_items=1000))
+    mix = bench.request_mix("run", [100, 700], seed=0, count=200)
+    sizes = [size for _, size in mix]
+    assert min(sizes) >= 100 and max(sizes) <= 700 and len(set(sizes)) > 50
+    for body, size in mix[:20]:
+        items = json.loads(body)["candidates"]
+        assert len(items) == size == len(set(items))
+    assert {size for _, size in bench.request_mix("run", [500], seed=0, count=10)} == {500}
+    assert bench._candidates_label([100, 700]) == "100-700 candidates" and bench._candidates_label(500) == "500 candidates"
