@@ -135,6 +135,8 @@ class TransActV2Ranker:
     A request's sequence is what ``lifelong`` holds for the user strictly before the request time;
     its history bags, surface and context come from the feature store's own row of the request (the
     training pipeline's collate), so the scores are the offline model's on the stored S_all rows.
+    On CUDA the dense stage (encoder, interaction, heads) replays one CUDA graph per bucketed shape
+    (:class:`~recsys.ranking.graphs.DenseStageGraphs`), captured on the bucket's first batch.
 
     Args:
         model: a ``transact_v2`` Pinnability in eval mode.
@@ -148,6 +150,7 @@ class TransActV2Ranker:
         self.model, self.store, self.lifelong, self.config, self.kernel = model, store, lifelong, config, kernel
         self.heads = list(model.heads)
         self.arena = None  # grown to the largest batch seen, then reused
+        self.graphs = _dense_stage_graphs(model)  # CUDA: the dense stage replayed per bucket; else None
 
     def __call__(self, requests: list[RankingRequest]) -> torch.Tensor:
         """``[R, H]`` probabilities of the candidates of ``requests``, request after request."""
@@ -155,7 +158,7 @@ class TransActV2Ranker:
 
         batch = self.rank_requests_of(requests)
         logits = rank_requests(self.model, batch, self.store.log.items, lifelong=self.config,
-                               arena=self._arena(batch), kernel=self.kernel)
+                               arena=self._arena(batch), kernel=self.kernel, graphs=self.graphs)
         return torch.sigmoid(torch.cat(logits).float())  # [R, H]
 
     def rank_requests_of(self, requests: list[RankingRequest]) -> list:
@@ -184,6 +187,15 @@ class TransActV2Ranker:
                                                                                     have.tokens))]
             self.arena = HostArena(self.store.spec, *grown, device=_device_of(self.model))
         return self.arena
+
+
+def _dense_stage_graphs(model: nn.Module):
+    """The CUDA graphs of ``rank_requests``' dense stage for a model on a CUDA device, else None (eager)."""
+    if _device_of(model).type != "cuda":
+        return None
+    from recsys.ranking.graphs import DenseStageGraphs
+
+    return DenseStageGraphs(model)
 
 
 def _device_of(model: nn.Module) -> torch.device:
