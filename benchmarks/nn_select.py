@@ -92,17 +92,17 @@ def hbm_limit(device_name: str) -> float:
     return next((v for key, v in HBM_GBPS.items() if key in device_name), HBM_GBPS["H100"])
 
 
-def select_fn(backend: str, x: dict, k: int):
+def select_fn(backend: str, x: dict, k: int, segment_len: int | None = None):
     """A zero-argument call of one backend on the inputs ``x``."""
     if backend == "triton-direct":
         from recsys.kernels.nn_select_triton import nn_select_triton
 
         args = {key: v for key, v in x.items() if key != "inverse_norms"}
-        return lambda: nn_select_triton(**args, k=k, inverse_norms=x["inverse_norms"])
+        return lambda: nn_select_triton(**args, k=k, inverse_norms=x["inverse_norms"], segment_len=segment_len)
     return lambda: nn_select(**x, k=k, kernel=backend)
 
 
-def run(shapes, backends: list[str], device: str, repeats: int) -> list[dict]:
+def run(shapes, backends: list[str], device: str, repeats: int, segment_len: int | None = None) -> list[dict]:
     hbm = hbm_limit(torch.cuda.get_device_name()) if device == "cuda" else HBM_GBPS["H100"]
     rows = []
     for name, requests, length, per_request, dim, k, target in shapes:
@@ -112,13 +112,14 @@ def run(shapes, backends: list[str], device: str, repeats: int) -> list[dict]:
         ops = 2 * num_candidates * length * dim
         want = nn_select(**x, k=k, kernel="pytorch")
         for backend in backends:
-            fn = select_fn(backend, x, k)
+            fn = select_fn(backend, x, k, segment_len)
             if not torch.equal(fn(), want):
                 raise SystemExit(f"{backend} differs from the reference on shape {name!r}")
             ms = time_ms(fn, device, repeats)
             gbps, tops = min_bytes / (ms * 1e-3) / 1e9, ops / (ms * 1e-3) / 1e12
             rows.append(dict(shape=name, requests=requests, length=length, candidates_per_request=per_request,
                              dim=dim, k=k, backend=backend, ms=ms, target_ms=target,
+                             segment_len=segment_len if backend == "triton-direct" else None,
                              met=None if target is None else ms <= target, gb_per_s=gbps, hbm_gb_per_s=hbm,
                              hbm_share=gbps / hbm, tops=tops, int8_tops=INT8_TOPS, tops_share=tops / INT8_TOPS,
                              min_bytes=min_bytes, int8_ops=ops))
@@ -158,6 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="run the reference on CPU (small shapes)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--segment-len", type=int, default=None,
+                        help="triton-direct: tokens per program (default: the kernel's choice); for tuning")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/nn_select.json"))
     args = parser.parse_args()
     if args.cpu:
@@ -166,7 +169,7 @@ def main() -> None:
         device, shapes, backends = "cuda", GPU_SHAPES, ["pytorch", "triton", "triton-direct"]
     else:
         raise SystemExit("no CUDA device: run with --cpu for the reference on CPU")
-    rows = run(shapes, backends, device, max(1, args.repeats))
+    rows = run(shapes, backends, device, max(1, args.repeats), args.segment_len)
     print(format_table(rows))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     report = {"device": name, "torch": torch.__version__, "hbm_gb_per_s": hbm_limit(name), "int8_tops": INT8_TOPS,

@@ -18,17 +18,22 @@ keys are exactly the reference's choice.
 
 Top-k in two passes over the program's tokens (the second re-reads them from L2):
 
-1. Group maxima: ``best[n, j] = max key over the tokens in tile column j`` (one elementwise max
-   per score). The ``BLOCK_S`` groups are disjoint, so the k-th largest group maximum ``tau`` has
-   at least k keys at or above it: the top k all lie at or above ``tau``. With ``BLOCK_S >= 2k``
-   only about ``-BLOCK_S * ln(1 - k / BLOCK_S) <= 1.4 k`` keys do, for keys in random order.
-2. Collection: the keys ``>= tau`` go to a per-candidate buffer of ``CAP >= k + BLOCK_S`` slots in
-   global memory (cached; about 1.4 k writes per candidate), at ``count + cumsum``. Should a tile
-   not fit (keys in an adversarial order, or ``k > BLOCK_S``) the buffer is first shrunk to its top k
-   and ``tau`` raised to its k-th key: exact whatever the order, only slower.
+1. Group maxima: ``best[n, j] = max ordered score over the tokens in tile column j`` (one
+   elementwise int32 max per score). The ``BLOCK_S`` groups are disjoint, so with ``tau`` the
+   k-th largest group maximum, at least k tokens score ``>= tau``: the top k all have keys
+   ``>= tau * 2^32``. With ``BLOCK_S >= 2k`` only about ``-BLOCK_S * ln(1 - k / BLOCK_S) <= 1.4 k``
+   tokens pass, for scores in random order (more under exact ties of the k-th score: duplicates).
+2. Collection: the tokens whose key is ``>= tau`` go to a per-candidate buffer of
+   ``CAP >= k + BLOCK_S`` slots in global memory (L1/L2-resident; an int32 score and an int32
+   position per slot), at ``kept + cumsum``. Should a buffer overflow (scores in an adversarial
+   order, many ties, or ``k > BLOCK_S`` where pass 1 gives no bound), ``tau`` rises to the k-th
+   largest of the ``CAP`` keys it holds and the pass runs again: exact whatever the order, only
+   slower.
 
-Then the buffer is sorted (a bitonic network in registers, ``SUB`` candidates at a time), its top k keys kept, and
-their positions sorted again into time order and written, padded with -1.
+Then each buffer is sorted (a bitonic network in registers, ``SUB`` candidates at a time, through
+memory so that few registers are live), its top k keys kept, and their positions sorted again
+into time order and written, padded with -1. ``tl.sort`` is not used: its xor reduction takes
+seconds per call in the interpreter; the network here compares by a min and a max over a pair axis.
 
 When the candidate blocks cannot fill the GPU (one request, or few), each sequence is also cut
 into segments, one program per (block, segment). Each writes its segment's top-k keys, and a
@@ -130,16 +135,61 @@ def _split(keys):
 
 
 @triton.jit
-def _shrink_buffers(buf_ptr, state_ptr, order_ptr, out_ptr, slot0, count, segment, num_segments, k,
-                    BLOCK_N: tl.constexpr, CAP: tl.constexpr, LOG_CAP: tl.constexpr, SUB: tl.constexpr,
-                    FINAL: tl.constexpr, WRITE_KEYS: tl.constexpr):
-    """Sort each candidate's buffer, ``SUB`` candidates at a time, through memory.
+def _sorted_buffers(buf_ptr, at, kept, ok, SUB: tl.constexpr, CAP: tl.constexpr, W: tl.constexpr,
+                    LOG_W: tl.constexpr):
+    """``[SUB, W]`` int64 keys of the first ``W`` slots of buffer rows ``at``, sorted ascending
+    (empty slots, ``INT64_MIN``, first). A buffer row is ``CAP`` int32 scores then ``CAP`` int32 positions."""
+    col = tl.arange(0, W)
+    here = buf_ptr + at[:, None] * (2 * CAP) + col[None, :]  # [SUB, W] the scores' slots
+    used = ok[:, None] & (col[None, :] < kept[:, None])
+    keys = _keys(tl.load(here, mask=used, other=INT32_MIN), tl.load(here + CAP, mask=used, other=0))
+    return _sort_rows(keys, SUB, W, LOG_W)
 
-    A buffer row is ``CAP`` int32 scores then ``CAP`` int32 positions; ``state[row] = (kept, tau)``.
-    Not ``FINAL``: keep the top ``min(kept, k)`` keys at the start of the buffer and raise ``tau``
-    to the k-th key. ``FINAL``: write the top k as keys (``WRITE_KEYS``, ``out [B, segments, k]``,
-    ``INT64_MIN`` padded) or as positions (``out [B, k]``).
-    """
+
+@triton.jit
+def _emit_top_k(buf_ptr, at, kept, ok, cand, out_ptr, segment, num_segments, k, SUB: tl.constexpr,
+                CAP: tl.constexpr, W: tl.constexpr, LOG_W: tl.constexpr, WRITE_KEYS: tl.constexpr):
+    """The top ``min(kept, k)`` keys of the buffer rows ``at`` (all within their first ``W`` slots)
+    to ``out``: as keys (``WRITE_KEYS``, ``out [B, segments, k]``, ``INT64_MIN`` padded) or as
+    positions in time order (``out [B, k]``, -1 padded)."""
+    keys = _sorted_buffers(buf_ptr, at, kept, ok, SUB, CAP, W, LOG_W)
+    keep = tl.minimum(kept, k)
+    col = tl.arange(0, W)
+    if WRITE_KEYS:
+        rows = (cand * num_segments + segment) * k
+        tl.store(out_ptr + rows[:, None] + col[None, :] - (W - keep)[:, None], keys,
+                 mask=ok[:, None] & (col[None, :] >= (W - keep)[:, None]))
+        tl.store(out_ptr + rows[:, None] + col[None, :], tl.full([SUB, W], INT64_MIN, tl.int64),
+                 mask=ok[:, None] & (col[None, :] >= keep[:, None]) & (col[None, :] < k))
+    else:
+        _store_positions(keys, keep, out_ptr, cand, ok, k, SUB, W, LOG_W)
+
+
+@triton.jit
+def _write_top_k(buf_ptr, state_ptr, order_ptr, out_ptr, slot0, count, segment, num_segments, k,
+                 BLOCK_N: tl.constexpr, CAP: tl.constexpr, LOG_CAP: tl.constexpr, SUB: tl.constexpr,
+                 WRITE_KEYS: tl.constexpr):
+    """Every buffer's top k to ``out``, ``SUB`` candidates at a time (``state[row] = (kept, tau)``);
+    a chunk whose buffers fill at most half their slots (the usual case) sorts only that half."""
+    for r0 in range(0, BLOCK_N, SUB):  # a loop, not unrolled: one chunk live at a time
+        r = r0 + tl.arange(0, SUB)
+        ok = r < count
+        at = (slot0 + r) * num_segments + segment  # [SUB] int64 row of buf and state
+        kept = tl.load(state_ptr + at * 2, mask=ok, other=0)  # [SUB] int64
+        cand = tl.load(order_ptr + slot0 + r, mask=ok, other=0)  # [SUB] original candidate index
+        if tl.max(kept, axis=0) <= CAP // 2:
+            _emit_top_k(buf_ptr, at, kept, ok, cand, out_ptr, segment, num_segments, k, SUB, CAP, CAP // 2,
+                        LOG_CAP - 1, WRITE_KEYS)
+        else:
+            _emit_top_k(buf_ptr, at, kept, ok, cand, out_ptr, segment, num_segments, k, SUB, CAP, CAP, LOG_CAP,
+                        WRITE_KEYS)
+
+
+@triton.jit
+def _shrink_buffers(buf_ptr, state_ptr, slot0, count, segment, num_segments, k, BLOCK_N: tl.constexpr,
+                    CAP: tl.constexpr, LOG_CAP: tl.constexpr, SUB: tl.constexpr):
+    """Keep the top ``min(kept, k)`` keys of every buffer at its start and raise ``tau`` to the
+    k-th key, ``SUB`` candidates at a time (``state[row] = (kept, tau)``)."""
     col = tl.arange(0, CAP)
     for r0 in range(0, BLOCK_N, SUB):  # a loop, not unrolled: one chunk live at a time
         r = r0 + tl.arange(0, SUB)
@@ -147,31 +197,16 @@ def _shrink_buffers(buf_ptr, state_ptr, order_ptr, out_ptr, slot0, count, segmen
         at = (slot0 + r) * num_segments + segment  # [SUB] int64 row of buf and state
         kept = tl.load(state_ptr + at * 2, mask=ok, other=0)  # [SUB] int64
         tau = tl.load(state_ptr + at * 2 + 1, mask=ok, other=INT64_MIN)
-        here = buf_ptr + at[:, None] * (2 * CAP) + col[None, :]  # [SUB, CAP] the scores' slots
-        used = ok[:, None] & (col[None, :] < kept[:, None])
-        scores = tl.load(here, mask=used, other=INT32_MIN)
-        keys = _keys(scores, tl.load(here + CAP, mask=used, other=0))  # empty slots: INT64_MIN
-        keys = _sort_rows(keys, SUB, CAP, LOG_CAP)  # [SUB, CAP] ascending, empty slots first
+        keys = _sorted_buffers(buf_ptr, at, kept, ok, SUB, CAP, CAP, LOG_CAP)  # [SUB, CAP]
         keep = tl.minimum(kept, k)
-        top = col[None, :] >= (CAP - keep)[:, None]  # [SUB, CAP] the top `keep`
-        shifted = col[None, :] - (CAP - keep)[:, None]  # their rank from the smallest kept, 0 ..
-        if FINAL:
-            cand = tl.load(order_ptr + slot0 + r, mask=ok, other=0)  # [SUB] original candidate index
-            if WRITE_KEYS:
-                rows = (cand * num_segments + segment) * k
-                tl.store(out_ptr + rows[:, None] + shifted, keys, mask=ok[:, None] & top)
-                tl.store(out_ptr + rows[:, None] + col[None, :], tl.full([SUB, CAP], INT64_MIN, tl.int64),
-                         mask=ok[:, None] & (col[None, :] >= keep[:, None]) & (col[None, :] < k))
-            else:
-                _store_positions(keys, keep, out_ptr, cand, ok, k, SUB, CAP, LOG_CAP)
-        else:
-            kth = tl.max(tl.where(col[None, :] == CAP - k, keys, INT64_MIN), axis=1)  # INT64_MIN if kept < k
-            kept_scores, kept_pos = _split(keys)
-            there = buf_ptr + at[:, None] * (2 * CAP) + shifted
-            tl.store(there, kept_scores, mask=ok[:, None] & top)
-            tl.store(there + CAP, kept_pos, mask=ok[:, None] & top)
-            tl.store(state_ptr + at * 2, keep, mask=ok)
-            tl.store(state_ptr + at * 2 + 1, tl.maximum(tau, kth), mask=ok)
+        top = ok[:, None] & (col[None, :] >= (CAP - keep)[:, None])  # [SUB, CAP] the top `keep`
+        kth = tl.max(tl.where(col[None, :] == CAP - k, keys, INT64_MIN), axis=1)  # INT64_MIN if kept < k
+        kept_scores, kept_pos = _split(keys)
+        there = buf_ptr + at[:, None] * (2 * CAP) + col[None, :] - (CAP - keep)[:, None]  # slots 0 .. keep - 1
+        tl.store(there, kept_scores, mask=top)
+        tl.store(there + CAP, kept_pos, mask=top)
+        tl.store(state_ptr + at * 2, keep, mask=ok)
+        tl.store(state_ptr + at * 2 + 1, tl.maximum(tau, kth), mask=ok)
 
 
 @triton.jit
@@ -256,8 +291,8 @@ def _nn_select_kernel(
                 tl.store(state_ptr + at * 2, tl.minimum(kept, CAP).to(tl.int64), mask=row_ok)
                 tl.store(state_ptr + at * 2 + 1, tau, mask=row_ok)
                 tl.debug_barrier()
-                _shrink_buffers(buf_ptr, state_ptr, order_ptr, out_ptr, slot0, count, segment, num_segments, k,
-                                BLOCK_N, CAP, LOG_CAP, SUB, False, WRITE_KEYS)
+                _shrink_buffers(buf_ptr, state_ptr, slot0, count, segment, num_segments, k, BLOCK_N, CAP, LOG_CAP,
+                                SUB)
                 tl.debug_barrier()
                 tau = tl.load(state_ptr + at * 2 + 1, mask=row_ok, other=INT64_MIN)
                 tau_score, tau_pos = _split(tau)
@@ -266,8 +301,8 @@ def _nn_select_kernel(
         tl.store(state_ptr + at * 2, kept.to(tl.int64), mask=row_ok)
         tl.store(state_ptr + at * 2 + 1, tau, mask=row_ok)
         tl.debug_barrier()
-        _shrink_buffers(buf_ptr, state_ptr, order_ptr, out_ptr, slot0, count, segment, num_segments, k,
-                        BLOCK_N, CAP, LOG_CAP, SUB, True, WRITE_KEYS)
+        _write_top_k(buf_ptr, state_ptr, order_ptr, out_ptr, slot0, count, segment, num_segments, k, BLOCK_N, CAP,
+                     LOG_CAP, SUB, WRITE_KEYS)
 
 
 @triton.jit
@@ -291,33 +326,37 @@ def _cap(args: dict) -> int:
 
 def _sub(args: dict) -> int:
     """Candidates sorted at a time: [SUB, CAP] int64 keys stay small in registers."""
-    return max(2, min(16, args["BLOCK_N"], 2048 // _cap(args)))
+    return max(2, min(16, args["BLOCK_N"], 1024 // _cap(args)))
 
 
 _heuristics = triton.heuristics({"CAP": _cap, "LOG_CAP": lambda args: _cap(args).bit_length() - 1,
                                   "LOG_S": lambda args: args["BLOCK_S"].bit_length() - 1, "SUB": _sub})
 
-# Hopper candidates. BLOCK_S >= 2k keeps pass 2's buffer small (see the module docstring); larger
-# tiles cost registers ([BLOCK_N, BLOCK_S] int64 group maxima plus a tile of keys).
+# Hopper candidates, checked by compiling for sm_90a (Triton 3.9, cuobjdump -res-usage): at C = 32,
+# k = 64, 64 candidates x 128 tokens at 8 warps takes 255 registers and spills ~100 bytes (in the
+# final sorts, run once per program), at 4 warps ~950 bytes; 16 x 128 at 4 warps spills nothing.
 CONFIGS = [
-    triton.Config({"BLOCK_S": 128}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_S": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_S": 256}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_S": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_S": 64}, num_warps=4, num_stages=3),  # k < 64
+    triton.Config({"BLOCK_S": 256}, num_warps=8, num_stages=2),  # k >= 128
 ]
 TUNE_KEY = ["len_bucket", "BLOCK_N", "BLOCK_C", "K_PAD", "WRITE_KEYS"]
 
 
-def _fitting(configs, k_pad: int) -> list:
-    """Tiles at least as wide as k (else pass 1 gives no bound) and no wider than needed (the
-    buffer grows with the tile): ``k_pad <= BLOCK_S <= max(128, k_pad)``; else the widest."""
-    fit = [c for c in configs if k_pad <= c.kwargs["BLOCK_S"] <= max(128, k_pad)]
+def _fitting(configs, k: int) -> list:
+    """Tiles wider than k, so that pass 1's bound admits few tokens (``-BLOCK_S * ln(1 - k / BLOCK_S)``:
+    4.2 k at ``BLOCK_S = k``, 1.4 k at ``2k``), and no wider than needed (the buffer grows with
+    the tile): ``k < BLOCK_S <= max(128, 2 * k_pad)``; else the widest."""
+    widest = max(128, 2 * triton.next_power_of_2(k))
+    fit = [c for c in configs if k < c.kwargs["BLOCK_S"] <= widest]
     return fit or [max(configs, key=lambda c: c.kwargs["BLOCK_S"])]
 
 
 def _prune(configs, named_args, **kwargs):
-    return _fitting(configs, kwargs.get("K_PAD", named_args.get("K_PAD")))
+    return _fitting(configs, kwargs.get("k", named_args.get("k")))
 
 
 _select_plain = _heuristics(_nn_select_kernel)
@@ -372,7 +411,7 @@ def nn_select_triton(
     num_segments = max(1, triton.cdiv(longest, segment_len))
     write_keys = num_segments > 1
     k_pad = triton.next_power_of_2(k)
-    widest = block_s or max(c.kwargs["BLOCK_S"] for c in _fitting(CONFIGS, k_pad))
+    widest = block_s or max(c.kwargs["BLOCK_S"] for c in _fitting(CONFIGS, k))
     cap = _cap(dict(K_PAD=k_pad, BLOCK_S=widest))  # the most slots any config uses
     buf = torch.empty(num_candidates * num_segments * 2 * cap, dtype=torch.int32, device=values.device)
     state = torch.empty(num_candidates * num_segments * 2, dtype=torch.int64, device=values.device)
