@@ -13,7 +13,9 @@ checked to equal the reference exactly. Time is the median of ``--repeats`` runs
 - ``pytorch``: the reference through ``nn_select`` (input checks included);
 - ``triton``: the kernel through ``nn_select`` (input checks: one device sync);
 - ``triton-direct``: ``nn_select_triton`` itself (no input checks; its candidate grouping still
-  syncs once): what the kernels and their launch cost.
+  syncs once);
+- ``triton-graph``: the kernels alone: int8 candidates and their grouping prepared once, the
+  select and merge launches captured in a CUDA graph and replayed (no host work timed).
 
 GB/s counts the bytes the op must move at least: the int8 sequences once (``R * S * C``), their
 float32 inverse norms (``R * S * 4``), the candidates (``B * C * 4``) and the output (``B * k * 8``),
@@ -92,8 +94,35 @@ def hbm_limit(device_name: str) -> float:
     return next((v for key, v in HBM_GBPS.items() if key in device_name), HBM_GBPS["H100"])
 
 
+def graph_fn(x: dict, k: int, segment_len: int | None = None):
+    """The kernels alone: int8 candidates and their grouping prepared once, the two launches
+    captured in a CUDA graph (after autotuning) and replayed: no host work is timed."""
+    from recsys.kernels.nn_select_triton import candidate_groups, nn_select_triton
+
+    codes = quantize_int8(x["candidates"])
+    groups = candidate_groups(x["candidate_seq"], x["seq_lengths"])
+
+    def call():
+        return nn_select_triton(x["values"], x["seq_starts"], x["seq_lengths"], codes, x["candidate_seq"], k,
+                                inverse_norms=x["inverse_norms"], segment_len=segment_len, groups=groups)
+
+    call()  # autotune and compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
 def select_fn(backend: str, x: dict, k: int, segment_len: int | None = None):
     """A zero-argument call of one backend on the inputs ``x``."""
+    if backend == "triton-graph":
+        return graph_fn(x, k, segment_len)
     if backend == "triton-direct":
         from recsys.kernels.nn_select_triton import nn_select_triton
 
@@ -119,7 +148,7 @@ def run(shapes, backends: list[str], device: str, repeats: int, segment_len: int
             gbps, tops = min_bytes / (ms * 1e-3) / 1e9, ops / (ms * 1e-3) / 1e12
             rows.append(dict(shape=name, requests=requests, length=length, candidates_per_request=per_request,
                              dim=dim, k=k, backend=backend, ms=ms, target_ms=target,
-                             segment_len=segment_len if backend == "triton-direct" else None,
+                             segment_len=segment_len if backend.startswith("triton-") else None,
                              met=None if target is None else ms <= target, gb_per_s=gbps, hbm_gb_per_s=hbm,
                              hbm_share=gbps / hbm, tops=tops, int8_tops=INT8_TOPS, tops_share=tops / INT8_TOPS,
                              min_bytes=min_bytes, int8_ops=ops))
@@ -160,13 +189,13 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="run the reference on CPU (small shapes)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--segment-len", type=int, default=None,
-                        help="triton-direct: tokens per program (default: the kernel's choice); for tuning")
+                        help="triton-direct, triton-graph: tokens per program (default: the kernel's choice); for tuning")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/nn_select.json"))
     args = parser.parse_args()
     if args.cpu:
         device, shapes, backends = "cpu", CPU_SHAPES, ["pytorch"]
     elif torch.cuda.is_available():
-        device, shapes, backends = "cuda", GPU_SHAPES, ["pytorch", "triton", "triton-direct"]
+        device, shapes, backends = "cuda", GPU_SHAPES, ["pytorch", "triton", "triton-direct", "triton-graph"]
     else:
         raise SystemExit("no CUDA device: run with --cpu for the reference on CPU")
     rows = run(shapes, backends, device, max(1, args.repeats), args.segment_len)

@@ -122,7 +122,7 @@ def nn_select_rows(repeats: int) -> list[dict]:
     from nn_select import GPU_SHAPES, run  # benchmarks/nn_select.py, beside this file
 
     shapes = [(f"S={s} N={n} R={r}", r, s, n, 32, NN_K, None) for s, n, r in NN_GRID]
-    return run(shapes + GPU_SHAPES[:4], ["pytorch", "triton"], "cuda", repeats)
+    return run(shapes + GPU_SHAPES[:4], ["pytorch", "triton", "triton-graph"], "cuda", repeats)
 
 
 def format_h2d(rows: list[dict]) -> str:

@@ -44,6 +44,8 @@ Shapes: T tokens, C content dimension, R sequences, B candidates, k tokens kept.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -376,6 +378,7 @@ def nn_select_triton(
     inverse_norms: torch.Tensor | None = None,
     segment_len: int | None = None,
     block_s: int | None = None,
+    groups: CandidateGroups | None = None,
 ) -> torch.Tensor:
     """Top-``k`` tokens of each candidate's sequence by normalised score, in time order.
 
@@ -387,6 +390,10 @@ def nn_select_triton(
         segment_len: tokens per program (positive); default: whole
             sequences, or segments when the candidate blocks alone cannot fill the GPU.
         block_s: the token tile, instead of the autotuned one (a power of two >= 16).
+        groups: :func:`candidate_groups` of these candidates and sequences, for callers that select
+            for the same candidates and sequences many times; None = computed here (one device sync).
+            With ``groups``, int8 ``candidates`` and ``inverse_norms`` given, the call launches two
+            kernels and never syncs (it can be captured in a CUDA graph).
 
     Returns:
         ``[B, k]`` int64 positions within the sequence, ascending, -1 padded.
@@ -398,7 +405,9 @@ def nn_select_triton(
     if k == 0 or num_candidates == 0:
         return torch.full((num_candidates, k), -1, dtype=torch.int64, device=values.device)
     seq_lengths = seq_lengths.to(torch.int64).contiguous()
-    order, group_first, group_count, most, longest = _groups(candidate_seq.to(torch.int64), seq_lengths, num_seqs)
+    if groups is None:
+        groups = candidate_groups(candidate_seq, seq_lengths)
+    order, group_first, group_count, most, longest = groups
     if longest > MAX_LENGTH:
         raise DataError(f"nn_select_triton: sequences must be shorter than 2^31 tokens, got {longest}")
     block_n = min(MAX_BLOCK_N, max(MIN_DOT, triton.next_power_of_2(most)))
@@ -434,20 +443,25 @@ def nn_select_triton(
     return out
 
 
-def _groups(candidate_seq: torch.Tensor, seq_lengths: torch.Tensor, num_seqs: int):
-    """Candidates grouped by sequence, with one host sync.
+class CandidateGroups(NamedTuple):
+    """Candidates grouped by the sequence they rank (what the kernel's grid is built from)."""
 
-    Returns:
-        order ``[B]`` candidate indices grouped by sequence; per sequence ``[R]`` its group's first
-        entry in ``order`` and its candidate count; the largest count; the longest sequence that
-        has candidates.
-    """
+    order: torch.Tensor  # [B] int64 candidate indices grouped by sequence
+    first: torch.Tensor  # [R] int64 each sequence's first entry in `order`
+    count: torch.Tensor  # [R] int64 each sequence's candidate count
+    most: int  # the largest count
+    longest: int  # the longest sequence that has candidates
+
+
+def candidate_groups(candidate_seq: torch.Tensor, seq_lengths: torch.Tensor) -> CandidateGroups:
+    """:class:`CandidateGroups` of ``candidate_seq [B]`` over ``seq_lengths [R]``, with one device sync."""
+    candidate_seq = candidate_seq.to(torch.int64)
     order = torch.argsort(candidate_seq, stable=True)  # [B]
-    count = torch.zeros(num_seqs, dtype=torch.int64, device=candidate_seq.device)
+    count = torch.zeros(seq_lengths.numel(), dtype=torch.int64, device=candidate_seq.device)
     count.index_add_(0, candidate_seq, torch.ones_like(candidate_seq))  # [R], no sync (bincount syncs)
     first = torch.cumsum(count, 0) - count  # [R]
-    most, longest = torch.stack([count.max(), torch.where(count > 0, seq_lengths, 0).max()]).tolist()
-    return order.contiguous(), first.contiguous(), count, int(most), int(longest)
+    most, longest = torch.stack([count.max(), torch.where(count > 0, seq_lengths.to(torch.int64), 0).max()]).tolist()
+    return CandidateGroups(order.contiguous(), first.contiguous(), count, int(most), int(longest))
 
 
 def _segment_len(values: torch.Tensor, num_blocks: int, longest: int) -> int:

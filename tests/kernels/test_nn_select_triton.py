@@ -90,6 +90,19 @@ def test_adversarial_order_overflows_the_buffer():
     assert got[0].tolist() == column0[-k:].tolist()  # candidate along axis 0: the k largest of column 0
 
 
+def test_precomputed_groups_give_the_same_selection():
+    """Candidates in any order, grouped once and reused (what a CUDA-graph caller does)."""
+    from recsys.kernels.nn_select_triton import candidate_groups
+
+    values, starts, lengths, candidates, candidate_seq = make_case([50, 0, 17], 3, 32, seed=5)
+    groups = candidate_groups(candidate_seq, lengths)
+    assert groups.most == int(torch.bincount(candidate_seq).max()) and groups.longest == 50
+    codes = quantize_int8(candidates)
+    for k in (4, 20):
+        got = kernel(values, starts, lengths, codes, candidate_seq, k=k, groups=groups)
+        assert torch.equal(got, nn_select(values, starts, lengths, candidates, candidate_seq, k, kernel="pytorch"))
+
+
 def test_k_zero_and_int8_candidates():
     values, starts, lengths, candidates, candidate_seq = make_case([12, 7], 2, 32, seed=1)
     assert nn_select(values, starts, lengths, candidates, candidate_seq, 0, kernel="triton").shape == (4, 0)
