@@ -340,7 +340,6 @@ _heuristics = triton.heuristics({"CAP": _cap, "LOG_CAP": lambda args: _cap(args)
 CONFIGS = [
     triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_S": 128}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_S": 64}, num_warps=4, num_stages=3),  # k < 64
     triton.Config({"BLOCK_S": 256}, num_warps=8, num_stages=2),  # k >= 128
