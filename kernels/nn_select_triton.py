@@ -322,7 +322,8 @@ def _merge_segments_kernel(keys_ptr, out_ptr, num_candidates, k, width, ROWS: tl
 
 
 def _cap(args: dict) -> int:
-    """Buffer slots per candidate: a power of two >= k + BLOCK_S (a whole tile fits after a shrink)."""
+    """Buffer slots per candidate: a power of two >= k + BLOCK_S (the ~1.4 k tokens pass 1 admits,
+    with slack; an overflow costs another pass, which then admits at least CAP - k fewer)."""
     return 2 * max(args["K_PAD"], args["BLOCK_S"])
 
 
@@ -335,8 +336,9 @@ _heuristics = triton.heuristics({"CAP": _cap, "LOG_CAP": lambda args: _cap(args)
                                   "LOG_S": lambda args: args["BLOCK_S"].bit_length() - 1, "SUB": _sub})
 
 # Hopper candidates, checked by compiling for sm_90a (Triton 3.9, cuobjdump -res-usage): at C = 32,
-# k = 64, 64 candidates x 128 tokens at 8 warps takes 255 registers and spills ~100 bytes (in the
-# final sorts, run once per program), at 4 warps ~950 bytes; 16 x 128 at 4 warps spills nothing.
+# k = 64, 64 candidates x 128 tokens at 8 warps takes 255 registers and spills ~100 bytes, at 4 warps
+# ~950 bytes; 16 x 128 at 4 warps spills nothing. A build without the sorts (run once per program)
+# did not spill, so the spills sit there rather than in the two passes. Not yet timed on a GPU.
 CONFIGS = [
     triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_S": 128}, num_warps=8, num_stages=2),
