@@ -17,8 +17,9 @@ Sections:
   the batch, pack the reused arena, one copy, NN selection, lookups, encoder, heads; p50 and p99
   over ``--repeats`` calls after warm-up (on CUDA with a synchronize per call, and CUDA graphs
   for the dense stage unless ``--no-graphs``).
-- ``nn_select`` (CUDA only): the NN-selection op over an S x N x R grid, Triton against PyTorch
-  (rows as in ``benchmarks/nn_select.py``, whose ``run`` it calls).
+- ``nn_select`` (CUDA only): the NN-selection op over an S x N x R grid at k = 64, then the
+  serving targets of ``benchmarks/nn_select.py`` (whose ``run`` it calls): the fused Triton kernel
+  against PyTorch, with achieved GB/s and int8 TOP/s next to the HBM and tensor-core limits.
 
 Writes the JSON report and a PNG of the bytes beside it (``recsys.plots``).
 """
@@ -45,6 +46,7 @@ CANDIDATES = (1, 4, 100, 500, 1000)
 SEQUENCE_LENGTHS = (1_000, 4_000, 16_000)
 LATENCY_SHAPE = (10_000, 100, 500)  # engaged records, impressions, candidates
 NN_GRID = [(s, n, r) for s in (1_000, 4_000, 16_000) for n in (100, 500) for r in (1, 16)]  # S x N x R
+NN_K = 64  # tokens kept per candidate in the NN-selection grid
 CONFIG = LifelongConfig(lifelong_max=20_000)  # the paper's split (96 + 32 + 32 + 32), room for S = 16k
 
 
@@ -117,10 +119,10 @@ def latency(spec: FeatureSpec, items: ItemTable, device: str, repeats: int, grap
 
 
 def nn_select_rows(repeats: int) -> list[dict]:
-    from nn_select import run  # benchmarks/nn_select.py, beside this file
+    from nn_select import GPU_SHAPES, run  # benchmarks/nn_select.py, beside this file
 
-    shapes = [(f"S={s} N={n} R={r}", r, s, n, 32, 96) for s, n, r in NN_GRID]
-    return run(shapes, ["pytorch", "triton"], "cuda", repeats)
+    shapes = [(f"S={s} N={n} R={r}", r, s, n, 32, NN_K, None) for s, n, r in NN_GRID]
+    return run(shapes + GPU_SHAPES[:4], ["pytorch", "triton", "triton-graph"], "cuda", repeats)
 
 
 def format_h2d(rows: list[dict]) -> str:

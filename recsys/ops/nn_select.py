@@ -10,9 +10,9 @@ Backends:
 
 - ``"pytorch"``: the reference, one sequence at a time (CPU and CUDA).
 - ``"triton"``: :mod:`recsys.kernels.nn_select_triton`, one fused kernel (int8 loads, int8 x int8
-  dot products times the token's inverse norm, exact per-candidate top-k by bisection on the
-  score, time-ordered output). Chosen by
-  ``"auto"`` on CUDA. On CPU it runs only when asked for by name with ``TRITON_INTERPRET=1`` in the
+  tensor-core dot products times the token's inverse norm, the exact per-candidate top-k kept
+  in-kernel in O(k) memory, time-ordered output; a small merge kernel when long sequences are
+  cut into segments). Chosen by ``"auto"`` on CUDA. On CPU it runs only when asked for by name with ``TRITON_INTERPRET=1`` in the
   environment (the Triton interpreter, for tests). triton is imported on first use, never at
   import time of :mod:`recsys`.
 
@@ -182,13 +182,25 @@ def _check_inputs(values, seq_starts, seq_lengths, candidates, candidate_seq, k)
             )
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ConfigError(f"nn_select: k must be an integer >= 0, got {k!r}")
-    if seq_starts.numel():
-        ends = seq_starts + seq_lengths
-        if int(seq_lengths.min()) < 0 or int(seq_starts.min()) < 0 or int(ends.max()) > num_tokens:
-            raise DataError(
-                f"nn_select: every window seq_starts[r] .. seq_starts[r] + seq_lengths[r] must lie within the "
-                f"{num_tokens} rows of values (non-negative starts and lengths)"
-            )
-    if candidate_seq.numel() and (int(candidate_seq.min()) < 0 or int(candidate_seq.max()) >= seq_starts.numel()):
-        num_seqs = seq_starts.numel()
+    _check_ranges(values.size(0), seq_starts, seq_lengths, candidate_seq)
+
+
+def _check_ranges(num_tokens: int, seq_starts, seq_lengths, candidate_seq) -> None:
+    """Windows inside ``values`` and ``candidate_seq`` inside the sequences, with one device sync."""
+    num_seqs = seq_starts.numel()
+    bounds = []  # each must be >= 0
+    if num_seqs:
+        ends = seq_starts.to(torch.int64) + seq_lengths.to(torch.int64)
+        bounds += [seq_lengths.min().to(torch.int64), seq_starts.min().to(torch.int64), num_tokens - ends.max()]
+    if candidate_seq.numel():
+        bounds += [candidate_seq.min().to(torch.int64), num_seqs - 1 - candidate_seq.max().to(torch.int64)]
+    if not bounds:
+        return
+    values = torch.stack(bounds).tolist()
+    if num_seqs and min(values[:3]) < 0:
+        raise DataError(
+            f"nn_select: every window seq_starts[r] .. seq_starts[r] + seq_lengths[r] must lie within the "
+            f"{num_tokens} rows of values (non-negative starts and lengths)"
+        )
+    if min(values) < 0:
         raise DataError(f"nn_select: candidate_seq must index the {num_seqs} sequences (0..{num_seqs - 1})")

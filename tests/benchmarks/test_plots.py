@@ -54,12 +54,13 @@ def test_hstu_attention_throughput_vs_length(tmp_path, captured):
     assert calls == [{"pytorch fwd bias": [(256, 1.0), (1024, 9.0)], "triton fwd": [(256, 0.1), (1024, 0.5)]}]
 
 
-def test_nn_select_latency_vs_length(tmp_path, captured):
+def test_nn_select_latency_vs_work(tmp_path, captured):
     bench = load("nn_select")
     calls = captured(bench, "line_plot")
-    rows = [dict(backend="pytorch", k=96, length=n, ms=n / 1e3) for n in (1000, 10000)]
+    rows = [dict(backend="pytorch", k=96, requests=2, candidates_per_request=3, length=n, ms=n / 1e3,
+                 target_ms=0.5 if n == 1000 else None) for n in (10000, 1000)]
     assert_png(bench.plot({"device": "cpu", "rows": rows}, tmp_path / "n.png"))
-    assert calls == [{"pytorch k=96": [(1000, 1.0), (10000, 10.0)]}]
+    assert calls == [{"pytorch k=96": [(6000, 1.0), (60000, 10.0)], "target": [(6000, 0.5)]}]
 
 
 def test_train_throughput_vs_batch(tmp_path, captured):

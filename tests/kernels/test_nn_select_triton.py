@@ -1,8 +1,9 @@
-"""The Triton nearest-neighbour selection kernel against the PyTorch reference: exact equality.
+"""The fused Triton nearest-neighbour selection kernel against the PyTorch reference: exact equality.
 
 On a machine without CUDA the kernel runs in the Triton interpreter on CPU tensors:
 ``TRITON_INTERPRET=1`` is set here, before the kernel module (and its ``@triton.jit``) is first
-imported, which happens lazily on the first ``kernel="triton"`` call. Shapes are then kept small.
+imported, which happens lazily on the first ``kernel="triton"`` call. Shapes are then kept small,
+and the token tile is 32 (so sequences of 33, 70 or 130 tokens end in a partial tile).
 """
 
 import os
@@ -32,13 +33,20 @@ def make_case(lengths, per_seq, dim, seed, levels=127, overlap=False, device=DEV
     return [t.to(device) for t in (values, starts, lengths_t, candidates, candidate_seq)]
 
 
+def kernel(*case, k, **options):
+    from recsys.kernels.nn_select_triton import nn_select_triton
+
+    return nn_select_triton(*case, k, **options)
+
+
 CASES = [  # (lengths, candidates per sequence, C, k, levels, overlap)
-    ([70, 0, 5, 33, 1], 3, 32, 8, 127, False),
+    ([70, 0, 5, 33, 1], 3, 32, 8, 127, False),  # ragged, an empty sequence, partial tiles
     ([40, 40], 4, 5, 12, 1, False),  # values in {-1, 0, 1}: ties everywhere, C below one dot tile
     ([130], 70, 40, 16, 2, False),  # 70 candidates of one sequence: two programs; C=40 pads to 64
     ([9, 3, 0], 2, 32, 20, 127, False),  # k above every length: all tokens, -1 padding
     ([64, 20, 100], 2, 8, 5, 3, True),  # overlapping windows of one stream
     ([0, 0], 3, 16, 4, 127, False),  # only empty sequences
+    ([97, 31], 2, 32, 1, 1, False),  # k = 1 under ties: the most recent of the best
 ]
 
 
@@ -50,13 +58,49 @@ def test_triton_equals_reference(lengths, per_seq, dim, k, levels, overlap):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("lengths, per_seq, k, levels", [([300, 7, 0, 129], 3, 10, 127), ([256], 20, 40, 1)])
-def test_segments_merge_to_the_same_selection(lengths, per_seq, k, levels):
-    """Sequences cut into 64-token segments (what a GPU does for few, long requests)."""
-    from recsys.kernels.nn_select_triton import nn_select_triton
+SPLITS = [  # (lengths, candidates per sequence, k, levels, segment_len, block_s)
+    ([300, 7, 0, 129], 3, 10, 127, 64, 32),  # segments merged by the second kernel
+    ([256], 20, 40, 1, 100, 32),  # ties, segments not a multiple of the tile
+    ([200, 45], 3, 20, 127, None, 16),  # k > tile: no bound from pass 1, the buffers shrink as they fill
+    ([333], 4, 24, 2, 150, 16),  # ... in segments, with ties
+]
 
-    case = make_case(lengths, per_seq, 32, seed=k, levels=levels)
-    assert torch.equal(nn_select_triton(*case, k, segment_len=64), nn_select(*case, k, kernel="pytorch"))
+
+@pytest.mark.parametrize("lengths, per_seq, k, levels, segment_len, block_s", SPLITS)
+def test_segments_and_buffer_shrinks_give_the_same_selection(lengths, per_seq, k, levels, segment_len, block_s):
+    """Sequences cut into segments (what a GPU does for few, long requests), and tiles narrower
+    than k (every buffer overflows and shrinks to its top k, possibly several times)."""
+    case = make_case(lengths, per_seq, 32, seed=k + len(lengths), levels=levels)
+    got = kernel(*case, k=k, segment_len=segment_len, block_s=block_s)
+    assert torch.equal(got, nn_select(*case, k, kernel="pytorch"))
+
+
+def test_adversarial_order_overflows_the_buffer():
+    """Scores rising along one tile column: every group maximum sits in the last tile, so pass 1's
+    bound admits a whole column of the sequence and the buffer must shrink mid-pass."""
+    length, block_s, k = 640, 16, 8
+    values = torch.zeros(length, 32, dtype=torch.int8)
+    values[:, 1] = 1  # every token points along axis 1 ...
+    column0 = torch.arange(0, length, block_s)
+    values[column0, 0] = torch.linspace(1, 127, column0.numel()).round().to(torch.int8)  # ... column 0 along axis 0
+    as_index = lambda x: torch.tensor(x, dtype=torch.int64, device=DEVICE)  # noqa: E731
+    case = [values.to(DEVICE), as_index([0]), as_index([length]), torch.eye(32)[:2].to(DEVICE), as_index([0, 0])]
+    got = kernel(*case, k=k, block_s=block_s)
+    assert torch.equal(got, nn_select(*case, k, kernel="pytorch"))
+    assert got[0].tolist() == column0[-k:].tolist()  # candidate along axis 0: the k largest of column 0
+
+
+def test_precomputed_groups_give_the_same_selection():
+    """Candidates in any order, grouped once and reused (what a CUDA-graph caller does)."""
+    from recsys.kernels.nn_select_triton import candidate_groups
+
+    values, starts, lengths, candidates, candidate_seq = make_case([50, 0, 17], 3, 32, seed=5)
+    groups = candidate_groups(candidate_seq, lengths)
+    assert groups.most == int(torch.bincount(candidate_seq).max()) and groups.longest == 50
+    codes = quantize_int8(candidates)
+    for k in (4, 20):
+        got = kernel(values, starts, lengths, codes, candidate_seq, k=k, groups=groups)
+        assert torch.equal(got, nn_select(values, starts, lengths, candidates, candidate_seq, k, kernel="pytorch"))
 
 
 def test_k_zero_and_int8_candidates():
@@ -70,10 +114,18 @@ def test_k_zero_and_int8_candidates():
 def test_serving_shape_with_many_candidates_per_request():
     """Several requests with many candidates each; larger on a GPU than in the interpreter."""
     if DEVICE == "cuda":
-        lengths, per_seq, k = [10_000, 3_000, 1, 0, 257], 300, 96
+        lengths, per_seq, k = [16_000, 3_000, 1, 0, 257], 500, 64
     else:
         lengths, per_seq, k = [300, 90, 1, 0, 65], 20, 24
     case = make_case(lengths, per_seq, 32, seed=7)
+    assert torch.equal(nn_select(*case, k, kernel="triton"), nn_select(*case, k, kernel="pytorch"))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the autotuned, segmented GPU path: CUDA only")
+@pytest.mark.parametrize("requests, per_request, length, k", [(1, 500, 16_000, 64), (64, 4, 16_000, 64),
+                                                               (1024, 1, 10_000, 64), (3, 7, 5_000, 300)])
+def test_benchmark_shapes_on_gpu(requests, per_request, length, k):
+    case = make_case([length] * requests, per_request, 32, seed=requests + k, levels=127)
     assert torch.equal(nn_select(*case, k, kernel="triton"), nn_select(*case, k, kernel="pytorch"))
 
 
