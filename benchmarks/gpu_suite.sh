@@ -12,7 +12,7 @@
 #   kernel-bench   HSTU attention fwd / fwd+bwd, NN selection, SKUT, the V2 request path
 #   plan           planned vs measured memory and step time per rank; the device calibration
 #   throughput     HSTU training examples/s with the reference attention and the fused kernel
-#   serving        HSTU ranking with the user KV cache; MIMN + UIC scoring latency
+#   serving        HSTU ranking with the user KV cache; MIMN + UIC scoring latency; DLRM /rank under load
 #   retrieval      Amazon Sports, HSTU and SASRec, 3 seeds (resumable with RESUME=--resume)
 #   ablation       the TransAct ablation of the smaller synthetic world, 5 seeds
 #   mimn           MIMN vs DIN vs Emb&MLP vs GRU4Rec on the long-sequence synthetic world, 3 seeds
@@ -22,7 +22,8 @@ RESUME=${RESUME:-}
 mkdir -p "$OUT"
 
 stage_kernels() {
-  python -m pytest -q -p no:cacheprovider tests/kernels tests/recsys/ops
+  python -m pytest -q -p no:cacheprovider tests/kernels tests/recsys/ops tests/recsys/ranking \
+      tests/recsys/modules/test_transact_v2.py tests/recsys/serve/test_device.py tests/recsys/serve/test_kv_cache.py
 }
 
 stage_kernel_bench() {
@@ -49,6 +50,12 @@ stage_throughput() {
 stage_serving() {
   python benchmarks/hstu_serving.py --device cuda --out "$OUT/hstu_serving.json"
   python benchmarks/mimn_uic.py latency --device cuda --out "$OUT/mimn_uic_latency_cuda.json"
+  recsys train --config configs/dlrm/synthetic.yaml data.synthetic.num_users=300 data.synthetic.num_items=2000 \
+      data.synthetic.mean_events_per_user=60 data.synthetic.heavy_user_fraction=0.0 data.num_workers=0 \
+      train.epochs=1 output_dir=runs/serve-bench-dlrm
+  python benchmarks/serve_load.py --checkpoint runs/serve-bench-dlrm --candidates 100 700 --p99-ms 60 \
+      --rates 50 100 150 200 300 400 --step-seconds 10 --soak-seconds 60 --server-args "--device cuda --threads 8" \
+      --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" --out "$OUT/serve-dlrm-mlperf-cuda.json"
 }
 
 stage_retrieval() {
