@@ -7,12 +7,9 @@ in a subprocess (``TRITON_INTERPRET`` unset: ``@triton.jit`` then builds compila
 skips where Triton has no CUDA backend or ``ptxas``.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
+from tests.kernels.sm90_compile import compile_in_subprocess
 
 SCRIPT = textwrap.dedent('''
     import os
@@ -55,11 +52,5 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_every_kernel_compiles_for_sm90_with_every_option_on():
-    triton = pytest.importorskip("triton")
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    if not os.path.isdir(bin_dir):
-        pytest.skip("this Triton has no CUDA backend (ptxas) to compile with")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled") == 4
+    stdout = compile_in_subprocess(SCRIPT, timeout=600)
+    assert stdout.count("compiled") == 4

@@ -8,12 +8,9 @@ and the segment-merge kernel through Triton's CUDA backend down to a cubin in a 
 Triton has no CUDA backend or ``ptxas``.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
+from tests.kernels.sm90_compile import compile_in_subprocess
 
 SCRIPT = textwrap.dedent('''
     import os
@@ -61,11 +58,5 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_every_tile_of_the_selection_kernel_and_the_merge_compile_for_sm90():
-    triton = pytest.importorskip("triton")
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    if not os.path.isdir(bin_dir):
-        pytest.skip("this Triton has no CUDA backend (ptxas) to compile with")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count("compiled _nn_select_kernel") >= 2 and "compiled _merge_segments_kernel" in result.stdout
+    stdout = compile_in_subprocess(SCRIPT, timeout=900)
+    assert stdout.count("compiled _nn_select_kernel") >= 2 and "compiled _merge_segments_kernel" in stdout
