@@ -270,3 +270,46 @@ def test_the_op_count_probe_runs_hstu_attention_where_it_can(monkeypatch):
     assert _on_cpu({"attention_kernel": "pytorch"}) == {"attention_kernel": "pytorch"}
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _on_cpu({"attention_kernel": "triton"}) == {"attention_kernel": "triton"}
+
+
+def _gru_forward_bytes(model, batch_size, length, accelerator):
+    estimate = estimate_dense(model, Workload(batch_size, LengthDistribution.fixed(length), accelerator=accelerator))
+    return estimate.activation_parts["sequence_encoder"], estimate.forward_transient_bytes
+
+
+def test_cudnn_gru_adds_its_workspace_to_the_forward_peak():
+    """On CUDA, nn.GRU is one cuDNN op whose workspace and layout copies peak in the forward at
+    about 26.5 h + 4 d floats per token (H100 allocator, see dense_estimate._gru); on CPU it
+    runs step by step and holds only what it saves."""
+    from recsys.distributed.dense_estimate import CUDNN_GRU_FLOATS_PER_HIDDEN
+
+    model = get_model("gru4rec", device="meta", embedding_dim=16)
+    h, d = model.arch.gru.hidden_size, model.config.embedding_dim
+    saved_cpu, transient_cpu = _gru_forward_bytes(model, 256, 50, accelerator=False)
+    saved_cuda, transient_cuda = _gru_forward_bytes(model, 256, 50, accelerator=True)
+    assert saved_cuda == saved_cpu
+    assert transient_cuda == 4 * 256 * 50 * (CUDNN_GRU_FLOATS_PER_HIDDEN * h + 3 * d) > transient_cpu
+    gru_saved = 4 * 256 * 50 * (d + 7 * h)
+    assert (gru_saved + transient_cuda) / (4 * 256 * 50) == pytest.approx(26.5 * h + 4 * d)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs cuDNN")
+@pytest.mark.parametrize("hidden, dim, batch_size, length", [(32, 16, 1024, 50), (128, 64, 256, 200)])
+def test_cudnn_gru_peak_matches_the_allocator(hidden, dim, batch_size, length):
+    """The estimate's GRU forward peak (saved + cuDNN transient) against max_memory_allocated of
+    nn.GRU forward + backward on the GPU, beyond its input and parameters."""
+    from recsys.distributed.dense_estimate import _gru, _Tally
+
+    gru = torch.nn.GRU(dim, hidden, batch_first=True).cuda()
+    x = torch.randn(batch_size, length, dim, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out, _ = gru(x)
+    out.sum().backward()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    tally = _Tally()
+    _gru(tally, gru, batch_size, length, dim, cudnn=True)
+    planned = tally.bytes["sequence_encoder"] + tally.transient["forward"]
+    assert planned == pytest.approx(measured, rel=0.10)
