@@ -36,6 +36,7 @@ stage_kernel_bench() {
 stage_plan() {
   python benchmarks/plan_vs_measured.py --out "$OUT/plan-vs-measured"
   python benchmarks/calibrate_device.py --out "$OUT/calibration"
+  python benchmarks/cudnn_gru_peak.py --out "$OUT/cudnn-gru"
 }
 
 stage_throughput() {
