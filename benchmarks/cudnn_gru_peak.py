@@ -17,27 +17,14 @@ import itertools
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from recsys.atomic_files import write_json_atomic
-from recsys.distributed.dense_estimate import _gru, _Tally
+from recsys.distributed.gru_peak import gru_peak_bytes
 
 
 def measure(hidden: int, dim: int, length: int, batch_size: int) -> dict:
     """One grid point: measured and planned peak bytes of a forward + backward."""
-    torch.cuda.empty_cache()
-    gru = nn.GRU(dim, hidden, batch_first=True).cuda()
-    x = torch.randn(batch_size, length, dim, device="cuda", requires_grad=True)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out, _ = gru(x)
-    out.sum().backward()
-    torch.cuda.synchronize()
-    measured = torch.cuda.max_memory_allocated() - base
-    tally = _Tally()
-    _gru(tally, gru, batch_size, length, dim, cudnn=True)
-    planned = tally.bytes["sequence_encoder"] + tally.transient["forward"]
+    measured, planned = gru_peak_bytes(hidden, dim, length, batch_size)
     tokens = 4.0 * batch_size * length
     return dict(hidden=hidden, dim=dim, length=length, batch_size=batch_size, measured_bytes=measured,
                 planned_bytes=planned, measured_floats_per_token=measured / tokens,
