@@ -510,8 +510,8 @@ def _gru(t: _Tally, gru: nn.GRU, b: int, longest: int, d: int, cudnn: bool = Fal
     time-major copies around it peak in the forward at about ``26.5 h + 4 d`` floats per token
     in all (fit to the allocator's peak of ``nn.GRU`` forward + backward on an H100, 2026-12-05:
     h in {32, 128}, d in {16, 64}, within 3% from 51,200 tokens a step, up to 1.16x under at
-    12,800: ``benchmarks/cudnn_gru_peak.py``), of which the
-    ``d + 7 h`` saved above are one part: the rest is the transient below.
+    12,800: ``benchmarks/cudnn_gru_peak.py``). The ``d + 7 h`` saved above are one part of it;
+    the rest, ``19.5 h + 3 d``, is added as a forward transient.
     """
     h = gru.hidden_size
     for layer in range(gru.num_layers):

@@ -291,4 +291,3 @@ def test_cudnn_gru_adds_its_workspace_to_the_forward_peak():
     assert transient_cuda == 4 * 256 * 50 * (CUDNN_GRU_FLOATS_PER_HIDDEN * h + 3 * d) > transient_cpu
     gru_saved = 4 * 256 * 50 * (d + 7 * h)
     assert (gru_saved + transient_cuda) / (4 * 256 * 50) == pytest.approx(26.5 * h + 4 * d)
-
