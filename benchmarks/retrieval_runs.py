@@ -21,19 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
-from recsys.plots import grouped_bars, png_beside
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transact_ablation import run_environment  # noqa: E402 - the benchmarks' shared split of CPU threads
+
+from recsys.plots import grouped_bars, png_beside  # noqa: E402
 
 METRICS = ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "hr@200", "mrr")
 
 
-def run_one(config: str, seed: int, root: Path, overrides: list[str], resume: bool, tag: str = "") -> dict:
+def run_one(config: str, seed: int, root: Path, overrides: list[str], resume: bool, tag: str = "", parallel: int = 1) -> dict:
     name = f"{Path(config).parent.name}-{Path(config).stem}{'-' + tag if tag else ''}-seed{seed}"
     out = root / name
     command = [sys.executable, "-m", "recsys.cli", "train", "--config", config, f"train.seed={seed}",
                "train.progress=false", f"output_dir={out}", *overrides, *(["--resume"] if resume else [])]
     started = time.time()
     with open(root / f"{name}.log", "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=run_environment(parallel))
     report = json.loads((out / "results.json").read_text()) if code == 0 and (out / "results.json").is_file() else None
     return {"config": config + (f" [{tag}]" if tag else ""), "seed": seed, "exit_code": code, "wall_seconds": time.time() - started, "report": report}
 
@@ -84,7 +87,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(c, s) for c in args.configs for s in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run_one(*job, out.parent, args.overrides, args.resume, args.tag), jobs))
+        runs = list(pool.map(lambda job: run_one(*job, out.parent, args.overrides, args.resume, args.tag, args.parallel), jobs))
     rows = summarise(runs)
     print(format_table(rows))
     tmp = out.with_suffix(".tmp")
