@@ -795,8 +795,22 @@ def _prune(configs, named_args, **kwargs):
 
 _fwd_tuned = triton.autotune(FWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
     _hstu_fwd_kernel)
+def _dkdv_warps_fit(config: triton.Config, dtype: torch.dtype) -> bool:
+    """float32 inputs: 4-warp dK / dV tiles only. Triton 3.6 on H100 compiles the float32 dK / dV
+    kernel at 8 warps (64 x 64 at 3 stages, 32 keys x 64 or 128 at 2) into a wgmma of dO V^T that
+    reads shared memory past the kernel's allocation: an illegal memory access. bf16 / fp16 run."""
+    return dtype != torch.float32 or config.num_warps <= 4
+
+
+def _prune_dkdv(configs, named_args, **kwargs):
+    """:func:`_prune`, then only the tiles :func:`_dkdv_warps_fit` allows for the inputs' dtype."""
+    configs = _prune(configs, named_args, **kwargs)
+    fitting = [c for c in configs if _dkdv_warps_fit(c, named_args["q_ptr"].dtype)]
+    return fitting or configs
+
+
 _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=TUNE_KEY + ["DETERMINISTIC"], reset_to_zero=["dpos_ptr", "dtime_ptr"],
-                              prune_configs_by={"early_config_prune": _prune})(_hstu_bwd_dkdv_kernel)
+                              prune_configs_by={"early_config_prune": _prune_dkdv})(_hstu_bwd_dkdv_kernel)
 _dq_tuned = triton.autotune(DQ_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
     _hstu_bwd_dq_kernel)
 
@@ -867,6 +881,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 # Deterministic runs take these fixed tiles on CUDA: autotuning could pick other tiles (another
 # summation order) in another process.
 DETERMINISTIC_CONFIGS = {"fwd": FWD_CONFIGS[0], "dkdv": DKDV_CONFIGS[1], "dq": DQ_CONFIGS[1]}
+FLOAT32_DETERMINISTIC_DKDV = DKDV_CONFIGS[2]  # the same 32 x 64 tile at 4 warps (see _dkdv_warps_fit)
 
 
 def _blocks(q: torch.Tensor, block_m: int, block_n: int, kernel: str, deterministic: bool) -> dict:
@@ -877,6 +892,8 @@ def _blocks(q: torch.Tensor, block_m: int, block_n: int, kernel: str, determinis
     if not deterministic:
         return {}
     config = DETERMINISTIC_CONFIGS[kernel]
+    if kernel == "dkdv" and not _dkdv_warps_fit(config, q.dtype):
+        config = FLOAT32_DETERMINISTIC_DKDV
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
