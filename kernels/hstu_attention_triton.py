@@ -795,10 +795,12 @@ def _prune(configs, named_args, **kwargs):
 
 _fwd_tuned = triton.autotune(FWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
     _hstu_fwd_kernel)
+
+
 def _dkdv_warps_fit(config: triton.Config, dtype: torch.dtype) -> bool:
     """float32 inputs: 4-warp dK / dV tiles only. Triton 3.6 on H100 compiles the float32 dK / dV
     kernel at 8 warps (64 x 64 at 3 stages, 32 keys x 64 or 128 at 2) into a wgmma of dO V^T that
-    reads shared memory past the kernel's allocation: an illegal memory access. bf16 / fp16 run."""
+    reads shared memory past the kernel's allocation: an illegal memory access. bf16 at 8 warps ran."""
     return dtype != torch.float32 or config.num_warps <= 4
 
 
