@@ -882,8 +882,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 # Deterministic runs take these fixed tiles on CUDA: autotuning could pick other tiles (another
 # summation order) in another process.
-DETERMINISTIC_CONFIGS = {"fwd": FWD_CONFIGS[0], "dkdv": DKDV_CONFIGS[1], "dq": DQ_CONFIGS[1]}
-FLOAT32_DETERMINISTIC_DKDV = DKDV_CONFIGS[2]  # the same 32 x 64 tile at 4 warps (see _dkdv_warps_fit)
+DETERMINISTIC_CONFIGS = {"fwd": FWD_CONFIGS[0], "dkdv": DKDV_CONFIGS[2], "dq": DQ_CONFIGS[1]}  # dkdv: 4 warps, any dtype
 
 
 def _blocks(q: torch.Tensor, block_m: int, block_n: int, kernel: str, deterministic: bool) -> dict:
@@ -894,8 +893,6 @@ def _blocks(q: torch.Tensor, block_m: int, block_n: int, kernel: str, determinis
     if not deterministic:
         return {}
     config = DETERMINISTIC_CONFIGS[kernel]
-    if kernel == "dkdv" and not _dkdv_warps_fit(config, q.dtype):
-        config = FLOAT32_DETERMINISTIC_DKDV
     return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 

@@ -276,16 +276,14 @@ def test_float32_dkdv_tiles_are_4_warps(dtype):
     """Triton 3.6 on H100 compiles the float32 dK / dV kernel at 8 warps into a wgmma that reads shared
     memory past its allocation (an illegal memory access the interpreter cannot show): float32 inputs
     get only 4-warp tiles, tuned or deterministic; bf16 keeps every tile."""
-    from recsys.kernels.hstu_attention_triton import (DETERMINISTIC_CONFIGS, DKDV_CONFIGS, FLOAT32_DETERMINISTIC_DKDV,
-                                                     _prune_dkdv)
+    from recsys.kernels.hstu_attention_triton import DETERMINISTIC_CONFIGS, DKDV_CONFIGS, _prune_dkdv
 
     kept = _prune_dkdv(DKDV_CONFIGS, {"q_ptr": torch.empty(1, dtype=dtype), "BLOCK_DQK": 64, "BLOCK_DV": 64})
     if dtype == torch.float32:
         assert kept and all(c.num_warps <= 4 for c in kept)
     else:
         assert kept == DKDV_CONFIGS
-    assert FLOAT32_DETERMINISTIC_DKDV.num_warps <= 4
-    assert FLOAT32_DETERMINISTIC_DKDV.kwargs == DETERMINISTIC_CONFIGS["dkdv"].kwargs  # same tiles, same partials
+    assert DETERMINISTIC_CONFIGS["dkdv"].num_warps <= 4
 
 
 # ------------------------------------------------------------------------------------------------
