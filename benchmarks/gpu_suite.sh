@@ -59,9 +59,12 @@ stage_serving() {
       --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" --out "$OUT/serve-dlrm-mlperf-cuda.json"
 }
 
-stage_retrieval() {
+stage_retrieval() {  # the six runs share the GPU under CUDA MPS where it starts (about 2x faster epochs)
+  local mps=0
+  if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then mps=1; fi
   python benchmarks/retrieval_runs.py --configs configs/hstu/sports.yaml configs/sasrec/sports.yaml \
       --seeds 42 43 44 --parallel 6 $RESUME --out "$OUT/sports/sports.json"
+  if [ $mps = 1 ]; then echo quit | nvidia-cuda-mps-control; fi
 }
 
 stage_ablation() {

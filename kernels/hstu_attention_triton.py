@@ -797,23 +797,24 @@ _fwd_tuned = triton.autotune(FWD_CONFIGS, key=TUNE_KEY, prune_configs_by={"early
     _hstu_fwd_kernel)
 
 
-def _dkdv_warps_fit(config: triton.Config, dtype: torch.dtype) -> bool:
-    """float32 inputs: 4-warp dK / dV tiles only. Triton 3.6 on H100 compiles the float32 dK / dV
-    kernel at 8 warps (64 x 64 at 3 stages, 32 keys x 64 or 128 at 2) into a wgmma of dO V^T that
-    reads shared memory past the kernel's allocation: an illegal memory access. bf16 at 8 warps ran."""
+def _backward_warps_fit(config: triton.Config, dtype: torch.dtype) -> bool:
+    """float32 inputs: 4-warp backward tiles only. Triton 3.6 on H100 compiles both float32 backward
+    kernels at 8 warps (dK / dV: 64 x 64 at 3 stages, 32 keys x 64 or 128 at 2; dQ: 128 queries x 32
+    at 2) into a wgmma (dO V^T) that reads shared memory past the kernel's allocation: an illegal
+    memory access. bf16 at 8 warps ran."""
     return dtype != torch.float32 or config.num_warps <= 4
 
 
-def _prune_dkdv(configs, named_args, **kwargs):
-    """:func:`_prune`, then only the tiles :func:`_dkdv_warps_fit` allows for the inputs' dtype."""
+def _prune_backward(configs, named_args, **kwargs):
+    """:func:`_prune`, then only the tiles :func:`_backward_warps_fit` allows for the inputs' dtype."""
     configs = _prune(configs, named_args, **kwargs)
-    fitting = [c for c in configs if _dkdv_warps_fit(c, named_args["q_ptr"].dtype)]
+    fitting = [c for c in configs if _backward_warps_fit(c, named_args["q_ptr"].dtype)]
     return fitting or configs
 
 
 _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=TUNE_KEY + ["DETERMINISTIC"], reset_to_zero=["dpos_ptr", "dtime_ptr"],
-                              prune_configs_by={"early_config_prune": _prune_dkdv})(_hstu_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(DQ_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
+                              prune_configs_by={"early_config_prune": _prune_backward})(_hstu_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune_backward})(
     _hstu_bwd_dq_kernel)
 
 
@@ -882,7 +883,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 # Deterministic runs take these fixed tiles on CUDA: autotuning could pick other tiles (another
 # summation order) in another process.
-DETERMINISTIC_CONFIGS = {"fwd": FWD_CONFIGS[0], "dkdv": DKDV_CONFIGS[2], "dq": DQ_CONFIGS[1]}  # dkdv: 4 warps, any dtype
+DETERMINISTIC_CONFIGS = {"fwd": FWD_CONFIGS[0], "dkdv": DKDV_CONFIGS[2], "dq": DQ_CONFIGS[3]}  # backward: 4 warps, any dtype
 
 
 def _blocks(q: torch.Tensor, block_m: int, block_n: int, kernel: str, deterministic: bool) -> dict:

@@ -272,18 +272,19 @@ def test_deterministic_backward_is_bitwise_reproducible():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_float32_dkdv_tiles_are_4_warps(dtype):
-    """Triton 3.6 on H100 compiles the float32 dK / dV kernel at 8 warps into a wgmma that reads shared
-    memory past its allocation (an illegal memory access the interpreter cannot show): float32 inputs
-    get only 4-warp tiles, tuned or deterministic; bf16 keeps every tile."""
-    from recsys.kernels.hstu_attention_triton import DETERMINISTIC_CONFIGS, DKDV_CONFIGS, _prune_dkdv
+def test_float32_backward_tiles_are_4_warps(dtype):
+    """Triton 3.6 on H100 compiles the float32 dK / dV and dQ kernels at 8 warps into a wgmma that
+    reads shared memory past its allocation (an illegal memory access the interpreter cannot show):
+    float32 inputs get only 4-warp backward tiles, tuned or deterministic; bf16 keeps every tile."""
+    from recsys.kernels.hstu_attention_triton import DETERMINISTIC_CONFIGS, DKDV_CONFIGS, DQ_CONFIGS, _prune_backward
 
-    kept = _prune_dkdv(DKDV_CONFIGS, {"q_ptr": torch.empty(1, dtype=dtype), "BLOCK_DQK": 64, "BLOCK_DV": 64})
-    if dtype == torch.float32:
-        assert kept and all(c.num_warps <= 4 for c in kept)
-    else:
-        assert kept == DKDV_CONFIGS
-    assert DETERMINISTIC_CONFIGS["dkdv"].num_warps <= 4
+    for configs in (DKDV_CONFIGS, DQ_CONFIGS):
+        kept = _prune_backward(configs, {"q_ptr": torch.empty(1, dtype=dtype), "BLOCK_DQK": 64, "BLOCK_DV": 64})
+        if dtype == torch.float32:
+            assert kept and all(c.num_warps <= 4 for c in kept)
+        else:
+            assert kept == configs
+    assert DETERMINISTIC_CONFIGS["dkdv"].num_warps <= 4 and DETERMINISTIC_CONFIGS["dq"].num_warps <= 4
 
 
 # ------------------------------------------------------------------------------------------------
