@@ -3,6 +3,7 @@ PyTorch reference and padded causal SDPA (flash attention).
 
     python benchmarks/hstu_attention.py                                  # CUDA: every L, both passes, bias and none
     python benchmarks/hstu_attention.py --lengths 4096 --passes fwd     # one length, forward only
+    python benchmarks/hstu_attention.py --lengths 4096 --biases position time   # each table's cost alone
     python benchmarks/hstu_attention.py --out runs/bench/hstu_attention.json
     python benchmarks/hstu_attention.py --cpu                            # CPU smoke run: tiny shapes, kernel interpreted
 
@@ -110,17 +111,20 @@ def reference_fits(num_seqs: int, longest: int, heads: int, backward: bool, devi
     return needed < 0.8 * torch.cuda.mem_get_info()[0]
 
 
-def _bias(x: dict, with_bias: bool) -> dict:
-    if with_bias:
-        return x
-    return {**x, "position_bias": None, "time_bias": None}
+BIASES = ("both", "position", "time", "none")  # which relative-bias tables the attention adds
 
 
-def provider_call(provider: str, x: dict, with_bias: bool, backward: bool):
+def _bias(x: dict, bias: str) -> dict:
+    """``x`` with the tables that ``bias`` leaves out set to None."""
+    return {**x, "position_bias": x["position_bias"] if bias in ("both", "position") else None,
+            "time_bias": x["time_bias"] if bias in ("both", "time") else None}
+
+
+def provider_call(provider: str, x: dict, bias: str, backward: bool):
     """A zero-argument call running one pass of one provider, and the tensors whose gradients it sets."""
     from recsys.ops.hstu_attention import hstu_attention
 
-    args = _bias(x, with_bias)
+    args = _bias(x, bias)
     leaves = [args[n] for n in ("q", "k", "v", "position_bias", "time_bias") if args.get(n) is not None]
     if provider == "sdpa":
         return _sdpa_call(x, backward)
@@ -163,7 +167,7 @@ def _sdpa_call(x: dict, backward: bool):
     return (run if backward else torch.no_grad()(run)), padded if backward else []
 
 
-def run_length(longest: int, providers: list[str], passes: list[str], biases: list[bool], dtype: torch.dtype,
+def run_length(longest: int, providers: list[str], passes: list[str], biases: list[str], dtype: torch.dtype,
                device: str, repeats: int, heads: int, dim: int, tokens: int, peak: float) -> list[dict]:
     """Rows of one length L: every provider, pass and bias option that applies."""
     from recsys.ops.hstu_attention import hstu_attention
@@ -172,24 +176,24 @@ def run_length(longest: int, providers: list[str], passes: list[str], biases: li
     x, lengths = make_inputs(num_seqs, longest, heads, dim, dtype, device)
     forward_flops = useful_flops(lengths, heads, dim)
     rows = []
-    for with_bias in biases:
+    for bias in biases:
         want = None
         if reference_fits(num_seqs, longest, heads, False, device):
-            x32 = {**_bias(x, with_bias), **{n: x[n].float() for n in ("q", "k", "v")}}
+            x32 = {**_bias(x, bias), **{n: x[n].float() for n in ("q", "k", "v")}}
             with torch.no_grad():
                 want = hstu_attention(**x32, kernel="pytorch")
         for provider in providers:
-            if provider == "sdpa" and (with_bias or device != "cuda"):
+            if provider == "sdpa" and (bias != "none" or device != "cuda"):
                 continue  # no relative bias in SDPA; flash needs CUDA
             for name in passes:
                 backward = name == "fwd+bwd"
                 row = {"longest": longest, "sequences": num_seqs, "tokens": int(lengths.sum()), "heads": heads,
-                       "dim": dim, "dtype": str(dtype).removeprefix("torch."), "bias": with_bias, "provider": provider,
+                       "dim": dim, "dtype": str(dtype).removeprefix("torch."), "bias": bias, "provider": provider,
                        "pass": name}
                 if provider == "pytorch" and not reference_fits(num_seqs, longest, heads, backward, device):
                     rows.append({**row, "skipped": "the padded reference does not fit in memory"})
                     continue
-                rows.append({**row, **measure(provider, x, with_bias, backward, want, device, repeats,
+                rows.append({**row, **measure(provider, x, bias, backward, want, device, repeats,
                                               forward_flops * (1 + BACKWARD_FACTOR * backward), peak)})
         del want
         if device == "cuda":
@@ -197,10 +201,10 @@ def run_length(longest: int, providers: list[str], passes: list[str], biases: li
     return rows
 
 
-def measure(provider, x, with_bias, backward, want, device, repeats, flops, peak) -> dict:
+def measure(provider, x, bias, backward, want, device, repeats, flops, peak) -> dict:
     """Time, TFLOP/s, share of the matmul rate and the forward error of one provider and pass."""
     try:
-        fn, leaves = provider_call(provider, x, with_bias, backward)
+        fn, leaves = provider_call(provider, x, bias, backward)
         error = None
         if not backward and want is not None and provider != "sdpa":
             error = float((fn().float() - want).abs().max())
@@ -213,11 +217,11 @@ def measure(provider, x, with_bias, backward, want, device, repeats, flops, peak
 
 
 def format_table(rows: list[dict], peak: float) -> str:
-    head = (f"{'L':>6}{'B':>6}{'bias':>6}{'pass':>9}{'provider':>9}{'ms':>10}{'TFLOP/s':>10}"
+    head = (f"{'L':>6}{'B':>6}{'bias':>9}{'pass':>9}{'provider':>9}{'ms':>10}{'TFLOP/s':>10}"
             f"{'of ' + format(peak, '.3g'):>12}{'max |err|':>11}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        start = f"{r['longest']:>6}{r['sequences']:>6}{'yes' if r['bias'] else 'no':>6}{r['pass']:>9}{r['provider']:>9}"
+        start = f"{r['longest']:>6}{r['sequences']:>6}{r['bias']:>9}{r['pass']:>9}{r['provider']:>9}"
         if "skipped" in r:
             lines.append(f"{start}  skipped: {r['skipped']}")
             continue
@@ -231,7 +235,7 @@ def plot(report: dict, path: Path) -> Path:
     series: dict[str, list] = {}
     for r in report["rows"]:
         if "skipped" not in r:
-            label = f"{r['provider']} {r['pass']}{' bias' if r['bias'] else ''}"
+            label = f"{r['provider']} {r['pass']}{'' if r['bias'] == 'none' else ' bias: ' + r['bias']}"
             series.setdefault(label, []).append((r["longest"], r["tflops"]))
     return line_plot(series, path, "longest sequence L (tokens)", "useful TFLOP/s (median)", log_x=True,
                      title=f"jagged HSTU attention, {report['matmul_tflops']:.0f} TFLOP/s bf16 matmul, on {report['device']}")
@@ -244,6 +248,8 @@ def main() -> None:
     parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
     parser.add_argument("--providers", nargs="+", choices=["triton", "pytorch", "sdpa"],
                         default=["triton", "pytorch", "sdpa"])
+    parser.add_argument("--biases", nargs="+", choices=BIASES, default=["both", "none"],
+                        help="relative-bias tables: both (the HSTU layer's), position or time alone, none")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/hstu_attention.json"))
     args = parser.parse_args()
@@ -260,7 +266,7 @@ def main() -> None:
     print(f"matmul: {peak:.3g} TFLOP/s ({'bf16' if device == 'cuda' else 'float32'}, measured)")
     rows = []
     for longest in lengths:
-        rows += run_length(longest, args.providers, args.passes, [True, False], dtype, device, max(1, args.repeats),
+        rows += run_length(longest, args.providers, args.passes, args.biases, dtype, device, max(1, args.repeats),
                            heads, dim, tokens, peak)
     print(format_table(rows, peak))
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,

@@ -30,8 +30,8 @@ float32 accumulation):
   tiles that can see it; ``dS = dP * SiLU'(S)`` with ``dP = dO V^T / N``;
 - backward ``dQ``: one program per query tile walks its key tiles again (no atomics on dQ).
 
-Bias-table gradients, in the dK / dV kernel: a tile within one time bucket adds its ``dS`` sum once;
-a tile of history pairs without a mask adds to the position table along its diagonals (one sum per
+Bias-table gradients, in the dK / dV kernel: a tile within one time bucket adds its ``dS`` sum once,
+a tile spanning a few (:data:`FEW_TIME_BUCKETS`) one sum per bucket; a tile of history pairs without a mask adds to the position table along its diagonals (one sum per
 relative position, :func:`_add_diagonals`; atomics mode only); the other tiles (the diagonal band, targets, tiles
 spanning several buckets) ``tl.atomic_add`` every visible pair's ``dS``. All of it goes into one of
 ``NUM_COPIES`` copies of each table (copies spread the contention on the small tables; they are
@@ -66,6 +66,7 @@ import triton.language as tl
 from recsys.ops.relative_bias_index import DEFAULT_TIME_BUCKET_BASE, time_buckets
 
 NUM_COPIES = 16  # copies of each bias-table gradient the atomics spread over
+FEW_TIME_BUCKETS = tl.constexpr(4)  # tiles spanning at most this many time buckets: no per-pair log
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,22 +189,54 @@ def _time_bucket(dt, thresholds_ptr, num_buckets, bucket_scale):
 
 
 @triton.jit
+def _few_buckets(gap, low_bucket, high_bucket, thresholds_ptr, time_bias_ptr):
+    """Bucket and bias of gaps ``gap >= 1`` known to lie in buckets ``low_bucket..high_bucket`` (a
+    few): one comparison per bucket edge with the bucket's first integer instead of a log and two
+    gathers per pair (buckets grow with the gap, so the last edge reached names the bucket)."""
+    index = tl.zeros(gap.shape, tl.int32) + low_bucket
+    bias = tl.zeros(gap.shape, tl.float32) + tl.load(time_bias_ptr + low_bucket)
+    for b in range(low_bucket + 1, high_bucket + 1):
+        first = tl.load(thresholds_ptr + b)  # int64
+        if gap.dtype == tl.int32:
+            first = tl.minimum(first, 2147483647).to(tl.int32)
+        reached = gap >= first
+        index += reached.to(tl.int32)
+        bias = tl.where(reached, tl.load(time_bias_ptr + b), bias)
+    return index, bias
+
+
+@triton.jit
+def _gap_buckets(gap, low_bucket, high_bucket, thresholds_ptr, time_bias_ptr, num_buckets, bucket_scale,
+                 FEW_BUCKETS: tl.constexpr):
+    """``(bucket, time bias)`` of every pair's gap (``>= 1``) in buckets ``low_bucket..high_bucket``."""
+    if high_bucket - low_bucket < FEW_BUCKETS:
+        index, bias = _few_buckets(gap, low_bucket, high_bucket, thresholds_ptr, time_bias_ptr)
+    else:
+        index = _time_bucket(gap, thresholds_ptr, num_buckets, bucket_scale)
+        bias = tl.load(time_bias_ptr + index)
+    return index, bias
+
+
+@triton.jit
 def _tile_bias(like, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
                pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale,
                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, KEYS_ON_ROWS: tl.constexpr):
     """``rab`` of the tile (float32, the shape of ``like``), the table indices it read (for the
-    backward), and the one time bucket that covers the whole tile (-1 when none does).
+    backward), and the tile's lowest and highest time bucket (-1, -1 without a time table).
 
-    Far from the diagonal, the time gaps of a tile usually fall in one log bucket: the tile's range
-    of ``t_next(i) - t_j`` (from the query and key extremes, computed once per query or key tile by
-    the caller) decides that with two scalar buckets, and the tile then skips the per-pair log and
-    gather (and, backward, adds one sum to the table). Otherwise the gaps are taken in int32 when
-    the tile's range allows (half the registers of int64), else in int64.
+    The tile's range of ``t_next(i) - t_j`` (from the query and key extremes, computed once per
+    query or key tile by the caller) bounds its buckets with two scalar buckets. Far from the
+    diagonal the gaps of a tile usually fall in one log bucket: the tile then skips the per-pair
+    work (and, backward, adds one sum to the table); in a few buckets (:data:`FEW_TIME_BUCKETS`),
+    one comparison per bucket edge replaces the per-pair log and gathers; otherwise each pair's
+    bucket comes from its log. The gaps are taken in int32 when the tile's range allows (half the
+    registers of int64), else in int64.
     """
     bias = tl.zeros_like(like)
     pos_index = bias.to(tl.int32)
     time_index = bias.to(tl.int32)
-    time_bucket = history * 0 - 1  # an int32 scalar, as the branch below assigns
+    time_lo = history * 0 - 1  # int32 scalars, as the branches below assign
+    time_hi = time_lo
     if HAS_POS:
         distance = _k2(tl.minimum(cols, history), KEYS_ON_ROWS) - _q2(tl.minimum(pos_q, history), KEYS_ON_ROWS)
         pos_index = tl.minimum(tl.maximum(distance, -max_distance), max_distance) + max_distance
@@ -213,21 +246,23 @@ def _tile_bias(like, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, 
         highest = t_next_hi - t_key_lo
         low_gap = tl.where((lowest > 0) | (highest < 0), tl.minimum(tl.abs(lowest), tl.abs(highest)), 1)
         high_gap = tl.maximum(tl.maximum(tl.abs(lowest), tl.abs(highest)), 1)
-        low_bucket = _time_bucket(low_gap, thresholds_ptr, num_buckets, bucket_scale)
-        if low_bucket == _time_bucket(high_gap, thresholds_ptr, num_buckets, bucket_scale):
-            time_bucket = low_bucket
-            time_index = time_index + low_bucket
-            bias += tl.load(time_bias_ptr + low_bucket)
+        time_lo = _time_bucket(low_gap, thresholds_ptr, num_buckets, bucket_scale)
+        time_hi = _time_bucket(high_gap, thresholds_ptr, num_buckets, bucket_scale)
+        if time_lo == time_hi:
+            time_index = time_index + time_lo
+            bias += tl.load(time_bias_ptr + time_lo)
         elif (highest < 1073741824) & (lowest > -1073741824):  # every gap within +-2^30: int32
             gap32 = (_q2((t_next - t_key_lo).to(tl.int32), KEYS_ON_ROWS)
                      - _k2((t_key - t_key_lo).to(tl.int32), KEYS_ON_ROWS))  # padding rows may wrap: masked later
-            time_index = _time_bucket(tl.maximum(tl.abs(gap32), 1), thresholds_ptr, num_buckets, bucket_scale)
-            bias += tl.load(time_bias_ptr + time_index)
+            time_index, time_bias = _gap_buckets(tl.maximum(tl.abs(gap32), 1), time_lo, time_hi, thresholds_ptr,
+                                                 time_bias_ptr, num_buckets, bucket_scale, FEW_TIME_BUCKETS)
+            bias += time_bias
         else:
             gap64 = _q2(t_next, KEYS_ON_ROWS) - _k2(t_key, KEYS_ON_ROWS)  # (names differ: a branch's values must not)
-            time_index = _time_bucket(tl.maximum(tl.abs(gap64), 1), thresholds_ptr, num_buckets, bucket_scale)
-            bias += tl.load(time_bias_ptr + time_index)
-    return bias, pos_index, time_index, time_bucket
+            time_index, time_bias64 = _gap_buckets(tl.maximum(tl.abs(gap64), 1), time_lo, time_hi, thresholds_ptr,
+                                                   time_bias_ptr, num_buckets, bucket_scale, FEW_TIME_BUCKETS)
+            bias += time_bias64
+    return bias, pos_index, time_index, time_lo, time_hi
 
 
 @triton.jit
@@ -287,7 +322,7 @@ def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi,
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha  # [BLOCK_M, BLOCK_N] float32
     if HAS_POS or HAS_TIME:
         t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
-        bias, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+        bias, _, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
                                    pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets,
                                    bucket_scale, HAS_POS, HAS_TIME, False)
         s += bias
@@ -399,6 +434,15 @@ def _hstu_fwd_kernel(
 
 
 @triton.jit
+def _sum_by_index(grad_ptr, index, ds, lo, hi):
+    """``grad[e] += sum(ds[index == e])`` for ``e`` in ``lo..hi``: one sum and one scalar addition
+    per entry, in a fixed order (``ds`` is zero outside the kept pairs)."""
+    for e in range(lo, hi + 1):
+        part = tl.sum(tl.sum(tl.where(index == e, ds, 0.0), 1), 0)
+        tl.atomic_add(grad_ptr + e, part, sem="relaxed")
+
+
+@triton.jit
 def _scatter_table_grad(grad_ptr, index, ds, keep, DETERMINISTIC: tl.constexpr):
     """Add ``ds`` of the kept pairs to ``grad[index]``: atomics, or (deterministic) a loop over the
     tile's index range adding each entry's sum into this program's own partial table (one thread's
@@ -406,9 +450,7 @@ def _scatter_table_grad(grad_ptr, index, ds, keep, DETERMINISTIC: tl.constexpr):
     if DETERMINISTIC:
         lo = tl.min(tl.min(tl.where(keep, index, 2147483647), 1), 0)
         hi = tl.max(tl.max(tl.where(keep, index, -1), 1), 0)
-        for e in range(lo, hi + 1):
-            part = tl.sum(tl.sum(tl.where(keep & (index == e), ds, 0.0), 1), 0)
-            tl.atomic_add(grad_ptr + e, part, sem="relaxed")
+        _sum_by_index(grad_ptr, index, tl.where(keep, ds, 0.0), lo, hi)
     else:
         tl.atomic_add(grad_ptr + index, ds, mask=keep, sem="relaxed")
 
@@ -472,7 +514,7 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
     if HAS_POS or HAS_TIME:
-        bias, pos_index, time_index, time_bucket = _tile_bias(
+        bias, pos_index, time_index, time_lo, time_hi = _tile_bias(
             s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi, pos_bias_ptr,
             time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, KEYS_ON_ROWS)
         s += bias
@@ -492,8 +534,10 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
             _position_grad(dpos_ptr, pos_index, ds, keep, pos_q, row_ok, cols, col_ok, history, max_distance,
                            MASKED, DETERMINISTIC, KEYS_ON_ROWS)
         if HAS_TIME:
-            if time_bucket >= 0:  # one bucket for the whole tile: one addition
-                tl.atomic_add(dtime_ptr + time_bucket, tl.sum(tl.sum(ds, 1), 0), sem="relaxed")
+            if time_lo == time_hi:  # one bucket for the whole tile: one addition
+                tl.atomic_add(dtime_ptr + time_lo, tl.sum(tl.sum(ds, 1), 0), sem="relaxed")
+            elif time_hi - time_lo < FEW_TIME_BUCKETS:  # a few: one sum and one addition per bucket
+                _sum_by_index(dtime_ptr, time_index, ds, time_lo, time_hi)
             else:
                 _scatter_table_grad(dtime_ptr, time_index, ds, keep, DETERMINISTIC)
     return p, ds

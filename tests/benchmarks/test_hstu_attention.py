@@ -20,11 +20,11 @@ def test_useful_flops_count_the_causal_pairs():
 
 
 def test_rows_for_every_provider_pass_and_bias_agree_with_the_reference():
-    rows = bench.run_length(32, ["triton", "pytorch", "sdpa"], ["fwd", "fwd+bwd"], [True, False], torch.float32,
+    rows = bench.run_length(32, ["triton", "pytorch", "sdpa"], ["fwd", "fwd+bwd"], list(bench.BIASES), torch.float32,
                             "cpu", repeats=1, heads=2, dim=16, tokens=64, peak=1.0)
-    # no SDPA on CPU; 2 providers x 2 passes x 2 bias options
+    # no SDPA on CPU; 2 providers x 2 passes x 4 bias options
     assert [(r["provider"], r["pass"], r["bias"]) for r in rows] == [
-        (p, n, b) for b in (True, False) for p in ("triton", "pytorch") for n in ("fwd", "fwd+bwd")]
+        (p, n, b) for b in bench.BIASES for p in ("triton", "pytorch") for n in ("fwd", "fwd+bwd")]
     for r in rows:
         assert r["ms"] > 0 and r["tflops"] > 0 and r["of_matmul"] == r["tflops"]
         assert (r["max_abs_error"] is None) == (r["pass"] == "fwd+bwd")
@@ -37,7 +37,7 @@ def test_rows_for_every_provider_pass_and_bias_agree_with_the_reference():
 
 def test_a_reference_that_does_not_fit_is_skipped(monkeypatch):
     monkeypatch.setattr(bench, "reference_fits", lambda *args: False)
-    rows = bench.run_length(16, ["pytorch"], ["fwd"], [False], torch.float32, "cpu", repeats=1, heads=1, dim=16,
+    rows = bench.run_length(16, ["pytorch"], ["fwd"], ["none"], torch.float32, "cpu", repeats=1, heads=1, dim=16,
                             tokens=32, peak=1.0)
     assert rows[0]["skipped"].startswith("the padded reference does not fit")
     assert "skipped" in bench.format_table(rows, 1.0)

@@ -477,3 +477,33 @@ def test_tiles_within_one_time_bucket():
     case["timestamps"] = burst.to(DEVICE)
     assert_forward_backward_match(case, num_targets=targets_for(lengths, most=1))
     assert_forward_backward_match(case, deterministic=True)
+
+
+def time_buckets_per_tile(timestamps, block=32, num_buckets=64):
+    """How many time buckets each causal (query tile, key tile) of one sequence spans, from the
+    tile's extreme gaps ``t_next(i) - t_j`` as the kernel bounds them."""
+    following = torch.cat([timestamps[1:], timestamps[-1:]])
+    spans = []
+    for q0 in range(0, len(timestamps), block):
+        for k0 in range(0, q0 + 1, block):
+            lowest = int(following[q0:q0 + block].min() - timestamps[k0:k0 + block].max())
+            highest = int(following[q0:q0 + block].max() - timestamps[k0:k0 + block].min())
+            low_gap = min(abs(lowest), abs(highest)) if lowest > 0 or highest < 0 else 1
+            edges = time_buckets(torch.tensor([max(low_gap, 1), max(abs(lowest), abs(highest), 1)]), num_buckets)
+            spans.append(int(edges[1] - edges[0]) + 1)
+    return spans
+
+
+def test_tiles_spanning_a_few_time_buckets():
+    """Evenly spaced events: far tiles span 2-4 time buckets (one comparison per bucket edge instead
+    of a log per pair; backward, one sum per bucket), near tiles many (a log per pair); two bursts
+    far apart give one-bucket tiles. All three against the reference, atomics and deterministic."""
+    lengths = [256, 128]
+    case = make_case(lengths, heads=1, max_seq_len=256, seed=11)
+    even = torch.arange(256) * 1000
+    bursts = torch.cat([torch.arange(64) * 1000, 10**9 + torch.arange(64) * 1000])
+    spans = time_buckets_per_tile(even) + time_buckets_per_tile(bursts)
+    assert 1 in spans and any(1 < s <= 4 for s in spans) and any(s > 4 for s in spans)
+    case["timestamps"] = torch.cat([even, bursts]).to(DEVICE)
+    assert_forward_backward_match(case)
+    assert_forward_backward_match(case, deterministic=True)
