@@ -47,11 +47,11 @@ def test_hstu_attention_throughput_vs_length(tmp_path, captured):
     bench = load("hstu_attention")
     calls = captured(bench, "line_plot")
     rows = [{"provider": p, "pass": "fwd", "bias": b, "longest": n, "tflops": t} for p, b, n, t in
-            [("pytorch", True, 256, 1.0), ("pytorch", True, 1024, 9.0), ("triton", False, 256, 0.1),
-             ("triton", False, 1024, 0.5)]]
-    rows.append({"provider": "pytorch", "pass": "fwd", "bias": True, "longest": 4096, "skipped": "too big"})
+            [("pytorch", "both", 256, 1.0), ("pytorch", "both", 1024, 9.0), ("triton", "none", 256, 0.1),
+             ("triton", "none", 1024, 0.5)]]
+    rows.append({"provider": "pytorch", "pass": "fwd", "bias": "both", "longest": 4096, "skipped": "too big"})
     assert_png(bench.plot({"device": "H100", "matmul_tflops": 790.0, "rows": rows}, tmp_path / "h.png"))
-    assert calls == [{"pytorch fwd bias": [(256, 1.0), (1024, 9.0)], "triton fwd": [(256, 0.1), (1024, 0.5)]}]
+    assert calls == [{"pytorch fwd bias: both": [(256, 1.0), (1024, 9.0)], "triton fwd": [(256, 0.1), (1024, 0.5)]}]
 
 
 def test_nn_select_latency_vs_work(tmp_path, captured):
