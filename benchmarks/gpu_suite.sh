@@ -37,6 +37,8 @@ stage_plan() {
   python benchmarks/plan_vs_measured.py --out "$OUT/plan-vs-measured"
   python benchmarks/calibrate_device.py --out "$OUT/calibration"
   python benchmarks/cudnn_gru_peak.py --out "$OUT/cudnn-gru"
+  python benchmarks/saved_bytes_by_op.py --model mimn --batch 1024 --max-len 50 --out "$OUT/saved-bytes-mimn.json"
+  python -m pytest -q -p no:cacheprovider tests/recsys/distributed/test_gru_peak.py   # the GRU terms on this GPU
 }
 
 stage_throughput() {

@@ -50,6 +50,7 @@ OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "rowwise_adagrad": 1, "
 
 
 CUDNN_GRU_FLOATS_PER_HIDDEN = 19.5  # cuDNN GRU transient per token and hidden unit (see _gru)
+FUSED_GRU_CELL_EXTRA_PER_HIDDEN = 5  # floats per row and hidden unit a CUDA nn.GRUCell saves beyond the CPU's (_mimn)
 
 
 @dataclass(frozen=True)
@@ -485,7 +486,7 @@ def _behavior_sequence(t: _Tally, model: nn.Module, work: Workload) -> None:
         t.peak("backward", F32 * b * longest * 4 * arch.gru.hidden_size)  # grads of the [B, L, 3h] gates and [B, L, h] outputs
         t.add("sequence_encoder", I64 * 2 * b + BOOL * b)  # the gather at each row's last event
     elif name == "MIMN":
-        _mimn(t, arch, b, longest, d)
+        _mimn(t, arch, b, longest, d, work.accelerator)
     else:
         raise ConfigError(f"no dense estimate for behaviour-sequence arch {name}; add one to recsys/distributed/dense_estimate.py")
     head = getattr(arch, "head", arch)  # ScoringHead, or MIMN's own over arch + heads
@@ -522,15 +523,22 @@ def _gru(t: _Tally, gru: nn.GRU, b: int, longest: int, d: int, cudnn: bool = Fal
             t.peak("forward", F32 * b * longest * (CUDNN_GRU_FLOATS_PER_HIDDEN * h + 3 * fan_in))
 
 
-def _mimn(t: _Tally, mimn: nn.Module, b: int, longest: int, d: int) -> None:
+def _mimn(t: _Tally, mimn: nn.Module, b: int, longest: int, d: int, accelerator: bool = False) -> None:
     """MIMN: ``L`` update steps over every row (masked rows compute too), then the readout.
 
     Per row and step (fp32 values): controller GRU input and gates, both heads' outputs, the
     memory and two cosine-similarity intermediates per head, the softmaxes, the rebalancing
     ``[m, m]``, erase / add, and the MIU GRU over the m slots (``recsys.modules.mimn``).
+
+    On CUDA an ``nn.GRUCell`` is one fused op (``_thnn_fused_gru_cell``) whose backward formula keeps
+    both gate pre-activations (``3h`` each) and a ``5h`` workspace, where the CPU's cell-by-cell
+    GRU keeps about ``6h`` of gates: ``5h`` more per row, cell and step (controller: h = Dc; MIU:
+    m cells of h = Ds).
     """
     m, dm, dc, ds, k = mimn.memory_slots, mimn.memory_dim, mimn.controller_dim, mimn.induction_dim, mimn.induction_top_k
     per_step = (d * (1 + m) + 8 * dc + 7 * m * ds + 7 * dm + 7 * m * dm + 15 * m + m * m + 6)  # floats per row
+    if accelerator:
+        per_step += FUSED_GRU_CELL_EXTRA_PER_HIDDEN * (dc + m * ds)
     per_step = F32 * per_step + I64 * k + BOOL * m
     first_step = -F32 * m * dm if longest else 0  # M_0 is the learned parameter
     t.add("sequence_encoder", b * (longest * per_step + first_step) + BOOL * b * longest)
