@@ -99,7 +99,8 @@ def format_table(reports: list[dict]) -> str:
     lines.append(f"{'total saved':<36}" + "".join(f"{r['saved_total_bytes'] / MB:>14.3f}{'':>8}" for r in reports))
     lines.append(f"{'estimated activations':<36}"
                  + "".join(f"{r['estimated_activation_bytes'] / MB:>14.3f}{'':>8}" for r in reports))
-    for key, label in (("forward_peak_bytes", "CUDA forward peak"), ("forward_backward_peak_bytes", "CUDA fwd+bwd peak")):
+    peaks = (("forward_peak_bytes", "CUDA forward peak"), ("forward_backward_peak_bytes", "CUDA fwd+bwd peak"))
+    for key, label in peaks:
         if any(key in r for r in reports):
             lines.append(f"{label:<36}" + "".join(
                 f"{r[key] / MB:>14.3f}{'':>8}" if key in r else f"{'-':>14}{'':>8}" for r in reports))

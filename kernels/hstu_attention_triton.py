@@ -30,10 +30,11 @@ float32 accumulation):
   tiles that can see it; ``dS = dP * SiLU'(S)`` with ``dP = dO V^T / N``;
 - backward ``dQ``: one program per query tile walks its key tiles again (no atomics on dQ).
 
-Bias-table gradients, in the dK / dV kernel: a tile within one time bucket adds its ``dS`` sum once,
-a tile spanning a few (:data:`FEW_TIME_BUCKETS`) one sum per bucket; a tile of history pairs without a mask adds to the position table along its diagonals (one sum per
-relative position, :func:`_add_diagonals`; atomics mode only); the other tiles (the diagonal band, targets, tiles
-spanning several buckets) ``tl.atomic_add`` every visible pair's ``dS``. All of it goes into one of
+Bias-table gradients, in the dK / dV kernel: a tile within one time bucket adds its ``dS`` sum
+once, a tile spanning a few (:data:`FEW_TIME_BUCKETS`) one sum per bucket; a tile of history pairs
+without a mask adds to the position table along its diagonals (one sum per relative position,
+:func:`_add_diagonals`; atomics mode only); the other tiles (the diagonal band, targets, tiles
+spanning more buckets) ``tl.atomic_add`` every visible pair's ``dS``. All of it goes into one of
 ``NUM_COPIES`` copies of each table (copies spread the contention on the small tables; they are
 summed afterwards). ``deterministic=True`` gives every dK / dV program its own partial table, filled
 tile by tile in a fixed order (a loop over the index range each tile touches), sums the partials in
@@ -322,9 +323,9 @@ def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi,
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha  # [BLOCK_M, BLOCK_N] float32
     if HAS_POS or HAS_TIME:
         t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
-        bias, _, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
-                                   pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets,
-                                   bucket_scale, HAS_POS, HAS_TIME, False)
+        bias, _, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo,
+                                      t_key_hi, pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance,
+                                      num_buckets, bucket_scale, HAS_POS, HAS_TIME, False)
         s += bias
     p = s * _sigmoid(s, FAST_SIGMOID)  # SiLU
     if MASKED:
