@@ -137,6 +137,15 @@ class HostArena:
         self._layouts: dict[Bucket, tuple[dict, int]] = {}
         self.last_bytes: TransferBytes | None = None
 
+    @classmethod
+    def for_batch(cls, spec: FeatureSpec, batch: RankRequestBatch, device: torch.device | str = "cpu") -> "HostArena":
+        """A one-off arena whose capacity is ``batch``'s own bucket: the batch is laid out (padded)
+        as in any larger arena, so its scores are the same bit for bit."""
+        need = (batch.num_requests, batch.num_candidates, max(batch.num_tokens, 1))
+        sizes = [_next_bucket(n, MIN_BUCKET[name], 2 * max(n, MIN_BUCKET[name]))  # (a cap it never reaches)
+                 for n, name in zip(need, ("requests", "candidates", "tokens"))]
+        return cls(spec, *sizes, device=device)
+
     def bucket(self, batch: RankRequestBatch) -> Bucket:
         """The bucket of ``batch``'s shape; :class:`DataError` when it exceeds the capacity."""
         need = Bucket(batch.num_requests, batch.num_candidates, batch.num_tokens)

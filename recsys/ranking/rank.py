@@ -84,7 +84,7 @@ def rank_requests(
         requests: one :class:`RankRequest` per user request.
         items: the item table (candidate content embeddings and attributes).
         lifelong: the sequence windows and S_all split the model was trained with (``data.lifelong``).
-        arena: a reusable :class:`HostArena` on the model's device; None = one for this call.
+        arena: a reusable :class:`HostArena` on the model's device; None = one for this call, sized to the batch's bucket.
         kernel: the NN-selection backend (:func:`recsys.ops.nn_select.nn_select_kernels`).
         graphs: a :class:`~recsys.ranking.graphs.DenseStageGraphs` (CUDA only) to replay the
             dense stage per bucket; None runs it eagerly.
@@ -100,7 +100,7 @@ def rank_requests(
     device = encoder.input_projection.weight.device
     batch = RankRequestBatch.build(requests, model.spec, items)
     if arena is None:
-        arena = HostArena(model.spec, batch.num_requests, batch.num_candidates, max(batch.num_tokens, 1), device)
+        arena = HostArena.for_batch(model.spec, batch, device)
     elif arena.device != device:
         raise ConfigError(f"the arena moves batches to {arena.device} but the model is on {device}; "
                           "build the HostArena with the model's device")

@@ -53,6 +53,14 @@ def test_buckets_are_powers_of_two_within_the_capacity(world):
         arena.bucket(RankRequestBatch.build([synthetic_request(spec, 3_001, 1)], spec, items))
 
 
+def test_a_one_off_arena_pads_the_batch_as_a_larger_arena_does(world):
+    spec, items = world["spec"], world["log"].items
+    batch = RankRequestBatch.build([synthetic_request(spec, 300, 20), synthetic_request(spec, 5, 3)], spec, items)
+    one_off = HostArena.for_batch(spec, batch)
+    assert one_off.bucket(batch) == HostArena(spec, 4, 600, 3000).bucket(batch) == one_off.capacity
+    assert (one_off.capacity.requests, one_off.capacity.candidates, one_off.capacity.tokens) == (2, 32, 512)
+
+
 def test_arena_reuse_leaves_nothing_of_the_previous_batch(world):
     spec, items = world["spec"], world["log"].items
     arena = HostArena(spec, 8, 256, 4096)
