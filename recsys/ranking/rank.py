@@ -84,7 +84,8 @@ def rank_requests(
         requests: one :class:`RankRequest` per user request.
         items: the item table (candidate content embeddings and attributes).
         lifelong: the sequence windows and S_all split the model was trained with (``data.lifelong``).
-        arena: a reusable :class:`HostArena` on the model's device; None = one for this call, sized to the batch's bucket.
+        arena: a reusable :class:`HostArena` on the model's device; None = one for this call, sized
+            to the batch's bucket.
         kernel: the NN-selection backend (:func:`recsys.ops.nn_select.nn_select_kernels`).
         graphs: a :class:`~recsys.ranking.graphs.DenseStageGraphs` (CUDA only) to replay the
             dense stage per bucket; None runs it eagerly.
