@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.errors import ConfigError, DataError
+from recsys.ops.padded_gather import gather_padded
 
 DEFAULT_MAX_SEQUENCE = 50
 
@@ -139,9 +140,8 @@ class BSTEncoder(nn.Module):
         is_candidate = positions == read.unsqueeze(1)  # [B, L]
         first_read = (torch.cumsum(lengths, dim=0) - read).unsqueeze(1)  # [B, 1] index of the oldest item read
         candidate_index = total + torch.arange(num_rows, device=history.device).unsqueeze(1)  # [B, 1]
-        pad_index = total + num_rows
-        index = torch.where(is_history, first_read + positions, torch.where(is_candidate, candidate_index, pad_index))
-        values = torch.cat([history, candidate, history.new_zeros(1, history.shape[1])])  # [S_T + B + 1, D]
+        index = torch.where(is_history, first_read + positions, candidate_index)  # [B, L] (padding: any)
+        values = torch.cat([history, candidate])  # [S_T + B, D]
         recency = (read.unsqueeze(1) - positions).clamp(min=0)  # [B, L]: candidate 0, newest 1, ...
-        tokens = values[index] + self.position_embedding(recency)  # [B, L, D]
+        tokens = gather_padded(values, index, is_history | is_candidate) + self.position_embedding(recency)  # [B, L, D]
         return tokens, is_history, ~(is_history | is_candidate), read

@@ -82,6 +82,7 @@ from torch import nn
 
 from recsys.errors import ConfigError, DataError
 from recsys.modules.time_window_mask import causal_attention_mask, time_window_mask
+from recsys.ops.padded_gather import gather_padded
 
 PAPER_MAX_SEQUENCE = 100
 PAPER_TIME_WINDOW_SECONDS = 24 * 3600.0
@@ -379,10 +380,8 @@ def newest_first(values: torch.Tensor, lengths: torch.Tensor, max_len: int) -> t
     ends = torch.cumsum(lengths, dim=0)  # [B] one past each row's newest value
     positions = torch.arange(max_len, device=values.device)  # [S]
     real = positions.unsqueeze(0) < lengths.unsqueeze(1)  # [B, S]
-    pad_row = values.shape[0]
-    index = torch.where(real, ends.unsqueeze(1) - 1 - positions, pad_row)  # [B, S]
-    padded = torch.cat([values, values.new_zeros((1, *values.shape[1:]))])[index]  # [B, S, *F]
-    return padded, real
+    index = ends.unsqueeze(1) - 1 - positions  # [B, S] (meaningless at padding)
+    return gather_padded(values, index, real), real  # [B, S, *F], [B, S]
 
 
 def readout(

@@ -51,6 +51,7 @@ from torch import nn
 
 from recsys.errors import ConfigError, DataError
 from recsys.modules.time_window_mask import key_padding_mask
+from recsys.ops.padded_gather import gather_padded
 from recsys.ops.skut import SKUT_KERNELS, skut, skut_backend
 from recsys.ops.skut_reference import SkutLayerWeights, SkutWeights
 
@@ -289,7 +290,7 @@ class TransActV2(nn.Module):
         """:meth:`encode` by SKUT: the jagged token vectors ``[V, 2C]`` padded to one batch ``[B, L, 2C]``."""
         width = max(int(lengths.max()) if lengths.numel() else 0, 1)
         index, real = jagged_index(lengths, width)  # [B, L], [B, L]
-        padded = torch.cat([vectors, vectors.new_zeros(1, vectors.shape[1])])[torch.where(real, index, vectors.shape[0])]
+        padded = gather_padded(vectors, index, real)  # [B, L, 2C]
         features, outputs = skut(self.skut_weights(), padded, lengths, kernel="triton", return_outputs=True,
                                  check_lengths=False)  # [B, F], [B, L, d]
         return TransActV2Encoding(features.to(vectors.dtype), outputs[real].to(vectors.dtype))  # outputs [V, d]
@@ -312,7 +313,7 @@ class TransActV2(nn.Module):
         else:
             width = max(int(lengths.max()) if lengths.numel() else 0, 1)
         index, real = jagged_index(lengths, width, starts)  # [b, L], [b, L]
-        padded = torch.cat([tokens, tokens.new_zeros(1, tokens.shape[1])])[torch.where(real, index, tokens.shape[0])]
+        padded = gather_padded(tokens, index, real)  # [b, L, d]
         # Padding sits at the end of each row, so a real token t reads only real tokens s <= t under
         # the causal mask alone; a padded slot reads real and padded tokens (finite, never used).
         causal = nn.Transformer.generate_square_subsequent_mask(width, device=tokens.device, dtype=tokens.dtype)
