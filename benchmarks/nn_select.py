@@ -4,6 +4,11 @@
     python benchmarks/nn_select.py --cpu           # CPU: the reference on small shapes (a smoke run)
     python benchmarks/nn_select.py --out runs/bench/nn_select.json
 
+Progress goes to stdout as it happens: ``# shape / backend: check`` and ``# ... : time`` before each
+step, and each table row once measured (the whole table again at the end). CUDA reports a fault at
+the next sync, which comes before the next step: the last ``#`` line names the shape and backend
+(run with ``CUDA_LAUNCH_BLOCKING=1`` to name the very launch).
+
 Each shape is R requests (one user sequence each, S tokens of C int8 values) with N candidates per
 request, keeping k tokens per candidate. The tokens' inverse norms are computed once per shape and
 passed in (as ``rank_requests`` does once per batch). Before timing, every backend's output is
@@ -116,6 +121,11 @@ def graph_fn(x: dict, k: int, segment_len: int | None = None):
         graph.replay()
         return out
 
+    # The graph replays its launches at the captured addresses but owns only what the capture
+    # allocated (the scratch and the output): the tensors made before it must live as long as the
+    # replays. Freed with this function's frame, their memory goes to the next tensors allocated
+    # and the replays read garbage candidate indices (an illegal memory access on an H100).
+    replay.inputs = (x, codes, groups)
     return replay
 
 
@@ -141,9 +151,13 @@ def run(shapes, backends: list[str], device: str, repeats: int, segment_len: int
         ops = 2 * num_candidates * length * dim
         want = nn_select(**x, k=k, kernel="pytorch")
         for backend in backends:
+            # Named before each step: a CUDA fault is raised at a later sync (time_ms syncs after every
+            # call), so the last line printed says which shape and backend faulted.
+            print(f"# {name} / {backend}: check against the reference", flush=True)
             fn = select_fn(backend, x, k, segment_len)
             if not torch.equal(fn(), want):
                 raise SystemExit(f"{backend} differs from the reference on shape {name!r}")
+            print(f"# {name} / {backend}: time ({repeats} repeats)", flush=True)
             ms = time_ms(fn, device, repeats)
             gbps, tops = min_bytes / (ms * 1e-3) / 1e9, ops / (ms * 1e-3) / 1e12
             rows.append(dict(shape=name, requests=requests, length=length, candidates_per_request=per_request,
@@ -152,19 +166,23 @@ def run(shapes, backends: list[str], device: str, repeats: int, segment_len: int
                              met=None if target is None else ms <= target, gb_per_s=gbps, hbm_gb_per_s=hbm,
                              hbm_share=gbps / hbm, tops=tops, int8_tops=INT8_TOPS, tops_share=tops / INT8_TOPS,
                              min_bytes=min_bytes, int8_ops=ops))
+            print(format_row(rows[-1]), flush=True)
     return rows
 
 
+TABLE_HEAD = (f"{'shape':<32}{'backend':>14}{'ms':>9}{'target':>8}{'met':>5}{'GB/s':>9}{'of HBM':>8}"
+              f"{'TOP/s':>8}{'of peak':>8}")
+
+
+def format_row(r: dict) -> str:
+    target = "" if r["target_ms"] is None else f"{r['target_ms']:.3f}"
+    met = "" if r["met"] is None else ("yes" if r["met"] else "no")
+    return (f"{r['shape']:<32}{r['backend']:>14}{r['ms']:>9.3f}{target:>8}{met:>5}{r['gb_per_s']:>9.1f}"
+            f"{r['hbm_share']:>8.1%}{r['tops']:>8.2f}{r['tops_share']:>8.2%}")
+
+
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'shape':<32}{'backend':>14}{'ms':>9}{'target':>8}{'met':>5}{'GB/s':>9}{'of HBM':>8}"
-            f"{'TOP/s':>8}{'of peak':>8}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        target = "" if r["target_ms"] is None else f"{r['target_ms']:.3f}"
-        met = "" if r["met"] is None else ("yes" if r["met"] else "no")
-        lines.append(f"{r['shape']:<32}{r['backend']:>14}{r['ms']:>9.3f}{target:>8}{met:>5}{r['gb_per_s']:>9.1f}"
-                     f"{r['hbm_share']:>8.1%}{r['tops']:>8.2f}{r['tops_share']:>8.2%}")
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEAD, "-" * len(TABLE_HEAD)] + [format_row(r) for r in rows])
 
 
 def plot(report: dict, path: Path) -> Path:
@@ -198,6 +216,7 @@ def main() -> None:
         device, shapes, backends = "cuda", GPU_SHAPES, ["pytorch", "triton", "triton-direct", "triton-graph"]
     else:
         raise SystemExit("no CUDA device: run with --cpu for the reference on CPU")
+    print(TABLE_HEAD, flush=True)  # each row follows as soon as it is measured; the whole table at the end
     rows = run(shapes, backends, device, max(1, args.repeats), args.segment_len)
     print(format_table(rows))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

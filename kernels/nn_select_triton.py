@@ -394,7 +394,9 @@ def nn_select_triton(
         groups: :func:`candidate_groups` of these candidates and sequences, for callers that select
             for the same candidates and sequences many times; None = computed here (one device sync).
             With ``groups``, int8 ``candidates`` and ``inverse_norms`` given, the call launches two
-            kernels and never syncs (it can be captured in a CUDA graph).
+            kernels and never syncs (it can be captured in a CUDA graph). The graph owns only what
+            the call allocates: keep every tensor passed in (``groups`` included) alive while it is
+            replayed, or the replays read freed memory.
 
     Returns:
         ``[B, k]`` int64 positions within the sequence, ascending, -1 padded.

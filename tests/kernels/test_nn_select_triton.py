@@ -138,3 +138,56 @@ def test_kernel_scores_normalised_tokens():
     assert got.tolist() == [[1]]
     got = nn_select(values, as_index([0]), as_index([4]), -cand, as_index([0]), 2, kernel="triton")
     assert got.tolist() == [[2, 3]]  # cosines with (-1, 0): -0.8, -1, 0 (zero token), 0.995
+
+
+def test_benchmark_graph_replay_keeps_what_the_graph_reads_alive(monkeypatch):
+    """``benchmarks/nn_select.py``'s ``triton-graph``: a CUDA graph replays its launches at the
+    captured addresses and owns only what the capture allocated, so every tensor the captured call
+    was given (the int8 candidates and the candidate groups prepared before the capture) must live
+    as long as the replay function. Freed, the caching allocator hands their memory to the next
+    tensors and the replays read garbage candidate indices: on an H100 the benchmark died with an
+    illegal memory access at its first timing after a replay had passed the check. On CPU the
+    graph is a stand-in that runs the captured call once (the interpreter)."""
+    import contextlib
+    import gc
+    import importlib.util
+    import weakref
+    from pathlib import Path
+
+    import recsys.kernels.nn_select_triton as K
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "nn_select.py"
+    spec = importlib.util.spec_from_file_location("nn_select_benchmark_graph", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    given, capturing, real = [], [False], K.nn_select_triton
+
+    def recording(*args, groups=None, **kwargs):
+        if capturing[0]:
+            given.extend(weakref.ref(t) for t in (*args, *kwargs.values(), *(groups or ())) if torch.is_tensor(t))
+        return real(*args, groups=groups, **kwargs)
+
+    @contextlib.contextmanager
+    def capture(graph, *args, **kwargs):
+        with (real_graph(graph, *args, **kwargs) if DEVICE == "cuda" else contextlib.nullcontext()):
+            capturing[0] = True
+            yield
+        capturing[0] = False
+
+    real_graph = torch.cuda.graph
+    monkeypatch.setattr(K, "nn_select_triton", recording)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    if DEVICE != "cuda":
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: type("Graph", (), {"replay": lambda self: None})())
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    x = bench.make_inputs(2, 40, 3, 32, DEVICE)
+    replay = bench.graph_fn(x, 5, segment_len=16)
+    gc.collect()
+    freed = [i for i, ref in enumerate(given) if ref() is None]
+    assert given and not freed, f"tensors the graph reads were freed: arguments {freed} of {len(given)}"
+    want = nn_select(**x, k=5, kernel="pytorch")
+    for _ in range(3):
+        junk = [torch.full((n,), -1, dtype=torch.int64, device=DEVICE) for n in (1, 6, 96, 2048)]  # reuse freed memory
+        assert torch.equal(replay(), want)
+        del junk
