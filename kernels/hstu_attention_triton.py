@@ -219,11 +219,11 @@ def _gap_buckets(gap, low_bucket, high_bucket, thresholds_ptr, time_bias_ptr, nu
 
 
 @triton.jit
-def _tile_bias(like, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
+def _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi,
                pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale,
                HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, KEYS_ON_ROWS: tl.constexpr):
-    """``rab`` of the tile (float32, the shape of ``like``), the table indices it read (for the
-    backward), and the tile's lowest and highest time bucket (-1, -1 without a time table).
+    """``s + rab`` of the tile (float32), the table indices it read (for the backward), and the tile's
+    lowest and highest time bucket (-1, -1 without a time table).
 
     The tile's range of ``t_next(i) - t_j`` (from the query and key extremes, computed once per
     query or key tile by the caller) bounds its buckets with two scalar buckets. Far from the
@@ -232,16 +232,20 @@ def _tile_bias(like, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, 
     one comparison per bucket edge replaces the per-pair log and gathers; otherwise each pair's
     bucket comes from its log. The gaps are taken in int32 when the tile's range allows (half the
     registers of int64), else in int64.
+
+    The time bias is summed in its own tile and added to ``s`` after its branches; the position
+    bias's gather goes straight into ``s`` after that, never through those branches. Added into
+    one bias tile before the time branches (as this function once did), the gather took the
+    branches' blocked layout, and Triton's pipeliner staged it in a column-major, unswizzled
+    shared-memory buffer written and read along rows (32-way bank conflicts on every pair):
+    with both tables the forward cost about twice position and time alone together. Here it is
+    staged row-major and swizzled, read straight in the layout of ``s``, as with the position
+    table alone (checked by the sm_90a compile test in tests/kernels/test_hstu_attention_triton.py).
     """
-    bias = tl.zeros_like(like)
-    pos_index = bias.to(tl.int32)
-    time_index = bias.to(tl.int32)
+    pos_index = tl.zeros(s.shape, tl.int32)
+    time_index = pos_index
     time_lo = history * 0 - 1  # int32 scalars, as the branches below assign
     time_hi = time_lo
-    if HAS_POS:
-        distance = _k2(tl.minimum(cols, history), KEYS_ON_ROWS) - _q2(tl.minimum(pos_q, history), KEYS_ON_ROWS)
-        pos_index = tl.minimum(tl.maximum(distance, -max_distance), max_distance) + max_distance
-        bias += tl.load(pos_bias_ptr + pos_index)
     if HAS_TIME:
         lowest = t_next_lo - t_key_hi  # the tile's smallest and largest t_next(i) - t_j
         highest = t_next_hi - t_key_lo
@@ -249,21 +253,27 @@ def _tile_bias(like, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, 
         high_gap = tl.maximum(tl.maximum(tl.abs(lowest), tl.abs(highest)), 1)
         time_lo = _time_bucket(low_gap, thresholds_ptr, num_buckets, bucket_scale)
         time_hi = _time_bucket(high_gap, thresholds_ptr, num_buckets, bucket_scale)
+        time_bias = tl.zeros_like(s)
         if time_lo == time_hi:
             time_index = time_index + time_lo
-            bias += tl.load(time_bias_ptr + time_lo)
+            time_bias += tl.load(time_bias_ptr + time_lo)
         elif (highest < 1073741824) & (lowest > -1073741824):  # every gap within +-2^30: int32
             gap32 = (_q2((t_next - t_key_lo).to(tl.int32), KEYS_ON_ROWS)
                      - _k2((t_key - t_key_lo).to(tl.int32), KEYS_ON_ROWS))  # padding rows may wrap: masked later
-            time_index, time_bias = _gap_buckets(tl.maximum(tl.abs(gap32), 1), time_lo, time_hi, thresholds_ptr,
-                                                 time_bias_ptr, num_buckets, bucket_scale, FEW_TIME_BUCKETS)
-            bias += time_bias
+            time_index, bias32 = _gap_buckets(tl.maximum(tl.abs(gap32), 1), time_lo, time_hi, thresholds_ptr,
+                                              time_bias_ptr, num_buckets, bucket_scale, FEW_TIME_BUCKETS)
+            time_bias += bias32
         else:
             gap64 = _q2(t_next, KEYS_ON_ROWS) - _k2(t_key, KEYS_ON_ROWS)  # (names differ: a branch's values must not)
             time_index, time_bias64 = _gap_buckets(tl.maximum(tl.abs(gap64), 1), time_lo, time_hi, thresholds_ptr,
                                                    time_bias_ptr, num_buckets, bucket_scale, FEW_TIME_BUCKETS)
-            bias += time_bias64
-    return bias, pos_index, time_index, time_lo, time_hi
+            time_bias += time_bias64
+        s += time_bias
+    if HAS_POS:
+        distance = _k2(tl.minimum(cols, history), KEYS_ON_ROWS) - _q2(tl.minimum(pos_q, history), KEYS_ON_ROWS)
+        pos_index = tl.minimum(tl.maximum(distance, -max_distance), max_distance) + max_distance
+        s += tl.load(pos_bias_ptr + pos_index)
+    return s, pos_index, time_index, time_lo, time_hi
 
 
 @triton.jit
@@ -323,10 +333,9 @@ def _fwd_tile(acc, count, q, start, pos_q, row_ok, t_next, t_next_lo, t_next_hi,
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha  # [BLOCK_M, BLOCK_N] float32
     if HAS_POS or HAS_TIME:
         t_key, t_key_lo, t_key_hi = _key_times(ts_ptr, key_start, cols, col_ok, HAS_TIME)
-        bias, _, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo,
-                                      t_key_hi, pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance,
-                                      num_buckets, bucket_scale, HAS_POS, HAS_TIME, False)
-        s += bias
+        s, _, _, _, _ = _tile_bias(s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo,
+                                   t_key_hi, pos_bias_ptr, time_bias_ptr, thresholds_ptr, max_distance,
+                                   num_buckets, bucket_scale, HAS_POS, HAS_TIME, False)
     p = s * _sigmoid(s, FAST_SIGMOID)  # SiLU
     if MASKED:
         keep = _tile_mask(pos_q, row_ok, cols, n, history, max_attn_len, num_contextual,
@@ -515,10 +524,9 @@ def _bwd_tile(q, do, inv_norm, k, v, pos_q, row_ok, cols, col_ok, n, history,
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * alpha
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
     if HAS_POS or HAS_TIME:
-        bias, pos_index, time_index, time_lo, time_hi = _tile_bias(
+        s, pos_index, time_index, time_lo, time_hi = _tile_bias(
             s, pos_q, cols, history, t_next, t_next_lo, t_next_hi, t_key, t_key_lo, t_key_hi, pos_bias_ptr,
             time_bias_ptr, thresholds_ptr, max_distance, num_buckets, bucket_scale, HAS_POS, HAS_TIME, KEYS_ON_ROWS)
-        s += bias
     sig = _sigmoid(s, FAST_SIGMOID)
     norm = _q2(inv_norm, KEYS_ON_ROWS)
     p = s * sig * norm  # SiLU(S) / N
