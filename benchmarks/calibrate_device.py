@@ -29,6 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from recsys.atomic_files import write_json_atomic
+from recsys.distributed.topology import TopologyConfig
 from recsys.plots import grouped_bars
 
 
@@ -114,6 +115,9 @@ def main(argv=None) -> dict:
               **workspace_bytes(device), "raw_launch_us": raw_launch_us(device), **autograd_op_us(device)}
     write_json_atomic(Path(args.out) / "calibration.json", result, sort_keys=True)
     print(json.dumps(result, indent=1, sort_keys=True))
+    host = TopologyConfig().for_host(result["raw_launch_us"])
+    print(f"this host's plan constants (topology): launch_overhead_us: {host.launch_overhead_us:.2f}, "
+          f"step_fixed_ms: {host.step_fixed_ms:.2f}  (plan_vs_measured.py --raw-launch-us {result['raw_launch_us']:.2f})")
     print(f"wrote {Path(args.out) / 'calibration.json'} and {per_op_plot(result, Path(args.out) / 'calibration.png')}")
     return result
 

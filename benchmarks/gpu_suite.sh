@@ -33,9 +33,12 @@ stage_kernel_bench() {
   python benchmarks/transact_serving.py --device cuda --out "$OUT/transact_serving.json"
 }
 
-stage_plan() {
-  python benchmarks/plan_vs_measured.py --out "$OUT/plan-vs-measured"
+stage_plan() {  # the calibration first: its bare-op time scales the plan's host constants to this machine
   python benchmarks/calibrate_device.py --out "$OUT/calibration"
+  local raw bw=4800
+  raw=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['raw_launch_us'])" "$OUT/calibration/calibration.json")
+  if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H100; then bw=3350; fi
+  python benchmarks/plan_vs_measured.py --out "$OUT/plan-vs-measured" --raw-launch-us "$raw" --hbm-bw-gbps $bw --profile
   python benchmarks/cudnn_gru_peak.py --out "$OUT/cudnn-gru"
   python benchmarks/saved_bytes_by_op.py --model mimn --batch 1024 --max-len 50 --out "$OUT/saved-bytes-mimn.json"
   python -m pytest -q -p no:cacheprovider tests/recsys/distributed/test_gru_peak.py   # the GRU terms on this GPU

@@ -22,9 +22,16 @@ in reference cycles not yet collected) would otherwise count in the next model's
 row also records ``allocated_before_gb``, the bytes allocated on the device before its model
 was built (0 in a fresh process, the cuBLAS workspaces of the earlier batch sizes after that).
 
-On the GPU machine::
+The plan's host constants (time per dispatched op, per step) are the reference host's unless
+``--raw-launch-us`` gives this host's bare-op time (``benchmarks/calibrate_device.py`` measures it):
+a slower CPU beside the same GPU makes every host-bound step slower. ``--profile`` adds, per row,
+the summed device time of one step's kernels and its largest kernels (where the time goes when a
+row misses).
 
-    python benchmarks/plan_vs_measured.py --out runs/bench/plan-vs-measured
+On the GPU machine (H100 SXM: ``--hbm-bw-gbps 3350``)::
+
+    python benchmarks/calibrate_device.py --out runs/bench/calibration      # prints raw_launch_us
+    python benchmarks/plan_vs_measured.py --out runs/bench/plan-vs-measured --raw-launch-us 9.85 --profile
 
 CPU smoke run (tiny models, memory not measured, seconds)::
 
@@ -110,8 +117,23 @@ def measure(name: str, batch_size: int, args, ctx) -> dict:
     peak, times = _run(step, device, args.warmup, args.steps)
     with StepTrace() as trace:  # after the timed steps: the count's own overhead is not timed
         step()
+    profile = _profile(step) if args.profile and device.type == "cuda" else {}
     return {**row(name, report, data, args.max_len, peak, statistics.median(times)), "allocated_before_gb": before,
-            "measured_ops_per_step": trace.ops}
+            "measured_ops_per_step": trace.ops, **profile}
+
+
+def _profile(step, top: int = 8) -> dict:
+    """One step under the profiler: ``device_kernels_ms`` (the summed time of its GPU kernels; the
+    step's device time if they never overlap) and its ``top`` kernels by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return {"device_kernels_ms": sum(e.self_device_time_total for e in kernels) / 1e3,
+            "top_kernels_ms": {e.key[:120]: e.self_device_time_total / 1e3 for e in kernels[:top]}}
 
 
 def row(name: str, report, data, max_len: int, peak_gb: float | None, step_ms: float) -> dict:
@@ -154,8 +176,10 @@ def summary(rows: list[dict]) -> str:
 
 def _topology(device_type: str, args, hbm_gb: float | None = None) -> TopologyConfig:
     peak = {"fp32_tflops": args.peak_tflops, "tf32_tflops": args.peak_tflops, "bf16_tflops": args.peak_tflops}
-    return TopologyConfig(hosts=1, devices_per_host=1, compute_device=device_type, hbm_gb=hbm_gb or 80.0,
-                          compute_efficiency=args.efficiency, hbm_bw_gbps=args.hbm_bw_gbps, **peak)
+    topology = TopologyConfig(hosts=1, devices_per_host=1, compute_device=device_type, hbm_gb=hbm_gb or 80.0,
+                              compute_efficiency=args.efficiency, hbm_bw_gbps=args.hbm_bw_gbps, **peak)
+    raw_launch_us = getattr(args, "raw_launch_us", None)
+    return topology if raw_launch_us is None else topology.for_host(raw_launch_us)
 
 
 def _run(step, device: torch.device, warmup: int, steps: int):
@@ -224,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--peak-tflops", type=float, default=67.0, help="the device's fp32 dense peak (H100 SXM: 67)")
     parser.add_argument("--efficiency", type=float, default=0.4, help="fraction of the peak the plan assumes")
     parser.add_argument("--hbm-bw-gbps", type=float, default=4800.0, help="the device's memory bandwidth (H200: 4800)")
+    parser.add_argument("--raw-launch-us", type=float, default=None,
+                        help="this host's bare aten op time (calibrate_device.py's raw_launch_us): scales the plan's "
+                             "host constants to this machine (default: the reference host's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="GPU: profile one step per row (device time of its kernels, the largest ones)")
     parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -255,7 +284,8 @@ def _write(rows: list[dict], device: str, args) -> dict:
     print(summary(rows), flush=True)
     out = Path(args.out)
     result = {"device": device, "peak_tflops": args.peak_tflops, "efficiency": args.efficiency,
-              "max_len": args.max_len, "rows": rows}
+              "hbm_bw_gbps": args.hbm_bw_gbps, "raw_launch_us": args.raw_launch_us, "max_len": args.max_len,
+              "rows": rows}
     write_json_atomic(out / "plan_vs_measured.json", result, sort_keys=True)
     plot(rows, out / "plan_vs_measured.png")
     return result

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Literal
 
@@ -20,6 +21,7 @@ from recsys.errors import ConfigError
 
 GB = 1024**3
 _COMPUTE_DEVICES = ("cuda", "cpu")
+REFERENCE_RAW_LAUNCH_US = 7.1  # a bare aten op's host time on the host of the default per-op fit (one H200, 2026-12-04)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,18 @@ class TopologyConfig:
                 f"topology.inter_host_bw_gbps ({self.inter_host_bw_gbps}) exceeds intra_host_bw_gbps "
                 f"({self.intra_host_bw_gbps}); links between hosts are the slower ones: swap or fix the values"
             )
+
+    def for_host(self, raw_launch_us: float) -> "TopologyConfig":
+        """This topology with its host constants (``launch_overhead_us``, ``step_fixed_ms``) scaled
+        to a host whose bare aten op takes ``raw_launch_us`` (``benchmarks/calibrate_device.py``
+        measures it), against :data:`REFERENCE_RAW_LAUNCH_US` on the host of the default fit: the
+        per-op and per-step host work is the same Python and dispatcher code, run by a faster or
+        slower CPU. E.g. the H100 machine of 2026-12-06 measured 9.85 us: 1.39x the defaults."""
+        if isinstance(raw_launch_us, bool) or not isinstance(raw_launch_us, (int, float)) or raw_launch_us <= 0:
+            raise ConfigError(f"raw_launch_us must be a number > 0 (calibrate_device.py's 'raw_launch_us'), got {raw_launch_us!r}")
+        scale = raw_launch_us / REFERENCE_RAW_LAUNCH_US
+        return dataclasses.replace(self, launch_overhead_us=self.launch_overhead_us * scale,
+                                   step_fixed_ms=self.step_fixed_ms * scale)
 
     def peak_tflops(self, matmul_precision: str = "highest") -> float:
         """Dense peak TFLOP/s for float32 training at ``train.matmul_precision``."""
