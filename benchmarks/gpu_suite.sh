@@ -8,7 +8,7 @@
 # Timing stages (kernel-bench, plan, throughput, serving) want the GPU to themselves: run them one at a
 # time. Training stages (retrieval, ablation, mimn) report metrics, not timings, and may share it.
 #
-#   kernels        the kernel tests compiled for the GPU (no interpreter): HSTU attention, NN selection, SKUT
+#   kernels        the kernel tests compiled for the GPU (no interpreter), SHARDS=8 pytest processes side by side
 #   kernel-bench   HSTU attention fwd / fwd+bwd, NN selection, SKUT, the V2 request path
 #   plan           planned vs measured memory and step time per rank; the device calibration
 #   throughput     HSTU training examples/s with the reference attention and the fused kernel
@@ -21,9 +21,17 @@ OUT=${RECSYS_BENCH_OUT:-runs/bench}
 RESUME=${RESUME:-}
 mkdir -p "$OUT"
 
-stage_kernels() {
-  python -m pytest -q -p no:cacheprovider tests/kernels tests/recsys/ops tests/recsys/ranking \
-      tests/recsys/modules/test_transact_v2.py tests/recsys/serve/test_device.py tests/recsys/serve/test_kv_cache.py
+stage_kernels() {  # SHARDS processes side by side: each new shape compiles every autotune config (CPU-bound)
+  local n=${SHARDS:-8} pids=() status=0
+  for i in $(seq 0 $((n - 1))); do
+    python -m pytest -q -p no:cacheprovider --shard "$i/$n" tests/kernels tests/recsys/ops tests/recsys/ranking \
+        tests/recsys/modules/test_transact_v2.py tests/recsys/serve/test_device.py tests/recsys/serve/test_kv_cache.py \
+        > "$OUT/kernels-shard-$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  tail -n 2 "$OUT"/kernels-shard-*.log
+  return $status
 }
 
 stage_kernel_bench() {
