@@ -560,3 +560,18 @@ def test_position_bias_tiles_stage_through_row_major_shared_memory_with_the_time
     assert kernels == {"_hstu_fwd_kernel", "_hstu_bwd_dkdv_kernel", "_hstu_bwd_dq_kernel"}, lines
     for line in lines:
         assert "order=[1,0]" in line, line
+def test_few_time_bucket_tiles_with_gaps_beyond_int32():
+    """Tiles spanning a few time buckets whose gaps are all above 2^31 (or all below -2^31, keys after
+    the query without causality): gaps that int32 cannot hold still find their few buckets' edges
+    exactly. Causal and not, atomics and deterministic."""
+    lengths = [64, 64]
+    case = make_case(lengths, heads=1, max_seq_len=64, seed=12, num_buckets=127)
+    early = torch.arange(32) * 1000
+    late = 2**31 + torch.arange(32) * 2**24  # gaps of 2^31 .. 2^31 + 2^29: two or three buckets
+    spread = torch.cat([early, late])
+    spans = time_buckets_per_tile(spread, num_buckets=127)
+    assert any(1 < s <= 4 for s in spans)
+    case["timestamps"] = torch.cat([spread, 3 * 2**32 + spread]).to(DEVICE)
+    for causal in (True, False):
+        assert_forward_backward_match(case, causal=causal)
+        assert_forward_backward_match(case, causal=causal, deterministic=True)
