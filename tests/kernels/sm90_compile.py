@@ -19,6 +19,8 @@ def compile_in_subprocess(script: str, timeout: int = 900) -> str:
     if not os.path.isdir(bin_dir):
         pytest.skip("this Triton has no CUDA backend (ptxas) to compile with")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts import tests.*
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout,
+                            cwd=root)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout

@@ -512,31 +512,15 @@ def test_tiles_spanning_a_few_time_buckets():
 POSITION_BIAS_BUFFER_SCRIPT = '''
 import os, re
 os.environ.pop("TRITON_INTERPRET", None)
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 import recsys.kernels.hstu_attention_triton as K
+from tests.kernels.hstu_sm90 import compile_hstu_kernel
 
-POINTERS = {"seq_offsets_ptr": "*i64", "query_offsets_ptr": "*i64", "num_targets_ptr": "*i64", "ts_ptr": "*i64",
-            "next_ts_ptr": "*i64", "pos_bias_ptr": "*fp32", "time_bias_ptr": "*fp32", "thresholds_ptr": "*i64",
-            "inv_norm_ptr": "*fp32", "dpos_ptr": "*fp32", "dtime_ptr": "*fp32"}
 FLAGS = dict(CAUSAL=True, HAS_TARGETS=False, HAS_WINDOW=False, HAS_CONTEXT=False, HAS_POS=True, HAS_TIME=True,
              HAS_NEXT_TS=False, BLOCK_DQK=128, BLOCK_DV=128, INPUT_PRECISION=None, FAST_SIGMOID=True)
 
 def buffers(fn, constexprs, config):
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if fn.params[i].is_constexpr:
-            signature[name] = "constexpr"
-            continue
-        signature[name] = (POINTERS.get(name, "*bf16") if name.endswith("_ptr") else
-                           "fp32" if name in ("alpha", "max_len_norm", "bucket_scale") else
-                           "i64" if name.endswith("grad_stride") else "i32")
-        if signature[name].startswith("*") or name.startswith("stride") or name.startswith("dim"):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn, signature, constexprs=dict(FLAGS, **constexprs, **config.kwargs), attrs=attrs)
-    ttgir = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=config.num_warps, num_stages=config.num_stages)).asm["ttgir"]
+    constexprs = dict(FLAGS, **constexprs, **config.kwargs)
+    ttgir = compile_hstu_kernel(fn, constexprs, config.num_warps, config.num_stages).asm["ttgir"]
     layouts = dict(re.findall(r"^(#shared\\d*) = (.*)$", ttgir, re.M))
     for name in re.findall(r"local_alloc : \\(\\) -> !ttg.memdesc<\\d+x\\d+x\\d+xf32, (#shared\\d*)", ttgir):
         print(fn.__name__, layouts[name].replace(" ", ""))
