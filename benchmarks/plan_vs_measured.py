@@ -11,7 +11,7 @@ histories of up to ``--max-len`` events, and compares:
   step (CUDA-synchronised wall time); and the planned aten ops per step (counted on CPU on the
   unsharded model) with the ops the sharded step dispatches here (``measured_ops_per_step``,
   one step under :class:`~recsys.distributed.step_trace.StepTrace`, DistributedModelParallel's
-  own ops included).
+  own ops included; its 15 most dispatched ops in ``measured_top_ops``).
 
 Writes ``plan_vs_measured.json`` (one row per model and batch) and ``plan_vs_measured.png``
 (planned vs measured, both quantities) into ``--out``.
@@ -119,7 +119,7 @@ def measure(name: str, batch_size: int, args, ctx) -> dict:
         step()
     profile = _profile(step) if args.profile and device.type == "cuda" else {}
     return {**row(name, report, data, args.max_len, peak, statistics.median(times)), "allocated_before_gb": before,
-            "measured_ops_per_step": trace.ops, **profile}
+            "measured_ops_per_step": trace.ops, "measured_top_ops": dict(trace.by_op.most_common(15)), **profile}
 
 
 def _profile(step, top: int = 8) -> dict:
