@@ -178,8 +178,7 @@ def _topology(device_type: str, args, hbm_gb: float | None = None) -> TopologyCo
     peak = {"fp32_tflops": args.peak_tflops, "tf32_tflops": args.peak_tflops, "bf16_tflops": args.peak_tflops}
     topology = TopologyConfig(hosts=1, devices_per_host=1, compute_device=device_type, hbm_gb=hbm_gb or 80.0,
                               compute_efficiency=args.efficiency, hbm_bw_gbps=args.hbm_bw_gbps, **peak)
-    raw_launch_us = getattr(args, "raw_launch_us", None)
-    return topology if raw_launch_us is None else topology.for_host(raw_launch_us)
+    return topology if args.raw_launch_us is None else topology.for_host(args.raw_launch_us)
 
 
 def _run(step, device: torch.device, warmup: int, steps: int):

@@ -143,5 +143,6 @@ class BSTEncoder(nn.Module):
         index = torch.where(is_history, first_read + positions, candidate_index)  # [B, L] (padding: any)
         values = torch.cat([history, candidate])  # [S_T + B, D]
         recency = (read.unsqueeze(1) - positions).clamp(min=0)  # [B, L]: candidate 0, newest 1, ...
-        tokens = gather_padded(values, index, is_history | is_candidate) + self.position_embedding(recency)  # [B, L, D]
-        return tokens, is_history, ~(is_history | is_candidate), read
+        real = is_history | is_candidate  # [B, L]
+        tokens = gather_padded(values, index, real) + self.position_embedding(recency)  # [B, L, D]
+        return tokens, is_history, ~real, read
